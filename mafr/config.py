@@ -1,0 +1,180 @@
+"""Configuration of a MAFR detector: one pydantic model, serialised as ``config.json``.
+
+Every number of the method lives here with its SPEC.md default. Presets fill in the fields a
+user did not set explicitly:
+
+- ``"paper"`` (default): the paper's architecture (DINO ViT-B/8 + PointMAE) with fast settings
+  (autoencoder on a 28 x 28 grid, FPS on a subsampled cloud, few hundred cached-feature steps).
+- ``"reference"``: the reference implementation's settings (224 x 224 grid, point-wise CBAM,
+  250 epochs at batch 1, exact FPS over all points, smoothness on two residual channels).
+- ``"offline"``: weight-free extractors (colour/gradient statistics for RGB, FPFH for 3D), so
+  nothing is downloaded; same fusion autoencoder and scoring on top.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Version of the on-disk format (config.json + model.safetensors). Bumped on breaking changes.
+CONFIG_VERSION = 1
+
+Preset = Literal["paper", "reference", "offline"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RGBConfig(_Strict):
+    """2D extractor."""
+
+    kind: Literal["timm", "offline"] = "timm"
+    #: Any timm ViT name; features are the patch tokens after the final norm.
+    model_name: str = "vit_base_patch8_224.dino"
+    #: ``None`` follows ``MAFRConfig.extractor_weights``; else a local ``.safetensors`` file or a
+    #: directory holding ``model.safetensors``.
+    weights: Optional[str] = None
+    #: Side of the square network input (SPEC: 224).
+    image_size: int = Field(224, ge=16)
+    #: Extra keyword arguments for ``timm.create_model`` (e.g. a small ``embed_dim``/``depth``
+    #: for tests). Changing them changes the architecture, so pretrained weights no longer fit.
+    timm_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class PointConfig(_Strict):
+    """3D extractor."""
+
+    kind: Literal["pointmae", "fpfh"] = "pointmae"
+    #: ``None`` follows ``MAFRConfig.extractor_weights``; else a local directory/file with
+    #: converted PointMAE safetensors, or a Hugging Face repo id holding them.
+    weights: Optional[str] = None
+    num_groups: int = Field(1024, ge=1)
+    group_size: int = Field(128, ge=1)
+    embed_dim: int = Field(384, ge=1)
+    depth: int = Field(12, ge=1)
+    num_heads: int = Field(6, ge=1)
+    #: Blocks whose (normed) outputs are concatenated: 4, 8, 12 -> 3 x 384 = 1152 channels.
+    out_indices: tuple[int, ...] = (3, 7, 11)
+    #: FPS runs on at most this many points (evenly strided subsample); ``None`` = all points.
+    fps_max_points: Optional[int] = Field(8192, ge=1)
+
+
+class ModelConfig(_Strict):
+    """Fusion autoencoder."""
+
+    #: Latent width; ``None`` = half of (rgb + point) channels, i.e. 960 for the paper.
+    latent_dim: Optional[int] = Field(None, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    #: ``"grid"`` applies CBAM over the feature grid (the paper's description);
+    #: ``"pointwise"`` applies it per position, as the reference code does.
+    cbam: Literal["grid", "pointwise"] = "grid"
+    cbam_reduction: int = Field(16, ge=1)
+    cbam_kernel: int = Field(7, ge=1)
+
+
+class TrainConfig(_Strict):
+    """Training of the fusion autoencoder on cached features."""
+
+    #: Optimiser steps. Each step sees ``batch_size`` whole feature grids.
+    steps: int = Field(300, ge=1)
+    #: When set, overrides ``steps`` with epochs over the training share of the fit set.
+    epochs: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    #: Stop when the smoothed loss has not improved by ``early_stop_tol`` (relative) for this many
+    #: steps; ``None`` disables early stopping.
+    early_stop_patience: Optional[int] = Field(60, ge=1)
+    early_stop_tol: float = Field(1e-3, ge=0)
+    w_similarity: float = Field(1.0, ge=0)
+    w_smoothness: float = Field(1.0, ge=0)
+    w_census: float = Field(1.0, ge=0)
+    census_kernel: int = Field(7, ge=1)
+    #: The reference applies smoothness to the first two residual channels only.
+    smoothness_first_two_channels: bool = False
+    #: Share of the fit set held out to calibrate the threshold (see docs/concepts.md).
+    calibration_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class ScoringConfig(_Strict):
+    fusion: Literal["product", "sum", "max", "rgb", "xyz"] = "product"
+    box5_passes: int = Field(5, ge=0)
+    box7_passes: int = Field(3, ge=0)
+    #: Threshold = mean + k * std of calibration scores (and never below their maximum when
+    #: ``threshold_at_least_max``).
+    threshold_sigma: float = Field(3.0, ge=0)
+    threshold_at_least_max: bool = True
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "reference": {
+        "grid_size": 224,
+        "points": {"fps_max_points": None},
+        "model": {"cbam": "pointwise"},
+        "train": {
+            "epochs": 250,
+            "batch_size": 1,
+            "early_stop_patience": None,
+            "smoothness_first_two_channels": True,
+        },
+    },
+    "offline": {
+        "rgb": {"kind": "offline"},
+        "points": {"kind": "fpfh"},
+    },
+}
+
+
+def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(defaults)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class MAFRConfig(_Strict):
+    """Everything that defines a detector before it is fitted.
+
+    >>> MAFRConfig(extractor_weights="random").rgb.model_name
+    'vit_base_patch8_224.dino'
+    """
+
+    version: int = CONFIG_VERSION
+    preset: Preset = "paper"
+    #: ``"default"``: published weights (timm hub for DINO, converted Point-MAE for points);
+    #: ``"random"``: same architectures, seeded random weights, never touches the network.
+    extractor_weights: Literal["default", "random"] = "default"
+    #: Seed of the random extractor weights (so a saved detector reloads identically).
+    extractor_seed: int = 0
+    #: Side of the square grid on which the autoencoder runs and residuals are computed.
+    grid_size: int = Field(28, ge=4)
+    rgb: RGBConfig = Field(default_factory=RGBConfig)
+    points: PointConfig = Field(default_factory=PointConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset_and_version(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        version = data.get("version", CONFIG_VERSION)
+        if isinstance(version, int) and version > CONFIG_VERSION:
+            raise ValueError(
+                f"this config was written by a newer mafr (format version {version}); this "
+                f"mafr reads format versions up to {CONFIG_VERSION}. Upgrade: pip install -U mafr"
+            )
+        preset = data.get("preset", "paper")
+        if preset not in _PRESETS:
+            return data  # the Literal check reports it
+        defaults = {k: (v.model_dump() if isinstance(v, BaseModel) else v) for k, v in data.items()}
+        return _merge(_PRESETS[preset], defaults)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,501 @@
+"""`MAFRDetector`: the public estimator. fit on good parts, predict on new ones, save and share.
+
+Conventions follow scikit-learn: ``fit`` returns ``self``, fitted state ends in ``_`` and is
+checked before use, inputs are validated at the boundary and never modified. Saving and loading
+follow huggingface_hub's ``ModelHubMixin``: ``config.json`` + ``model.safetensors`` in a
+directory or Hub repo; nothing is ever unpickled.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from huggingface_hub import ModelCard, ModelHubMixin
+
+from . import __version__
+from .config import CONFIG_VERSION, MAFRConfig
+from .extractors import FPFHExtractor, build_point_extractor, build_rgb_extractor
+from .extractors.pointops import three_nn_interpolate
+from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
+from .io import as_sample, load_sample
+from .losses import restoration_loss
+from .model import FusionAutoencoder
+from .projection import pool_to_grid, scatter_to_pixels, upsample_rgb, valid_grid_mask
+from .scoring import residual_map, score_maps
+from .types import AnomalyResult
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+_STD_FLOOR = 1e-6
+
+
+class NotFittedError(RuntimeError):
+    """The detector was used before :meth:`MAFRDetector.fit` (or loading a fitted one)."""
+
+
+def _progress(iterable, *, total=None, desc: str = "", enable: bool = True):
+    from huggingface_hub.utils import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not enable, leave=False)
+
+
+def _encode_config(config: MAFRConfig) -> dict:
+    return config.to_json_dict()
+
+
+def _decode_config(data: Any) -> MAFRConfig:
+    if isinstance(data, MAFRConfig):
+        return data
+    data = {k: v for k, v in dict(data).items() if k not in ("mafr_version", "fit")}
+    return MAFRConfig.model_validate(data)
+
+
+class _Prepared:
+    """One sample in network coordinates plus what is needed to map results back."""
+
+    __slots__ = ("image", "xyz", "valid", "height", "width", "rgb", "depth", "valid_input")
+
+    def __init__(self, image, xyz, valid, height, width, rgb, depth, valid_input):
+        self.image, self.xyz, self.valid = image, xyz, valid
+        self.height, self.width, self.rgb, self.depth = height, width, rgb, depth
+        self.valid_input = valid_input
+
+
+class _Features:
+    """Features of one sample on the autoencoder's grid (channels-last) and its validity."""
+
+    __slots__ = ("rgb", "xyz", "valid_grid", "valid_pixels")
+
+    def __init__(self, rgb, xyz, valid_grid, valid_pixels):
+        self.rgb, self.xyz, self.valid_grid, self.valid_pixels = rgb, xyz, valid_grid, valid_pixels
+
+
+class MAFRDetector(
+    ModelHubMixin,
+    library_name="mafr",
+    tags=["anomaly-detection", "multimodal", "point-cloud", "mafr"],
+    repo_url="https://github.com/mafr-project/mafr",
+    paper_url="https://arxiv.org/abs/2510.21793",
+    coders={MAFRConfig: (_encode_config, _decode_config)},
+):
+    """Multimodal (RGB + 3D) anomaly detector: MAFR fusion restoration.
+
+    >>> det = MAFRDetector(MAFRConfig(extractor_weights="random"))   # doctest: +SKIP
+    >>> det.fit(good_parts, seed=0).predict(rgb, xyz).score           # doctest: +SKIP
+    """
+
+    def __init__(self, config: Optional[MAFRConfig] = None) -> None:
+        if config is None:
+            config = MAFRConfig()
+        elif isinstance(config, dict):
+            config = _decode_config(config)
+        elif not isinstance(config, MAFRConfig):
+            raise TypeError(f"config must be a mafr.MAFRConfig, got {type(config).__name__}")
+        self.config = config
+        self._rgb_extractor = None
+        self._point_extractor = None
+        self.autoencoder_: Optional[FusionAutoencoder] = None
+        self.stats_: dict[str, torch.Tensor] = {}
+        self.threshold_: Optional[float] = None
+        self.fit_info_: dict[str, Any] = {}
+        self.metrics_: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ extractors
+    @property
+    def rgb_extractor(self) -> torch.nn.Module:
+        """The frozen RGB extractor (built on first use)."""
+        if self._rgb_extractor is None:
+            self._rgb_extractor = build_rgb_extractor(self.config).eval()
+        return self._rgb_extractor
+
+    @property
+    def point_extractor(self) -> torch.nn.Module:
+        """The frozen 3D extractor (built on first use)."""
+        if self._point_extractor is None:
+            self._point_extractor = build_point_extractor(self.config).eval()
+        return self._point_extractor
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.autoencoder_ is not None and self.threshold_ is not None
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(
+                "this MAFRDetector is not fitted yet: call .fit(good_samples) or load one with "
+                "MAFRDetector.from_pretrained(path_or_repo_id)"
+            )
+
+    # ------------------------------------------------------------------ preprocessing
+    def _prepare(self, item: Any) -> _Prepared:
+        rgb, xyz = load_sample(item)
+        h, w = rgb.shape[:2]
+        size = self.config.rgb.image_size
+        side = max(h, w)
+        # Square-pad (bottom/right, so the crop back is [:h, :w]) then resize: bicubic for
+        # colour, nearest for geometry so no point is invented between surfaces.
+        padded = np.zeros((side, side, 3), dtype=np.uint8)
+        padded[:h, :w] = rgb
+        from PIL import Image
+
+        img = np.asarray(Image.fromarray(padded).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+        std = np.asarray(IMAGENET_STD, dtype=np.float32)
+        image = torch.from_numpy(((img - mean) / std).transpose(2, 0, 1).copy())
+        idx = np.minimum(((np.arange(size) + 0.5) * side / size).astype(np.int64), side - 1)
+        xyz_pad = np.zeros((side, side, 3), dtype=np.float32)
+        xyz_pad[:h, :w] = xyz
+        xyz_s = torch.from_numpy(np.ascontiguousarray(xyz_pad[idx][:, idx]))
+        valid = (xyz_s != 0).any(dim=-1)
+        return _Prepared(image, xyz_s, valid, h, w, rgb, xyz[..., 2].copy(), np.any(xyz != 0, axis=-1))
+
+    def _min_points(self) -> int:
+        if self.config.points.kind == "pointmae":
+            return max(self.config.points.num_groups, self.config.points.group_size)
+        return 1
+
+    @torch.inference_mode()
+    def _point_pixel_features(self, prep: _Prepared) -> torch.Tensor:
+        """Per-pixel 3D features ``(C, S, S)`` (zeros off the measured points)."""
+        extractor = self.point_extractor
+        size = prep.valid.shape[-1]
+        if isinstance(extractor, FPFHExtractor):
+            return extractor(prep.xyz.unsqueeze(0), prep.valid.unsqueeze(0))[0]
+        n_valid = int(prep.valid.sum())
+        need = self._min_points()
+        if n_valid < need:
+            raise ValueError(
+                f"too few valid 3D points: {n_valid} at the network's {size} x {size} input, but PointMAE grouping "
+                f"needs at least {need} ({self.config.points.num_groups} groups of {self.config.points.group_size} "
+                "points); the part covers too little of the image or most points are missing"
+            )
+        pixel_index = prep.valid.flatten().nonzero().squeeze(1)
+        points = prep.xyz.reshape(-1, 3)[pixel_index].unsqueeze(0)
+        feats, centres = extractor(points)
+        per_point = three_nn_interpolate(points, centres, feats)[0]
+        return scatter_to_pixels(per_point, pixel_index, size)
+
+    @torch.inference_mode()
+    def _extract(self, preps: Sequence[_Prepared]) -> list[_Features]:
+        grid = self.config.grid_size
+        images = torch.stack([p.image for p in preps])
+        rgb_maps = upsample_rgb(self.rgb_extractor(images), grid).permute(0, 2, 3, 1)
+        out = []
+        for prep, rgb_map in zip(preps, rgb_maps):
+            pixel_map = self._point_pixel_features(prep)
+            xyz_map = pool_to_grid(pixel_map, grid).permute(1, 2, 0)
+            valid_grid = valid_grid_mask(prep.valid, grid)
+            out.append(_Features(rgb_map.contiguous(), xyz_map.contiguous(), valid_grid, prep.valid))
+        return out
+
+    def _normalise(self, feats: _Features) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.stats_
+        rgb = (feats.rgb - s["rgb_mean"]) / s["rgb_std"]
+        # Positions without 3D stay exactly zero: "no measurement" must not look like a feature.
+        xyz = (feats.xyz - s["xyz_mean"]) / s["xyz_std"] * feats.valid_grid.unsqueeze(-1)
+        return rgb, xyz
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, samples: Iterable[Any], *, seed: int = 0, progress: bool = True) -> "MAFRDetector":
+        """Learn normal appearance and geometry from good parts; returns ``self``.
+
+        Features are extracted once (frozen extractors), then the fusion autoencoder is trained
+        on them with the composite loss, seeded and deterministic on CPU. A share of the fit set
+        (``config.train.calibration_fraction``, at least one part when there are 3 or more) is held
+        out to calibrate the decision threshold; see ``docs/concepts.md`` for the rule.
+        """
+        if isinstance(samples, (str, bytes)) or not hasattr(samples, "__iter__"):
+            raise TypeError(f"fit expects an iterable of samples (mafr.Sample or (rgb, xyz) tuples), got {type(samples).__name__}")
+        items = [as_sample(s) for s in samples]
+        if not items:
+            raise ValueError("fit needs at least one good sample; got an empty fit set")
+        t0 = time.perf_counter()
+        feats: list[_Features] = []
+        for item in _progress(items, desc="mafr: extracting features", enable=progress):
+            feats.extend(self._extract([self._prepare(item)]))
+        t_extract = time.perf_counter() - t0
+
+        n = len(feats)
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=gen).tolist()
+        n_cal = 0 if n < 3 else max(1, round(self.config.train.calibration_fraction * n))
+        cal_idx, train_idx = sorted(order[:n_cal]), sorted(order[n_cal:])
+        train = [feats[i] for i in train_idx]
+        self.stats_ = self._feature_stats(train)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.autoencoder_ = self._build_autoencoder(feats[0])
+            history = self._train(train, gen, progress)
+        self.autoencoder_.eval()
+
+        # With fewer than 3 parts nothing can be held out: calibrate on the training parts
+        # themselves (optimistic; the docs say so) rather than refuse to work.
+        cal = [feats[i] for i in cal_idx] if cal_idx else train
+        cal_scores = [float(self._score_features([f])[3][0]) for f in cal]
+        self.threshold_ = self._threshold_from(cal_scores)
+        self.fit_info_ = {
+            "n_samples": n,
+            "n_train": len(train),
+            "n_calibration": len(cal_idx),
+            "calibration_on_training_parts": not cal_idx,
+            "calibration_scores": cal_scores,
+            "seed": seed,
+            "steps": len(history),
+            "final_loss": history[-1] if history else None,
+            "extract_seconds": round(t_extract, 3),
+            "fit_seconds": round(time.perf_counter() - t0, 3),
+            "mafr_version": __version__,
+        }
+        return self
+
+    def _feature_stats(self, feats: Sequence[_Features]) -> dict[str, torch.Tensor]:
+        rgb = torch.cat([f.rgb.reshape(-1, f.rgb.shape[-1]) for f in feats])
+        xyz = torch.cat([f.xyz[f.valid_grid] for f in feats])
+        if xyz.shape[0] < 2:
+            xyz = torch.cat([f.xyz.reshape(-1, f.xyz.shape[-1]) for f in feats])
+        return {
+            "rgb_mean": rgb.mean(0),
+            "rgb_std": rgb.std(0).clamp(min=_STD_FLOOR),
+            "xyz_mean": xyz.mean(0),
+            "xyz_std": xyz.std(0).clamp(min=_STD_FLOOR),
+        }
+
+    def _build_autoencoder(self, example: _Features) -> FusionAutoencoder:
+        m = self.config.model
+        return FusionAutoencoder(
+            example.rgb.shape[-1],
+            example.xyz.shape[-1],
+            latent_dim=m.latent_dim,
+            dropout=m.dropout,
+            cbam_mode=m.cbam,
+            cbam_reduction=m.cbam_reduction,
+            cbam_kernel=m.cbam_kernel,
+        )
+
+    def _train(self, train: Sequence[_Features], gen: torch.Generator, progress: bool) -> list[float]:
+        tc = self.config.train
+        ae = self.autoencoder_
+        ae.train()
+        inputs = [self._normalise(f) for f in train]
+        rgb_all = torch.stack([r for r, _ in inputs])
+        xyz_all = torch.stack([x for _, x in inputs])
+        batch = min(tc.batch_size, len(inputs))
+        steps = tc.epochs * math.ceil(len(inputs) / batch) if tc.epochs else tc.steps
+        opt = torch.optim.Adam(ae.parameters(), lr=tc.lr)
+        loss_kw = dict(
+            w_similarity=tc.w_similarity,
+            w_smoothness=tc.w_smoothness,
+            w_census=tc.w_census,
+            census_kernel=tc.census_kernel,
+            smoothness_first_two_channels=tc.smoothness_first_two_channels,
+        )
+        history: list[float] = []
+        best, since_best, ema = math.inf, 0, None
+        perm = torch.randperm(len(inputs), generator=gen)
+        cursor = 0
+        bar = _progress(range(steps), desc="mafr: training", enable=progress)
+        for _ in bar:
+            if cursor + batch > len(perm):
+                perm, cursor = torch.randperm(len(inputs), generator=gen), 0
+            idx = perm[cursor : cursor + batch]
+            cursor += batch
+            rgb, xyz = rgb_all[idx], xyz_all[idx]
+            out_rgb, out_xyz = ae(rgb, xyz)
+            loss = restoration_loss(rgb, out_rgb, **loss_kw) + restoration_loss(xyz, out_xyz, **loss_kw)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            history.append(value)
+            ema = value if ema is None else 0.9 * ema + 0.1 * value
+            if progress and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+            if tc.early_stop_patience is not None:
+                if ema < best * (1 - tc.early_stop_tol):
+                    best, since_best = ema, 0
+                else:
+                    since_best += 1
+                    if since_best >= tc.early_stop_patience:
+                        break
+        return history
+
+    def _threshold_from(self, scores: Sequence[float]) -> float:
+        sc = self.config.scoring
+        arr = np.asarray(scores, dtype=np.float64)
+        mean = float(arr.mean())
+        # A floor on the spread: one or two calibration parts give no usable std.
+        std = max(float(arr.std()), 0.1 * abs(mean))
+        threshold = mean + sc.threshold_sigma * std
+        if sc.threshold_at_least_max:
+            threshold = max(threshold, float(arr.max()))
+        return threshold
+
+    # ------------------------------------------------------------------ predict
+    @torch.inference_mode()
+    def _score_features(self, feats: Sequence[_Features]):
+        ae = self.autoencoder_
+        pairs = [self._normalise(f) for f in feats]
+        rgb = torch.stack([p[0] for p in pairs])
+        xyz = torch.stack([p[1] for p in pairs])
+        out_rgb, out_xyz = ae(rgb, xyz)
+        sc = self.config.scoring
+        return score_maps(
+            residual_map(rgb, out_rgb),
+            residual_map(xyz, out_xyz),
+            torch.stack([f.valid_pixels for f in feats]),
+            mode=sc.fusion,
+            box5_passes=sc.box5_passes,
+            box7_passes=sc.box7_passes,
+        )
+
+    def _to_input_resolution(self, maps: torch.Tensor, prep: _Prepared) -> np.ndarray:
+        """``(k, S, S)`` network-resolution maps -> ``(k, H, W)`` float32 at the input RGB's size."""
+        side = max(prep.height, prep.width)
+        up = F.interpolate(maps.unsqueeze(0), size=(side, side), mode="bilinear", align_corners=False)[0]
+        return up[:, : prep.height, : prep.width].numpy().astype(np.float32)
+
+    def _results(self, preps: Sequence[_Prepared], feats: Sequence[_Features]) -> list[AnomalyResult]:
+        fused, m2d, m3d, scores = self._score_features(feats)
+        results = []
+        for i, prep in enumerate(preps):
+            maps = self._to_input_resolution(torch.stack([fused[i], m2d[i], m3d[i]]), prep)
+            score = float(scores[i])
+            results.append(
+                AnomalyResult(
+                    score=score,
+                    is_anomalous=score > self.threshold_,
+                    threshold=float(self.threshold_),
+                    anomaly_map=np.clip(maps[0], 0, None),
+                    map_2d=np.clip(maps[1], 0, None),
+                    map_3d=np.clip(maps[2], 0, None),
+                    valid_mask=prep.valid_input,
+                    rgb=prep.rgb,
+                    depth=prep.depth,
+                )
+            )
+        return results
+
+    def predict(self, rgb: Any, xyz: Any) -> AnomalyResult:
+        """Score one part. ``rgb``: H x W x 3 uint8 array, PIL image or path; ``xyz``: organized
+        map, path, :class:`~mafr.PointCloud` or :class:`~mafr.DepthMap`."""
+        self._check_fitted()
+        prep = self._prepare((rgb, xyz))
+        return self._results([prep], self._extract([prep]))[0]
+
+    def predict_batch(
+        self, samples: Iterable[Any], *, batch_size: int = 8, progress: bool = False
+    ) -> list[AnomalyResult]:
+        """Score many parts; RGB features are computed ``batch_size`` images at a time."""
+        self._check_fitted()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        items = [as_sample(s) for s in samples]
+        results: list[AnomalyResult] = []
+        chunks = range(0, len(items), batch_size)
+        for start in _progress(chunks, total=len(chunks), desc="mafr: predicting", enable=progress):
+            preps = [self._prepare(s) for s in items[start : start + batch_size]]
+            results.extend(self._results(preps, self._extract(preps)))
+        return results
+
+    # ------------------------------------------------------------------ persistence
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything fitted, as named tensors (what ``model.safetensors`` holds)."""
+        self._check_fitted()
+        tensors = {f"autoencoder.{k}": v.detach().contiguous() for k, v in self.autoencoder_.state_dict().items()}
+        tensors.update({f"stats.{k}": v.contiguous() for k, v in self.stats_.items()})
+        tensors["threshold"] = torch.tensor([self.threshold_], dtype=torch.float64)
+        return tensors
+
+    def _config_json(self) -> dict[str, Any]:
+        data = self.config.to_json_dict()
+        data["mafr_version"] = __version__
+        data["fit"] = dict(self.fit_info_)
+        if self.metrics_:
+            data["metrics"] = dict(self.metrics_)
+        return data
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_directory = Path(save_directory)
+        save_file(self.state_tensors(), str(save_directory / WEIGHTS_NAME), metadata={"format": "pt", "mafr_format_version": str(CONFIG_VERSION)})
+        (save_directory / CONFIG_NAME).write_text(json.dumps(self._config_json(), indent=2, sort_keys=True))
+
+    def save_pretrained(self, save_directory: Union[str, Path], **kwargs) -> Optional[str]:
+        """Write ``config.json``, ``model.safetensors`` and a model card (``README.md``) to a
+        directory. Extractor weights are referenced by name, not copied."""
+        self._check_fitted()
+        return super().save_pretrained(save_directory, **kwargs)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: Optional[str] = None,
+        cache_dir=None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token=None,
+        config: Optional[MAFRConfig] = None,
+        **kwargs,
+    ) -> "MAFRDetector":
+        from safetensors.torch import load_file
+
+        root = Path(model_id)
+        if root.is_dir():
+            directory = root
+        else:
+            from huggingface_hub import snapshot_download
+
+            directory = Path(
+                snapshot_download(
+                    repo_id=model_id,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    local_files_only=local_files_only,
+                    token=token,
+                )
+            )
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{model_id}: no {CONFIG_NAME} found in {directory}; expected a directory written by MAFRDetector.save_pretrained")
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"{model_id}: no {WEIGHTS_NAME} found in {directory}; the fitted weights are missing")
+        raw = json.loads(config_path.read_text())
+        det = cls(_decode_config(raw))
+        det.fit_info_ = dict(raw.get("fit") or {})
+        det.metrics_ = dict(raw.get("metrics") or {})
+        tensors = load_file(str(weights_path))
+        ae_state = {k[len("autoencoder.") :]: v for k, v in tensors.items() if k.startswith("autoencoder.")}
+        det.stats_ = {k[len("stats.") :]: v for k, v in tensors.items() if k.startswith("stats.")}
+        missing_stats = {"rgb_mean", "rgb_std", "xyz_mean", "xyz_std"} - set(det.stats_)
+        if missing_stats or "threshold" not in tensors or not ae_state:
+            raise ValueError(f"{weights_path} is not a mafr detector checkpoint (missing {sorted(missing_stats) or 'weights'})")
+        rgb_dim = det.stats_["rgb_mean"].shape[0]
+        xyz_dim = det.stats_["xyz_mean"].shape[0]
+        m = det.config.model
+        det.autoencoder_ = FusionAutoencoder(
+            rgb_dim, xyz_dim, m.latent_dim, m.dropout, m.cbam, m.cbam_reduction, m.cbam_kernel
+        )
+        det.autoencoder_.load_state_dict(ae_state, strict=True)
+        det.autoencoder_.eval()
+        det.threshold_ = float(tensors["threshold"][0])
+        return det
+
+    # ------------------------------------------------------------------ model card
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        from .hub import model_card
+
+        return model_card(self)
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.is_fitted else "not fitted"
+        return f"MAFRDetector(preset={self.config.preset!r}, grid={self.config.grid_size}, {state})"

@@ -1,0 +1,71 @@
+"""The model card written next to a saved detector (``README.md`` in a Hub repo)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+THRESHOLD_RULE = (
+    "A share of the fit set (`train.calibration_fraction`, at least one part when 3 or more are "
+    "given) is held out of training. The threshold is `mean + k * std` of the held-out parts' "
+    "scores (`k = scoring.threshold_sigma`, std floored at 10% of the mean so one or two parts "
+    "still give a margin), and never below their maximum. With fewer than 3 parts nothing can be "
+    "held out and the training parts' own scores are used (optimistic)."
+)
+
+
+def _table(rows: dict[str, Any]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+def model_card(detector) -> ModelCard:
+    cfg = detector.config
+    fit = detector.fit_info_ or {}
+    rgb_src = "weight-free colour/gradient statistics" if cfg.rgb.kind == "offline" else (
+        f"timm `{cfg.rgb.model_name}` ({cfg.rgb.weights or cfg.extractor_weights} weights)"
+    )
+    pts_src = "weight-free FPFH" if cfg.points.kind == "fpfh" else (
+        f"PointMAE ({cfg.points.weights or cfg.extractor_weights} weights), "
+        f"{cfg.points.num_groups} groups x {cfg.points.group_size} points"
+    )
+    parts = [
+        "# MAFR anomaly detector",
+        "Multimodal (RGB + 3D) industrial anomaly detector fitted with "
+        "[mafr](https://github.com/mafr-project/mafr): frozen extractors, a fusion autoencoder with "
+        "CBAM decoders, anomalies where restoration fails (MAFR, arXiv 2510.21793).",
+        "```python\nimport mafr\ndet = mafr.MAFRDetector.from_pretrained(\"<this repo>\")\n"
+        "result = det.predict(\"part.png\", \"part.tiff\")\nprint(result.score, result.is_anomalous)\n```",
+        "## Configuration",
+        _table(
+            {
+                "preset": cfg.preset,
+                "RGB extractor": rgb_src,
+                "3D extractor": pts_src,
+                "grid": f"{cfg.grid_size} x {cfg.grid_size}",
+                "CBAM": cfg.model.cbam,
+                "fusion": cfg.scoring.fusion,
+            }
+        ),
+        "## Fit data",
+        _table(
+            {
+                "good parts": fit.get("n_samples", "?"),
+                "used for training": fit.get("n_train", "?"),
+                "held out for calibration": fit.get("n_calibration", "?"),
+                "training steps": fit.get("steps", "?"),
+                "seed": fit.get("seed", "?"),
+                "fit seconds": fit.get("fit_seconds", "?"),
+            }
+        ),
+        "## Decision threshold",
+        f"threshold = **{detector.threshold_:.4f}**\n\n{THRESHOLD_RULE}",
+    ]
+    if detector.metrics_:
+        parts += ["## Evaluation", _table({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in detector.metrics_.items()})]
+    parts += ["## Full config", "```json\n" + json.dumps(cfg.to_json_dict(), indent=2) + "\n```"]
+    data = ModelCardData(library_name="mafr", tags=["anomaly-detection", "multimodal", "point-cloud", "mafr"])
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n")

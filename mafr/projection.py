@@ -1,0 +1,112 @@
+"""Bringing 3D onto the image grid.
+
+Two steps live here:
+
+1. Geometry -> organized map: an unorganized :class:`~mafr.types.PointCloud` is projected onto
+   the RGB pixel grid with a z-buffer (the paper's point-to-pixel projection); a depth map is
+   back-projected through the pinhole intrinsics.
+2. Features -> grid (SPEC.md, "Aligning 3D features to pixels"): each valid point takes the
+   inverse-distance-weighted features of its 3 nearest PointMAE centres, is scattered to its
+   pixel, and the map is 3 x 3 average pooled and adaptively pooled back, then to the
+   autoencoder's grid.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def project_points(
+    points: np.ndarray,
+    intrinsics: np.ndarray,
+    height: int,
+    width: int,
+    extrinsics: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Organized ``height x width x 3`` float32 map of camera-frame points; zeros where no point
+    lands. Where several points land on one pixel the nearest (smallest z) wins."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ValueError(f"PointCloud.points must be N x 3, got shape {pts.shape}")
+    if pts.shape[0] == 0:
+        raise ValueError("PointCloud.points is empty: no 3D point to project")
+    if not np.all(np.isfinite(pts)):
+        raise ValueError("PointCloud.points contains NaN or inf")
+    if extrinsics is not None:
+        pts = pts @ extrinsics[:3, :3].T + extrinsics[:3, 3]
+    z = pts[:, 2]
+    in_front = z > 0
+    pts, z = pts[in_front], z[in_front]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = intrinsics[0, 0] * pts[:, 0] / z + intrinsics[0, 1] * pts[:, 1] / z + intrinsics[0, 2]
+        v = intrinsics[1, 1] * pts[:, 1] / z + intrinsics[1, 2]
+    # Pixel (r, c) covers [c - 0.5, c + 0.5): the principal point is in pixel-centre coordinates.
+    col = np.floor(u + 0.5).astype(np.int64)
+    row = np.floor(v + 0.5).astype(np.int64)
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    pts, z, lin = pts[inside], z[inside], row[inside] * width + col[inside]
+    out = np.zeros((height * width, 3), dtype=np.float32)
+    if lin.size:
+        order = np.lexsort((z, lin))  # by pixel, nearest first
+        lin_sorted = lin[order]
+        first = np.ones(lin_sorted.shape, dtype=bool)
+        first[1:] = lin_sorted[1:] != lin_sorted[:-1]
+        winners = order[first]
+        out[lin[winners]] = pts[winners]
+    return out.reshape(height, width, 3)
+
+
+def depth_to_xyz(depth: np.ndarray, intrinsics: np.ndarray, depth_scale: float = 1.0) -> np.ndarray:
+    """Back-project a depth image (zeros = missing) to an organized camera-frame xyz map."""
+    d = np.asarray(depth)
+    if d.ndim == 3 and d.shape[2] == 1:
+        d = d[..., 0]
+    if d.ndim != 2:
+        raise ValueError(f"DepthMap.depth must be H x W, got shape {d.shape}")
+    if not np.issubdtype(d.dtype, np.number) or d.dtype == np.bool_:
+        raise TypeError(f"DepthMap.depth must be numeric, got dtype {d.dtype}")
+    z = d.astype(np.float64) * depth_scale
+    if not np.all(np.isfinite(z)):
+        raise ValueError("DepthMap.depth contains NaN or inf; mark missing measurements with 0")
+    h, w = z.shape
+    fx, fy, cx, cy, skew = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2], intrinsics[0, 1]
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    y = (v - cy) * z / fy
+    x = ((u - cx) - skew * y / np.where(z > 0, z, 1.0)) * z / fx
+    xyz = np.stack([x, y, z], axis=-1)
+    xyz[z <= 0] = 0.0
+    return xyz.astype(np.float32)
+
+
+def scatter_to_pixels(features: torch.Tensor, pixel_index: torch.Tensor, size: int) -> torch.Tensor:
+    """``(N, C)`` point features -> ``(C, size, size)`` map, zeros where no point lies."""
+    out = features.new_zeros(size * size, features.shape[1])
+    out[pixel_index] = features
+    return out.T.reshape(features.shape[1], size, size)
+
+
+def pool_to_grid(pixel_map: torch.Tensor, grid: int) -> torch.Tensor:
+    """SPEC pooling of a ``(C, S, S)`` per-pixel 3D feature map: 3 x 3 average pooling (stride 1),
+    adaptive average pooling back to S x S, then to ``grid x grid`` when the grid is coarser."""
+    size = pixel_map.shape[-1]
+    x = F.avg_pool2d(pixel_map.unsqueeze(0), 3, stride=1)
+    x = F.adaptive_avg_pool2d(x, size)
+    if grid != size:
+        x = F.adaptive_avg_pool2d(x, grid)
+    return x[0]
+
+
+def valid_grid_mask(valid_pixels: torch.Tensor, grid: int) -> torch.Tensor:
+    """Grid positions that received any 3D feature through :func:`pool_to_grid`."""
+    return pool_to_grid(valid_pixels.float().unsqueeze(0), grid)[0] > 0
+
+
+def upsample_rgb(features: torch.Tensor, grid: int) -> torch.Tensor:
+    """``(B, C, h, w)`` ViT patch map -> ``(B, C, grid, grid)`` bilinear (identity when equal)."""
+    if features.shape[-1] == grid:
+        return features
+    return F.interpolate(features, size=(grid, grid), mode="bilinear", align_corners=False)

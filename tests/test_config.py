@@ -1,0 +1,46 @@
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from mafr import CONFIG_VERSION, MAFRConfig
+
+
+def test_defaults_are_the_paper_numbers():
+    c = MAFRConfig()
+    assert c.rgb.model_name == "vit_base_patch8_224.dino" and c.rgb.image_size == 224
+    assert (c.points.num_groups, c.points.group_size, c.points.embed_dim, c.points.depth) == (1024, 128, 384, 12)
+    assert c.points.out_indices == (3, 7, 11)
+    assert c.scoring.fusion == "product" and (c.scoring.box5_passes, c.scoring.box7_passes) == (5, 3)
+    assert c.model.cbam == "grid" and c.model.dropout == 0.1
+
+
+def test_presets_fill_only_what_was_not_given():
+    ref = MAFRConfig(preset="reference")
+    assert ref.grid_size == 224 and ref.model.cbam == "pointwise" and ref.train.epochs == 250
+    assert ref.train.batch_size == 1 and ref.points.fps_max_points is None
+    assert ref.train.smoothness_first_two_channels
+    ref2 = MAFRConfig(preset="reference", grid_size=56, model={"cbam": "grid"})
+    assert ref2.grid_size == 56 and ref2.model.cbam == "grid" and ref2.train.epochs == 250
+    off = MAFRConfig(preset="offline")
+    assert off.rgb.kind == "offline" and off.points.kind == "fpfh"
+
+
+def test_json_round_trip():
+    c = MAFRConfig(preset="offline", grid_size=14, train={"steps": 5})
+    again = MAFRConfig.model_validate(json.loads(json.dumps(c.to_json_dict())))
+    assert again == c
+
+
+def test_newer_version_is_refused_with_upgrade_hint():
+    with pytest.raises(ValidationError, match="newer mafr.*pip install -U mafr"):
+        MAFRConfig.model_validate({"version": CONFIG_VERSION + 1})
+
+
+def test_unknown_fields_and_bad_values_are_refused():
+    with pytest.raises(ValidationError, match="grid_sise"):
+        MAFRConfig(grid_sise=10)
+    with pytest.raises(ValidationError):
+        MAFRConfig(scoring={"fusion": "mean"})
+    with pytest.raises(ValidationError):
+        MAFRConfig(preset="fast")

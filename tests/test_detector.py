@@ -1,0 +1,138 @@
+import json
+
+import numpy as np
+import pytest
+
+import mafr
+from mafr.datasets.synthetic import generate_sample
+
+from .conftest import tiny_config
+
+
+def _parts(category="dome", seeds=range(6), size=64, defect=None):
+    return [generate_sample(category, defect, seed=s, size=size) for s in seeds]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    det = mafr.MAFRDetector(tiny_config())
+    return det.fit(_parts(), seed=0, progress=False)
+
+
+def test_fit_returns_self_and_records_calibration(fitted):
+    assert fitted.is_fitted
+    info = fitted.fit_info_
+    assert info["n_samples"] == 6 and info["n_calibration"] == 1 and info["n_train"] == 5
+    assert info["steps"] == 40
+    assert fitted.threshold_ >= max(info["calibration_scores"])
+
+
+def test_predict_result_types_and_resolution(fitted):
+    s = generate_sample("dome", seed=100, size=64)
+    rgb = np.pad(s.rgb, ((0, 0), (0, 16), (0, 0)))  # non-square input: 64 x 80
+    xyz = np.pad(s.xyz, ((0, 0), (0, 16), (0, 0)))
+    rgb_before, xyz_before = rgb.copy(), xyz.copy()
+    res = fitted.predict(rgb, xyz)
+    assert isinstance(res, mafr.AnomalyResult)
+    for m in (res.anomaly_map, res.map_2d, res.map_3d):
+        assert m.shape == (64, 80) and m.dtype == np.float32 and np.isfinite(m).all()
+    assert res.valid_mask.dtype == bool and res.valid_mask.shape == (64, 80)
+    np.testing.assert_array_equal(res.valid_mask, (xyz != 0).any(-1))
+    assert res.is_anomalous == (res.score > res.threshold)
+    np.testing.assert_array_equal(rgb, rgb_before)
+    np.testing.assert_array_equal(xyz, xyz_before)
+
+
+
+
+def test_predict_batch_equals_single_predicts(fitted):
+    parts = _parts(seeds=range(200, 203))
+    batch = fitted.predict_batch(parts, batch_size=2)
+    single = [fitted.predict(p.rgb, p.xyz) for p in parts]
+    for b, s in zip(batch, single):
+        assert b.score == pytest.approx(s.score, rel=1e-4)
+        np.testing.assert_allclose(b.anomaly_map, s.anomaly_map, rtol=1e-3, atol=1e-5)
+
+
+def test_seeded_fit_is_reproducible_and_seed_matters():
+    parts = _parts(seeds=range(4))
+    probe = generate_sample("dome", seed=50, size=64)
+    a = mafr.MAFRDetector(tiny_config(train={"steps": 10})).fit(parts, seed=3, progress=False)
+    b = mafr.MAFRDetector(tiny_config(train={"steps": 10})).fit(parts, seed=3, progress=False)
+    c = mafr.MAFRDetector(tiny_config(train={"steps": 10})).fit(parts, seed=4, progress=False)
+    sa, sb, sc = (d.predict(probe.rgb, probe.xyz).score for d in (a, b, c))
+    assert sa == sb
+    assert sa != sc
+
+
+def test_save_load_round_trip_gives_identical_scores(fitted, tmp_path):
+    fitted.save_pretrained(tmp_path / "det")
+    files = sorted(p.name for p in (tmp_path / "det").iterdir())
+    assert files == ["README.md", "config.json", "model.safetensors"]
+    cfg = json.loads((tmp_path / "det" / "config.json").read_text())
+    assert cfg["version"] == mafr.CONFIG_VERSION and cfg["fit"]["n_samples"] == 6
+    again = mafr.MAFRDetector.from_pretrained(tmp_path / "det")
+    assert again.config == fitted.config and again.threshold_ == fitted.threshold_
+    probe = generate_sample("dome", "bump", seed=7, size=64)
+    r1, r2 = fitted.predict(probe.rgb, probe.xyz), again.predict(probe.rgb, probe.xyz)
+    assert r1.score == r2.score
+    np.testing.assert_array_equal(r1.anomaly_map, r2.anomaly_map)
+    card = (tmp_path / "det" / "README.md").read_text()
+    assert "threshold" in card and "library_name: mafr" in card
+
+
+def test_from_pretrained_offline_hub_cache(fitted, tmp_path):
+    # A populated Hugging Face cache, as snapshot_download leaves it, read with HF_HUB_OFFLINE=1.
+    commit = "a" * 40
+    snap = tmp_path / "hub" / "models--acme--bracket-mafr" / "snapshots" / commit
+    fitted.save_pretrained(snap)
+    (tmp_path / "hub" / "models--acme--bracket-mafr" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--bracket-mafr" / "refs" / "main").write_text(commit)
+    again = mafr.MAFRDetector.from_pretrained("acme/bracket-mafr", cache_dir=tmp_path / "hub", local_files_only=True)
+    assert again.threshold_ == fitted.threshold_
+
+
+def test_errors_are_clear(fitted, tmp_path):
+    det = mafr.MAFRDetector(tiny_config())
+    s = generate_sample("dome", seed=1, size=64)
+    with pytest.raises(mafr.NotFittedError, match="not fitted"):
+        det.predict(s.rgb, s.xyz)
+    with pytest.raises(ValueError, match="empty fit set"):
+        det.fit([], progress=False)
+    sparse = np.zeros_like(s.xyz)
+    sparse[30:33, 30:33] = s.xyz[30:33, 30:33] + [0, 0, 0.5]
+    with pytest.raises(ValueError, match=r"too few valid 3D points: \d+ .* at least 32"):
+        fitted.predict(s.rgb, sparse)
+    with pytest.raises(ValueError, match="aspect ratios"):
+        fitted.predict(s.rgb, s.xyz[:, :40])
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        fitted.save_pretrained(tmp_path / "d")
+        (tmp_path / "d" / "model.safetensors").unlink()
+        mafr.MAFRDetector.from_pretrained(tmp_path / "d")
+
+
+def test_newer_config_json_is_refused(fitted, tmp_path):
+    fitted.save_pretrained(tmp_path / "d")
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    cfg["version"] = mafr.CONFIG_VERSION + 1
+    (tmp_path / "d" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="newer mafr"):
+        mafr.MAFRDetector.from_pretrained(tmp_path / "d")
+
+
+def test_fitted_detector_separates_obvious_defects():
+    """Honest end-to-end check: 6 good parts to fit, then a held-out good part and parts with a
+    clear geometric + colour defect (crack, hole). The defects must score higher and the map must
+    peak inside the defect (dilated by the smoothing radius)."""
+    det = mafr.MAFRDetector(tiny_config(train={"steps": 80}))
+    det.fit(_parts("puck", seeds=range(6), size=64), seed=0, progress=False)
+    good = generate_sample("puck", seed=40, size=64)
+    s_good = det.predict(good.rgb, good.xyz).score
+    for defect, seed in (("crack", 41), ("hole", 42)):
+        bad = generate_sample("puck", defect, seed=seed, size=64)
+        res = det.predict(bad.rgb, bad.xyz)
+        assert res.score > s_good, (defect, res.score, s_good)
+        r, c = np.unravel_index(np.argmax(res.anomaly_map), res.anomaly_map.shape)
+        rows, cols = np.nonzero(bad.mask)
+        margin = 6
+        assert rows.min() - margin <= r <= rows.max() + margin and cols.min() - margin <= c <= cols.max() + margin, defect

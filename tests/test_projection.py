@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from mafr.projection import depth_to_xyz, pool_to_grid, project_points, scatter_to_pixels, upsample_rgb, valid_grid_mask
+
+K = np.array([[100.0, 0, 32.0], [0, 100.0, 24.0], [0, 0, 1]])
+
+
+def test_pinhole_projection_lands_on_the_right_pixels():
+    # Points placed exactly on the rays of chosen pixels at various depths.
+    pix = [(0, 0), (24, 32), (47, 63), (10, 50)]
+    pts = []
+    for (r, c), z in zip(pix, (0.5, 1.0, 2.0, 0.8)):
+        pts.append([(c - 32) * z / 100, (r - 24) * z / 100, z])
+    out = project_points(np.array(pts), K, 48, 64)
+    for (r, c), p in zip(pix, pts):
+        np.testing.assert_allclose(out[r, c], p, rtol=1e-6)
+    assert int((out != 0).any(-1).sum()) == 4
+
+
+def test_zbuffer_keeps_nearest_and_drops_behind_camera_and_outside():
+    near, far = [0.0, 0.0, 0.5], [0.0, 0.0, 2.0]  # same pixel (24, 32)
+    behind, outside = [0.0, 0.0, -1.0], [10.0, 0.0, 1.0]
+    out = project_points(np.array([far, near, behind, outside]), K, 48, 64)
+    np.testing.assert_allclose(out[24, 32], near)
+    assert int((out != 0).any(-1).sum()) == 1
+
+
+def test_extrinsics_transform_world_to_camera():
+    # camera translated by +1 in z: world point at z=0 is 1 m in front.
+    E = np.eye(4)
+    E[2, 3] = 1.0
+    out = project_points(np.array([[0.0, 0.0, 0.0]]), K, 48, 64, E)
+    np.testing.assert_allclose(out[24, 32], [0, 0, 1.0])
+
+
+def test_depth_back_projection_inverts_projection():
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.4, 0.6, size=(48, 64)).astype(np.float32)
+    depth[5, 5] = 0
+    xyz = depth_to_xyz(depth, K)
+    assert (xyz[5, 5] == 0).all()
+    reproj = project_points(xyz[depth > 0], K, 48, 64)
+    np.testing.assert_allclose(reproj, xyz, atol=1e-5)
+    np.testing.assert_allclose(depth_to_xyz(depth * 1000, K, depth_scale=1e-3), xyz, atol=1e-5)
+
+
+def test_depth_rejects_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        depth_to_xyz(np.full((4, 4), np.nan), K)
+
+
+def test_scatter_and_pooling_follow_spec():
+    feats = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    m = scatter_to_pixels(feats, torch.tensor([0, 5]), 4)
+    assert m.shape == (2, 4, 4)
+    assert m[0, 0, 0] == 1.0 and m[1, 1, 1] == 4.0 and m.abs().sum() == 10.0
+    # constant map stays constant through 3x3 avg pool + adaptive pooling
+    const = torch.full((3, 16, 16), 2.0)
+    torch.testing.assert_close(pool_to_grid(const, 16), const)
+    torch.testing.assert_close(pool_to_grid(const, 4), torch.full((3, 4, 4), 2.0))
+    # one point: 3x3 pooling spreads it into its 3 x 3 neighbourhood only
+    single = torch.zeros(1, 16, 16)
+    single[0, 8, 8] = 9.0
+    pooled = pool_to_grid(single, 16)
+    assert pooled[0, 8, 8] > 0 and pooled[0, 0, 0] == 0 and pooled[0, 8, 13] == 0
+
+
+def test_valid_grid_mask_and_rgb_upsampling():
+    valid = torch.zeros(16, 16, dtype=torch.bool)
+    valid[:8, :8] = True
+    g = valid_grid_mask(valid, 4)
+    assert g[:2, :2].all() and not g[3, 3]
+    rgb = torch.arange(4.0).view(1, 1, 2, 2)
+    assert upsample_rgb(rgb, 2) is rgb
+    up = upsample_rgb(rgb, 4)
+    assert up.shape == (1, 1, 4, 4) and up[0, 0, 0, 0] == 0.0 and up[0, 0, 3, 3] == 3.0
