@@ -1,0 +1,31 @@
+"""Datasets: MVTec 3D-AD and Eyecandies readers, a synthetic generator, SPEC preprocessing."""
+
+from .eyecandies import EYECANDIES_CATEGORIES, Eyecandies, eyecandies_intrinsics
+from .mvtec3d import MVTec3D, categories, load_xyz_tiff
+from .preprocess import (
+    keep_largest_component,
+    pad_to_square,
+    preprocess_dataset,
+    preprocess_sample,
+    remove_background_plane,
+)
+from .synthetic import CATEGORIES, DEFECTS, camera_intrinsics, generate_sample, write_dataset
+
+__all__ = [
+    "CATEGORIES",
+    "DEFECTS",
+    "EYECANDIES_CATEGORIES",
+    "Eyecandies",
+    "MVTec3D",
+    "camera_intrinsics",
+    "categories",
+    "eyecandies_intrinsics",
+    "generate_sample",
+    "keep_largest_component",
+    "load_xyz_tiff",
+    "pad_to_square",
+    "preprocess_dataset",
+    "preprocess_sample",
+    "remove_background_plane",
+    "write_dataset",
+]

@@ -1,0 +1,340 @@
+"""SPEC.md's MVTec 3D-AD preprocessing (plane removal, square padding, largest cluster) in numpy.
+
+The reference scripts (open3d based; the BTF/M3DM ``preprocessing.py`` the CFM code base uses):
+
+1. fit a plane with RANSAC (50 points a sample, 1000 iterations, inlier distance 0.004) to the
+   valid points of the 10-pixel frame of the organized cloud and zero every point within 0.005
+   of it; the RGB pixels of the removed points are blackened too;
+2. zero-pad image and cloud to a square whose side is the larger side rounded up to a multiple
+   of 100, the content centred (``a = (side - h) // 2`` rows above, the rest below; same for
+   columns);
+3. DBSCAN (eps 0.006, min 30 points) and keep the largest cluster, blackening the RGB pixels of
+   the discarded points.
+
+Here step 3 is connected components on the pixel grid (neighbours within ``window`` pixels that
+are both valid and closer than ``eps`` in 3D): no open3d, and on organized scans the two agree
+except where DBSCAN would bridge a gap of missing pixels (use ``window`` > 1 for that).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from .mvtec3d import SPLITS, categories as list_categories, load_mask_png, load_xyz_tiff
+
+PathLike = Union[str, Path]
+
+
+def _check_xyz(xyz: np.ndarray, name: str = "xyz") -> np.ndarray:
+    arr = np.asarray(xyz)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"{name} must be an organized H x W x 3 point map, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{name} must be a float array (metres), got dtype {arr.dtype}")
+    return arr
+
+
+def _check_rgb(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    arr = np.asarray(rgb)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise ValueError(f"rgb must be an H x W x 3 (or x 4) image, got shape {arr.shape}")
+    if arr.shape[:2] != tuple(shape):
+        raise ValueError(f"rgb ({arr.shape[0]} x {arr.shape[1]}) and xyz ({shape[0]} x {shape[1]}) "
+                         "must have the same height and width")
+    return arr[..., :3]
+
+
+def _valid(xyz: np.ndarray) -> np.ndarray:
+    return np.any(xyz != 0, axis=-1)
+
+
+def fit_border_plane(
+    xyz: np.ndarray,
+    *,
+    border: int = 10,
+    ransac_n: int = 50,
+    iterations: int = 1000,
+    inlier_distance: float = 0.004,
+    seed: int = 0,
+) -> np.ndarray:
+    """RANSAC plane ``(a, b, c, d)`` (unit normal, ``a x + b y + c z + d = 0``) through the valid
+    points of the ``border``-pixel frame.
+
+    Each iteration fits a least-squares plane to ``ransac_n`` random frame points and counts the
+    points within ``inlier_distance``; the best plane is refitted to its inliers, as open3d's
+    ``segment_plane`` does.
+    """
+    xyz = _check_xyz(xyz)
+    h, w = xyz.shape[:2]
+    if not isinstance(border, (int, np.integer)) or border < 1 or 2 * border >= min(h, w):
+        raise ValueError(f"border must be an integer in [1, {(min(h, w) - 1) // 2}] for a "
+                         f"{h} x {w} map, got {border!r}")
+    if not isinstance(ransac_n, (int, np.integer)) or ransac_n < 3:
+        raise ValueError(f"ransac_n must be an integer >= 3, got {ransac_n!r}")
+    if not isinstance(iterations, (int, np.integer)) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    if not inlier_distance > 0:
+        raise ValueError(f"inlier_distance must be > 0, got {inlier_distance!r}")
+    frame = np.zeros((h, w), dtype=bool)
+    frame[:border], frame[-border:], frame[:, :border], frame[:, -border:] = True, True, True, True
+    pts = xyz[frame & _valid(xyz)].astype(np.float64)
+    if len(pts) < ransac_n:
+        raise ValueError(f"too few valid points in the {border}-pixel border to fit the table plane: "
+                         f"need at least ransac_n={ransac_n}, got {len(pts)}")
+
+    rng = np.random.default_rng(seed)
+    # Centre the points so float32 distance tests keep sub-millimetre precision.
+    origin = pts.mean(axis=0)
+    local = pts - origin
+    local32 = local.astype(np.float32)
+    best_count, best_plane = -1, None
+    chunk = max(1, min(iterations, 4_000_000 // max(len(pts), 1)))
+    for start in range(0, iterations, chunk):
+        m = min(chunk, iterations - start)
+        idx = rng.integers(0, len(pts), size=(m, ransac_n))
+        sample = local[idx]  # m x n x 3
+        centre = sample.mean(axis=1)
+        dev = sample - centre[:, None, :]
+        cov = np.einsum("mni,mnj->mij", dev, dev)
+        normal = np.linalg.eigh(cov)[1][:, :, 0]  # eigenvector of the smallest eigenvalue
+        offset = -np.einsum("mi,mi->m", normal, centre)
+        dist = np.abs(local32 @ normal.T.astype(np.float32) + offset.astype(np.float32))
+        counts = (dist < inlier_distance).sum(axis=0)
+        j = int(np.argmax(counts))
+        if counts[j] > best_count:
+            best_count, best_plane = int(counts[j]), (normal[j], offset[j])
+    normal, offset = best_plane
+    inliers = local[np.abs(local @ normal + offset) < inlier_distance]
+    if len(inliers) >= 3:
+        centre = inliers.mean(axis=0)
+        normal = np.linalg.eigh((inliers - centre).T @ (inliers - centre))[1][:, 0]
+        offset = -normal @ centre
+    offset = offset - normal @ origin  # back to the original coordinates
+    return np.array([*normal, offset])
+
+
+def remove_background_plane(
+    xyz: np.ndarray,
+    *,
+    border: int = 10,
+    ransac_n: int = 50,
+    iterations: int = 1000,
+    inlier_distance: float = 0.004,
+    remove_distance: float = 0.005,
+    seed: int = 0,
+) -> np.ndarray:
+    """A copy of ``xyz`` with every point within ``remove_distance`` of the table plane zeroed.
+
+    The plane is fitted by :func:`fit_border_plane` (RANSAC on the valid points of the
+    ``border``-pixel frame). Raises ValueError when the frame has fewer than ``ransac_n`` valid
+    points (e.g. a cloud whose background was already removed).
+    """
+    xyz = _check_xyz(xyz)
+    if not remove_distance > 0:
+        raise ValueError(f"remove_distance must be > 0, got {remove_distance!r}")
+    plane = fit_border_plane(xyz, border=border, ransac_n=ransac_n, iterations=iterations,
+                             inlier_distance=inlier_distance, seed=seed)
+    out = xyz.copy()
+    dist = np.abs(xyz.astype(np.float64) @ plane[:3] + plane[3])
+    out[(dist < remove_distance) & _valid(xyz)] = 0
+    return out
+
+
+def square_padding(height: int, width: int, multiple: int = 100) -> tuple[int, int, int]:
+    """``(side, top, left)`` of the reference padding: side = larger side rounded up to a
+    multiple of ``multiple``; the content is centred (the odd pixel goes below / right)."""
+    if not isinstance(multiple, (int, np.integer)) or multiple < 1:
+        raise ValueError(f"multiple must be a positive integer, got {multiple!r}")
+    side = max(-(-height // multiple), -(-width // multiple)) * multiple
+    return side, (side - height) // 2, (side - width) // 2
+
+
+def pad_array_to_square(arr: np.ndarray, multiple: int = 100) -> np.ndarray:
+    """Zero-pad an H x W (x C) array as :func:`pad_to_square` does (for masks and the like)."""
+    arr = np.asarray(arr)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"expected an H x W or H x W x C array, got shape {arr.shape}")
+    side, top, left = square_padding(arr.shape[0], arr.shape[1], multiple)
+    pad = [(top, side - arr.shape[0] - top), (left, side - arr.shape[1] - left)]
+    return np.pad(arr, pad + [(0, 0)] * (arr.ndim - 2))
+
+
+def pad_to_square(rgb: np.ndarray, xyz: np.ndarray, multiple: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad image and point map to a square, content centred (black / no measurement).
+
+    The side is the larger side rounded up to a multiple of ``multiple`` (800 x 600 -> 800 x 800,
+    224 x 224 -> 300 x 300), as in the reference ``pad_cropped_pc``.
+    """
+    xyz = _check_xyz(xyz)
+    rgb = _check_rgb(rgb, xyz.shape[:2])
+    return pad_array_to_square(rgb, multiple), pad_array_to_square(xyz, multiple)
+
+
+def _connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Component label (its smallest node index) of each of ``n`` nodes joined by edges a-b.
+
+    Vectorised union-find: hook every root onto the smallest root it touches, then compress
+    paths fully; edges whose ends share a root are dropped. Takes O(log n) rounds in practice.
+    """
+    parent = np.arange(n)
+    while len(a):
+        ra, rb = parent[a], parent[b]
+        keep = ra != rb
+        a, b, ra, rb = a[keep], b[keep], ra[keep], rb[keep]
+        if not len(a):
+            break
+        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    return parent
+
+
+def keep_largest_component(
+    xyz: np.ndarray, *, eps: float = 0.006, min_points: int = 30, window: int = 1
+) -> np.ndarray:
+    """A copy of ``xyz`` keeping only the largest connected cluster of valid points.
+
+    Two valid pixels are connected when they are within ``window`` pixels of each other
+    (``window=1``: the 8 neighbours) and closer than ``eps`` in 3D. Ties go to the cluster
+    that starts first in raster order. If the largest cluster has fewer than ``min_points``
+    points, everything is noise (as for DBSCAN) and an all-zero map is returned.
+    """
+    xyz = _check_xyz(xyz)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    if not isinstance(min_points, (int, np.integer)) or min_points < 1:
+        raise ValueError(f"min_points must be a positive integer, got {min_points!r}")
+    if not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be a positive integer, got {window!r}")
+    h, w = xyz.shape[:2]
+    valid = _valid(xyz)
+    n = int(valid.sum())
+    out = np.zeros_like(xyz)
+    if n == 0:
+        return out
+    index = np.full((h, w), -1, dtype=np.int64)
+    index[valid] = np.arange(n)
+    pts = xyz.astype(np.float64)
+    eps2 = float(eps) ** 2
+    heads, tails = [], []
+    for dy in range(0, window + 1):
+        for dx in range(-window, window + 1):
+            if dy == 0 and dx <= 0:
+                continue  # each unordered pair once
+            ys, ye = 0, h - dy
+            xs, xe = max(0, -dx), min(w, w - dx)
+            if ye <= ys or xe <= xs:
+                continue
+            src = (slice(ys, ye), slice(xs, xe))
+            dst = (slice(ys + dy, ye + dy), slice(xs + dx, xe + dx))
+            d2 = np.sum((pts[src] - pts[dst]) ** 2, axis=-1)
+            ok = valid[src] & valid[dst] & (d2 < eps2)
+            heads.append(index[src][ok])
+            tails.append(index[dst][ok])
+    labels = _connected_components(n, np.concatenate(heads), np.concatenate(tails))
+    sizes = np.bincount(labels, minlength=n)
+    largest = int(np.argmax(sizes))
+    if sizes[largest] < min_points:
+        return out
+    keep = np.zeros((h, w), dtype=bool)
+    keep[valid] = labels == largest
+    out[keep] = xyz[keep]
+    return out
+
+
+def preprocess_sample(
+    rgb: np.ndarray, xyz: np.ndarray, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """SPEC preprocessing of one sample: plane removal, square padding, largest cluster.
+
+    Returns new ``(rgb, xyz)`` arrays (uint8-compatible H' x W' x 3, float H' x W' x 3); as in
+    the reference, RGB pixels whose points were removed by steps 1 and 3 are set to black.
+    Pad ground-truth masks with :func:`pad_array_to_square` to keep them aligned.
+    """
+    xyz = _check_xyz(xyz)
+    rgb = _check_rgb(rgb, xyz.shape[:2])
+    before = _valid(xyz)
+    planeless = remove_background_plane(xyz, seed=seed)
+    rgb = np.where((before & ~_valid(planeless))[..., None], 0, rgb).astype(rgb.dtype)
+    rgb, planeless = pad_to_square(rgb, planeless)
+    cleaned = keep_largest_component(planeless)
+    dropped = _valid(planeless) & ~_valid(cleaned)
+    rgb = np.where(dropped[..., None], 0, rgb).astype(rgb.dtype)
+    return rgb, cleaned
+
+
+def preprocess_dataset(
+    src_root: PathLike,
+    dst_root: PathLike,
+    categories: Optional[Iterable[str]] = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Write a preprocessed copy of an MVTec 3D-AD style dataset and return ``dst_root``.
+
+    Every ``<category>/<split>/<type>/{rgb,xyz}`` pair goes through :func:`preprocess_sample`;
+    ``gt`` masks are padded the same way (0/255 PNG). Other files of a category folder (e.g.
+    ``calibration/``) are copied unchanged. ``dst_root`` must differ from ``src_root``.
+    """
+    src, dst = Path(src_root), Path(dst_root)
+    if src.resolve() == dst.resolve():
+        raise ValueError(f"dst_root must differ from src_root (both are {src})")
+    present = list_categories(src)
+    cats = present if categories is None else list(categories)
+    missing = [c for c in cats if c not in present]
+    if missing:
+        raise FileNotFoundError(f"categories {missing} not found under {src} (present: {present})")
+    for cat in cats:
+        for item in sorted((src / cat).iterdir()):
+            if item.name in SPLITS:
+                continue
+            target = dst / cat / item.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if item.is_dir():
+                shutil.copytree(item, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, target)
+        for split in SPLITS:
+            split_dir = src / cat / split
+            if not split_dir.is_dir():
+                continue
+            started, count = time.perf_counter(), 0
+            for kind_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+                out_dir = dst / cat / split / kind_dir.name
+                for rgb_path in sorted((kind_dir / "rgb").glob("*.png")):
+                    xyz_path = kind_dir / "xyz" / f"{rgb_path.stem}.tiff"
+                    with Image.open(rgb_path) as img:
+                        rgb = np.asarray(img.convert("RGB"))
+                    xyz = load_xyz_tiff(xyz_path)
+                    try:
+                        rgb_out, xyz_out = preprocess_sample(rgb, xyz, seed=seed)
+                    except ValueError as err:
+                        raise ValueError(f"{xyz_path}: {err}") from err
+                    for sub in ("rgb", "xyz"):
+                        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(rgb_out.astype(np.uint8)).save(out_dir / "rgb" / rgb_path.name)
+                    tifffile.imwrite(out_dir / "xyz" / xyz_path.name, xyz_out.astype(np.float32),
+                                     photometric="rgb")
+                    gt_path = kind_dir / "gt" / rgb_path.name
+                    if gt_path.is_file():
+                        (out_dir / "gt").mkdir(parents=True, exist_ok=True)
+                        gt = pad_array_to_square(load_mask_png(gt_path)).astype(np.uint8) * 255
+                        Image.fromarray(gt).save(out_dir / "gt" / gt_path.name)
+                    count += 1
+            if progress:
+                print(f"preprocessed {cat}/{split}: {count} samples in "
+                      f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return dst

@@ -1,0 +1,487 @@
+"""Synthetic multimodal parts with defects, written in the MVTec 3D-AD layout.
+
+A top-down pinhole camera (:func:`camera_intrinsics`) looks at a part lying on a table about
+0.5 m away. Each sample has an organized xyz map in metres in the camera frame (X right, Y down,
+Z forward = depth; zeros = no measurement) and an RGB image rendered with Lambertian shading from
+the normals of the same geometry, so shape shows in the image as it does on a real part.
+
+Randomness is split in two independent streams derived from ``(seed, category)``: a *nuisance*
+stream (pose, size, colour jitter, texture, sensor noise, dropouts, camera noise) and a *defect*
+stream (location, size and shape of the defect). The nuisance stream does not depend on the
+defect, so ``generate_sample(c, None, seed=s)`` and ``generate_sample(c, "bump", seed=s)`` show the
+same part and differ only inside the defect mask. Every geometric defect's mask is dilated by one
+pixel because the shading uses central differences, so the rgb change never leaks past the mask.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Union
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from ..types import Sample
+
+PathLike = Union[str, Path]
+
+#: Object shapes the generator knows.
+CATEGORIES: tuple[str, ...] = ("dome", "puck", "ring", "block")
+
+#: Defect types and the modality each one changes.
+DEFECTS: dict[str, str] = {
+    "bump": "geometry",
+    "dent": "geometry",
+    "stain": "colour",
+    "crack": "both",
+    "hole": "both",
+}
+
+#: Distance from the camera centre to the table along the optical axis, in metres.
+CAMERA_HEIGHT = 0.5
+#: fx = fy = FOCAL_FACTOR * size: a 0.1 m part at 0.5 m spans 60% of the image width.
+FOCAL_FACTOR = 3.0
+#: Standard deviation of the depth noise, in metres.
+DEPTH_NOISE = 0.0002
+
+_BACKGROUNDS = ("none", "plane")
+# Unit vector from the surface towards the light (up-left, from the camera side: negative Z).
+_LIGHT = np.array([-0.35, -0.45, -1.0]) / np.linalg.norm([-0.35, -0.45, -1.0])
+_AMBIENT, _DIFFUSE = 0.3, 0.75
+_TABLE_ALBEDO = 0.2
+_BASE_ALBEDO = {
+    "dome": (0.78, 0.62, 0.42),
+    "puck": (0.55, 0.58, 0.62),
+    "ring": (0.80, 0.47, 0.27),
+    "block": (0.45, 0.63, 0.40),
+}
+
+
+def camera_intrinsics(size: int = 224) -> np.ndarray:
+    """The 3 x 3 pinhole matrix of the synthetic camera for a ``size`` x ``size`` image.
+
+    fx = fy = 3 * size and the principal point is the image centre ((size - 1) / 2, pixel
+    centres at integer coordinates), so the field of view is the same at every size.
+    """
+    f = FOCAL_FACTOR * size
+    c = (size - 1) / 2.0
+    return np.array([[f, 0.0, c], [0.0, f, c], [0.0, 0.0, 1.0]])
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes: signed distance of the footprint (negative inside, metres) and height above the table,
+# both in object coordinates. Every shape has side walls of at least 8 mm so that removing points
+# within 5 mm of the table plane (SPEC preprocessing) keeps the whole visible top of the part.
+
+
+@dataclass(frozen=True)
+class _Shape:
+    sdf: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    height: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (x, y, sdf) -> h
+    area: float  # footprint area in m^2
+    extent: float  # typical length across the part in m (for crack lengths)
+
+
+def _fillet(d_in: np.ndarray, top: float, radius: float) -> np.ndarray:
+    """Height of a flat-topped solid with a rounded top edge, ``d_in`` metres inside its rim."""
+    inner = np.clip(radius - d_in, 0.0, radius)
+    return np.where(d_in > 0, top - radius + np.sqrt(radius**2 - inner**2), 0.0)
+
+
+def _dome_sdf(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.hypot(x, y) - 0.05
+
+
+def _dome_h(x: np.ndarray, y: np.ndarray, sdf: np.ndarray) -> np.ndarray:
+    r2 = (x * x + y * y) / 0.05**2
+    return np.where(sdf < 0, 0.008 + 0.022 * np.sqrt(np.clip(1.0 - r2, 0.0, 1.0)), 0.0)
+
+
+def _puck_sdf(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.hypot(x, y) - 0.048
+
+
+def _puck_h(x: np.ndarray, y: np.ndarray, sdf: np.ndarray) -> np.ndarray:
+    crown = 0.0015 * np.clip(1.0 - (x * x + y * y) / 0.048**2, 0.0, 1.0)
+    return _fillet(-sdf, 0.016, 0.005) + np.where(sdf < 0, crown, 0.0)
+
+
+def _ring_sdf(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.abs(np.hypot(x, y) - 0.034) - 0.016
+
+
+def _ring_h(x: np.ndarray, y: np.ndarray, sdf: np.ndarray) -> np.ndarray:
+    t = (np.hypot(x, y) - 0.034) / 0.016
+    return np.where(sdf < 0, 0.008 + 0.008 * np.sqrt(np.clip(1.0 - t * t, 0.0, 1.0)), 0.0)
+
+
+def _block_sdf(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    corner = 0.006
+    qx = np.abs(x) - (0.050 - corner)
+    qy = np.abs(y) - (0.032 - corner)
+    outside = np.hypot(np.maximum(qx, 0.0), np.maximum(qy, 0.0))
+    return outside + np.minimum(np.maximum(qx, qy), 0.0) - corner
+
+
+def _block_h(x: np.ndarray, y: np.ndarray, sdf: np.ndarray) -> np.ndarray:
+    return _fillet(-sdf, 0.020, 0.004)
+
+
+_SHAPES: dict[str, _Shape] = {
+    "dome": _Shape(_dome_sdf, _dome_h, np.pi * 0.05**2, 0.10),
+    "puck": _Shape(_puck_sdf, _puck_h, np.pi * 0.048**2, 0.096),
+    "ring": _Shape(_ring_sdf, _ring_h, np.pi * (0.05**2 - 0.018**2), 0.10),
+    "block": _Shape(_block_sdf, _block_h, 4 * 0.05 * 0.032 - (4 - np.pi) * 0.006**2, 0.10),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Small numpy helpers.
+
+
+def _stream(seed: int, category: str, *tags: int) -> np.random.Generator:
+    """An independent generator for ``(seed, category, *tags)``."""
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(category.encode()), *tags]))
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """3 x 3 binary dilation (pixels outside the image count as False)."""
+    padded = np.pad(mask, 1)
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            out |= padded[dy : dy + h, dx : dx + w]
+    return out
+
+
+def _value_noise(rng: np.random.Generator, cells: int, x: np.ndarray, y: np.ndarray,
+                 half_extent: float) -> np.ndarray:
+    """Smooth noise in [-1, 1]: a random ``cells`` x ``cells`` grid over the square
+    [-half_extent, half_extent]^2 of object coordinates, bilinearly interpolated at (x, y)."""
+    grid = rng.uniform(-1.0, 1.0, size=(cells + 1, cells + 1))
+    gx = np.clip((x / half_extent + 1.0) * 0.5 * cells, 0.0, cells - 1e-6)
+    gy = np.clip((y / half_extent + 1.0) * 0.5 * cells, 0.0, cells - 1e-6)
+    ix, iy = gx.astype(np.int64), gy.astype(np.int64)
+    fx, fy = gx - ix, gy - iy
+    top = grid[iy, ix] * (1 - fx) + grid[iy, ix + 1] * fx
+    bottom = grid[iy + 1, ix] * (1 - fx) + grid[iy + 1, ix + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _normals(xyz: np.ndarray) -> np.ndarray:
+    """Unit normals of an organized, hole-free point map, facing the camera (n_z < 0)."""
+    du = np.zeros_like(xyz)
+    dv = np.zeros_like(xyz)
+    du[:, 1:-1] = xyz[:, 2:] - xyz[:, :-2]
+    du[:, 0], du[:, -1] = xyz[:, 1] - xyz[:, 0], xyz[:, -1] - xyz[:, -2]
+    dv[1:-1] = xyz[2:] - xyz[:-2]
+    dv[0], dv[-1] = xyz[1] - xyz[0], xyz[-1] - xyz[-2]
+    n = np.cross(dv, du)  # (0, +, 0) x (+, 0, 0) points to -Z, towards the camera
+    return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+
+
+def _segment_distance(px: np.ndarray, py: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Distance from points (px, py) to the polyline ``pts`` (K x 2)."""
+    best = np.full(px.shape, np.inf)
+    for (ax, ay), (bx, by) in zip(pts[:-1], pts[1:]):
+        vx, vy = bx - ax, by - ay
+        t = np.clip(((px - ax) * vx + (py - ay) * vy) / max(vx * vx + vy * vy, 1e-18), 0.0, 1.0)
+        best = np.minimum(best, np.hypot(px - ax - t * vx, py - ay - t * vy))
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# Defects. Each returns (height change, albedo factor (H x W x 3) or None, no-measurement map or
+# None, mask) evaluated at the object coordinates of every pixel.
+
+
+def _pick_centre(rng: np.random.Generator, shape: _Shape, radius: float,
+                 margin: float) -> tuple[np.ndarray, float]:
+    """A random point of the part whose disc of ``radius`` stays ``margin`` inside the rim.
+
+    The radius shrinks when no such point is found (thin parts such as the ring, or very
+    small images whose pixel-based margin is large)."""
+    for _ in range(12):
+        cand = rng.uniform(-0.055, 0.055, size=(512, 2))
+        depth = -shape.sdf(cand[:, 0], cand[:, 1])
+        ok = depth > radius + margin
+        if ok.any():
+            return cand[int(np.argmax(ok))], radius
+        radius *= 0.85
+    best = int(np.argmax(depth))  # deepest candidate, radius cut to fit
+    return cand[best], max(float(depth[best] - margin), 0.25 * radius)
+
+
+def _defect(kind: str, rng: np.random.Generator, shape: _Shape, xo: np.ndarray, yo: np.ndarray,
+            part: np.ndarray, pixel: float):
+    # Keeps the 3 x 3 dilated mask (and so every pixel whose shading changes) on the part.
+    margin = max(0.001, 1.6 * pixel)
+    h_delta = np.zeros(xo.shape)
+    albedo = None
+    missing = None
+
+    if kind == "crack":
+        half_width = max(0.0016, 0.9 * pixel)
+        safe = half_width + margin
+        step = rng.uniform(0.45, 0.65) * shape.extent / 12
+        # Random walks from random safe points, stopped where they would leave the safe zone;
+        # the first full-length one (or the longest) is the crack.
+        pts = None
+        for _ in range(100):
+            start, _ = _pick_centre(rng, shape, half_width, margin)
+            heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0.0, 0.2, size=12))
+            walk = [start]
+            for angle in heading:
+                nxt = walk[-1] + step * np.array([np.cos(angle), np.sin(angle)])
+                if shape.sdf(nxt[:1], nxt[1:])[0] > -safe:
+                    break
+                walk.append(nxt)
+            if pts is None or len(walk) > len(pts):
+                pts = np.array(walk)
+            if len(pts) == 13:
+                break
+        if len(pts) == 1:  # a dot-sized crack on a tiny image: still a visible groove
+            pts = np.vstack([pts, pts + 1e-6])
+        dist = _segment_distance(xo, yo, pts)
+        inside = (dist < half_width) & part
+        depth = rng.uniform(0.002, 0.003)
+        h_delta = np.where(inside, -depth * (1.0 - dist / half_width), 0.0)
+        albedo = np.where(inside[..., None], 0.25, 1.0)
+        return h_delta, albedo, missing, _dilate(inside) & part
+
+    fraction = rng.uniform(0.03, 0.05) if kind == "hole" else rng.uniform(0.03, 0.07)
+    radius = float(np.sqrt(fraction * shape.area / np.pi))
+    centre, radius = _pick_centre(rng, shape, radius, margin)
+    dx, dy = xo - centre[0], yo - centre[1]
+    d = np.hypot(dx, dy)
+
+    if kind in ("bump", "dent"):
+        amplitude = rng.uniform(0.003, 0.005) * (1.0 if kind == "bump" else -1.0)
+        s2 = np.clip(1.0 - (d / radius) ** 2, 0.0, 1.0)
+        inside = (d < radius) & part
+        h_delta = np.where(inside, amplitude * s2 * s2, 0.0)
+        return h_delta, albedo, missing, _dilate(inside) & part
+
+    if kind == "stain":
+        phi = np.arctan2(dy, dx)
+        rim = np.ones_like(phi)
+        for k in (2, 3, 4):
+            rim += rng.uniform(0.05, 0.15) * np.cos(k * phi + rng.uniform(0, 2 * np.pi))
+        rim *= radius
+        inside = (d < rim) & part
+        alpha = np.where(inside, np.clip((rim - d) / (0.2 * radius), 0.0, 1.0), 0.0)
+        tint = np.array([0.42, 0.33, 0.26]) * rng.uniform(0.9, 1.1, size=3)
+        albedo = 1.0 - alpha[..., None] * (1.0 - tint)
+        return h_delta, albedo, missing, inside  # albedo only: no shading leak, no dilation
+
+    if kind == "hole":
+        depth = rng.uniform(0.007, 0.010)
+        wall = np.clip((radius - d) / (0.25 * radius), 0.0, 1.0)  # steep wall, flat floor
+        inside = (d < radius) & part
+        h_delta = np.where(inside, -depth * wall, 0.0)
+        albedo = np.where(inside[..., None], 0.12 + 0.5 * (1.0 - wall[..., None]), 1.0)
+        missing = (d < 0.55 * radius) & part  # the sensor cannot see the bottom of the hole
+        return h_delta, albedo, missing, _dilate(inside) & part
+
+    raise ValueError(f"unknown defect {kind!r}")  # guarded by the caller
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def generate_sample(
+    category: str,
+    defect: Optional[str] = None,
+    *,
+    seed: int = 0,
+    size: int = 224,
+    background: str = "none",
+    return_layers: bool = False,
+) -> Union[Sample, tuple[Sample, dict[str, np.ndarray]]]:
+    """Render one synthetic part, good (``defect=None`` or ``"good"``) or with a defect.
+
+    Args:
+        category: one of :data:`CATEGORIES`.
+        defect: ``None``/``"good"`` or one of :data:`DEFECTS`.
+        seed: non-negative integer; the same seed gives identical arrays, and the same seed with
+            and without a defect gives the same part (pose, texture, noise).
+        size: side of the square image in pixels (>= 32; below ~64 px a defect covers only a
+            few pixels and its mask is relatively large).
+        background: ``"none"``: table points are zero in xyz (as after plane removal);
+            ``"plane"``: the table is measured too.
+        return_layers: also return a dict of noise-free layers: ``albedo`` (H x W x 3 float),
+            ``height`` (m above the table), ``part`` (bool footprint), ``normals`` and
+            ``intrinsics``.
+
+    Returns:
+        A :class:`mafr.types.Sample` with ``rgb`` (uint8 H x W x 3), ``xyz`` (float32
+        H x W x 3, metres), ``label``, ``mask`` (bool H x W), ``defect_type`` and ``name``;
+        or ``(sample, layers)`` when ``return_layers``.
+    """
+    if category not in _SHAPES:
+        raise ValueError(f"category must be one of {CATEGORIES}, got {category!r}")
+    kind = "good" if defect is None else defect
+    if kind != "good" and kind not in DEFECTS:
+        raise ValueError(f"defect must be None, 'good' or one of {tuple(DEFECTS)}, got {defect!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
+        raise ValueError(f"size must be an integer >= 32, got {size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if background not in _BACKGROUNDS:
+        raise ValueError(f"background must be one of {_BACKGROUNDS}, got {background!r}")
+    size, seed = int(size), int(seed)
+    shape = _SHAPES[category]
+    nuis = _stream(seed, category, 0)
+
+    # Nuisance draws, always in the same order whatever the defect.
+    z0 = CAMERA_HEIGHT + nuis.uniform(-0.005, 0.005)
+    tilt_x, tilt_y = np.tan(np.deg2rad(nuis.uniform(-1.5, 1.5, size=2)))
+    theta = nuis.uniform(-0.2, 0.2)
+    shift = nuis.uniform(-0.004, 0.004, size=2)
+    scale = nuis.uniform(0.97, 1.03)
+    tint = np.asarray(_BASE_ALBEDO[category]) * nuis.uniform(0.94, 1.06, size=3)
+
+    k = camera_intrinsics(size)
+    f, c = k[0, 0], k[0, 2]
+    u = np.arange(size, dtype=np.float64)
+    xn = np.broadcast_to((u[None, :] - c) / f, (size, size))
+    yn = np.broadcast_to((u[:, None] - c) / f, (size, size))
+    z_table = z0 / (1.0 - tilt_x * xn - tilt_y * yn)  # ray hits the tilted table
+    xt, yt = xn * z_table - shift[0], yn * z_table - shift[1]
+    cos_t, sin_t = np.cos(theta), np.sin(theta)
+    xo = (cos_t * xt + sin_t * yt) / scale
+    yo = (-sin_t * xt + cos_t * yt) / scale
+
+    sdf = shape.sdf(xo, yo)
+    part = sdf < 0
+    height = scale * shape.height(xo, yo, sdf)
+
+    low = _value_noise(nuis, 6, xo, yo, 0.06)
+    grain = nuis.normal(0.0, 1.0, size=(size, size))
+    albedo = tint[None, None, :] * (1.0 + 0.06 * low + 0.02 * grain)[..., None]
+    albedo = np.where(part[..., None], albedo, _TABLE_ALBEDO * (1.0 + 0.04 * grain)[..., None])
+    depth_noise = nuis.normal(0.0, DEPTH_NOISE, size=(size, size))
+    camera_noise = nuis.normal(0.0, 1.2, size=(size, size, 3))
+    dropout = np.zeros((size, size), dtype=bool)
+    vv, uu = np.mgrid[0:size, 0:size]
+    for _ in range(int(nuis.integers(3, 7))):
+        cu, cv = nuis.uniform(0, size, size=2)
+        dropout |= (uu - cu) ** 2 + (vv - cv) ** 2 < nuis.uniform(1.0, 2.5) ** 2
+
+    mask = np.zeros((size, size), dtype=bool)
+    missing = np.zeros((size, size), dtype=bool)
+    if kind != "good":
+        rng = _stream(seed, category, 1, zlib.crc32(kind.encode()))
+        pixel = z0 / f  # metres per pixel on the table
+        h_delta, factor, hole, mask = _defect(kind, rng, shape, xo, yo, part, pixel / scale)
+        height = np.maximum(height + scale * h_delta, np.where(part, 0.001, 0.0))
+        if factor is not None:
+            albedo = albedo * factor
+        if hole is not None:
+            missing = hole
+
+    z_clean = z_table - height
+    clean = np.stack([xn * z_clean, yn * z_clean, z_clean], axis=-1)
+    normals = _normals(clean)
+    shade = _AMBIENT + _DIFFUSE * np.clip(normals @ _LIGHT, 0.0, None)
+    rgb = np.clip(np.rint(255.0 * albedo * shade[..., None] + camera_noise), 0, 255).astype(np.uint8)
+
+    grazing = np.abs(normals[..., 2]) < 0.15  # no return at grazing angles (part outline)
+    valid = ~(dropout | grazing | missing)
+    if background == "none":
+        valid &= part
+    z = z_clean + depth_noise
+    xyz = np.where(valid[..., None], np.stack([xn * z, yn * z, z], axis=-1), 0.0).astype(np.float32)
+
+    sample = Sample(
+        rgb=rgb,
+        xyz=xyz,
+        label=int(kind != "good"),
+        mask=mask,
+        defect_type=kind,
+        name=f"{category}/{kind}/{seed}",
+    )
+    if not return_layers:
+        return sample
+    layers = {
+        "albedo": albedo.astype(np.float32),
+        "height": height.astype(np.float32),
+        "part": part,
+        "normals": normals.astype(np.float32),
+        "intrinsics": k,
+    }
+    return sample, layers
+
+
+def sample_seed(seed: int, category: str, split: str, defect: str, index: int) -> int:
+    """The seed :func:`write_dataset` gives sample ``index`` of ``<category>/<split>/<defect>``,
+    so ``generate_sample(category, defect, seed=sample_seed(...))`` regenerates a written file."""
+    parts = [seed, zlib.crc32(category.encode()), zlib.crc32(split.encode()),
+             zlib.crc32(defect.encode()), index]
+    return int(np.random.SeedSequence(parts).generate_state(1, dtype=np.uint32)[0])
+
+
+def _check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def write_dataset(
+    root: PathLike,
+    categories: Optional[Iterable[str]] = None,
+    *,
+    n_train: int = 10,
+    n_validation: int = 4,
+    n_test_good: int = 8,
+    n_test_per_defect: int = 4,
+    size: int = 224,
+    seed: int = 0,
+    background: str = "none",
+) -> Path:
+    """Write synthetic parts in the MVTec 3D-AD layout and return ``root``.
+
+    ``root/<category>/{train,validation}/good/{rgb/000.png, xyz/000.tiff}`` and
+    ``root/<category>/test/{good,<defect>}/{rgb,xyz,gt}/000.*`` (gt: 8-bit PNG, 0/255, all zero
+    for good parts). Each sample's seed is derived from ``(seed, category, split, defect,
+    index)``, so the same arguments give byte-identical files.
+    """
+    cats = list(CATEGORIES) if categories is None else list(categories)
+    unknown = [c for c in cats if c not in _SHAPES]
+    if unknown or not cats:
+        raise ValueError(f"categories must be a non-empty subset of {CATEGORIES}, got {cats!r}")
+    counts = {
+        "n_train": _check_count("n_train", n_train),
+        "n_validation": _check_count("n_validation", n_validation),
+        "n_test_good": _check_count("n_test_good", n_test_good),
+        "n_test_per_defect": _check_count("n_test_per_defect", n_test_per_defect),
+    }
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    root = Path(root)
+
+    def emit(folder: Path, index: int, sample: Sample, with_gt: bool) -> None:
+        for sub in ("rgb", "xyz") + (("gt",) if with_gt else ()):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sample.rgb).save(folder / "rgb" / f"{index:03d}.png")
+        # Contiguous H x W x 3 float32, as the MVTec 3D-AD files are stored.
+        tifffile.imwrite(folder / "xyz" / f"{index:03d}.tiff", sample.xyz, photometric="rgb")
+        if with_gt:
+            gt = sample.mask.astype(np.uint8) * 255
+            Image.fromarray(gt).save(folder / "gt" / f"{index:03d}.png")
+
+    for cat in cats:
+        jobs = [("train", "good", counts["n_train"]), ("validation", "good", counts["n_validation"]),
+                ("test", "good", counts["n_test_good"])]
+        jobs += [("test", d, counts["n_test_per_defect"]) for d in DEFECTS]
+        for split, kind, n in jobs:
+            for i in range(n):
+                s = sample_seed(int(seed), cat, split, kind, i)
+                sample = generate_sample(cat, None if kind == "good" else kind, seed=s, size=size,
+                                         background=background)
+                emit(root / cat / split / kind, i, sample, with_gt=split == "test")
+    return root
