@@ -59,6 +59,9 @@ class PointConfig(_Strict):
     out_indices: tuple[int, ...] = (3, 7, 11)
     #: FPS runs on at most this many points (evenly strided subsample); ``None`` = all points.
     fps_max_points: Optional[int] = Field(8192, ge=1)
+    #: Close sensor dropouts a few pixels wide before extraction (iterations of
+    #: ``projection.fill_small_holes``); 0 keeps the map as measured (the reference).
+    fill_holes: int = Field(4, ge=0)
 
 
 class ModelConfig(_Strict):
@@ -111,7 +114,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "reference": {
         "grid_size": 224,
-        "points": {"fps_max_points": None},
+        "points": {"fps_max_points": None, "fill_holes": 0},
         "model": {"cbam": "pointwise"},
         "train": {
             "epochs": 250,

@@ -25,7 +25,7 @@ from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
 from .io import as_sample, load_sample
 from .losses import restoration_loss
 from .model import FusionAutoencoder
-from .projection import pool_to_grid, scatter_to_pixels, upsample_rgb, valid_grid_mask
+from .projection import fill_small_holes, pool_to_grid, scatter_to_pixels, upsample_rgb, valid_grid_mask
 from .scoring import residual_map, score_maps
 from .types import AnomalyResult
 
@@ -152,6 +152,8 @@ class MAFRDetector(
         xyz_pad[:h, :w] = xyz
         xyz_s = torch.from_numpy(np.ascontiguousarray(xyz_pad[idx][:, idx]))
         valid = (xyz_s != 0).any(dim=-1)
+        if self.config.points.fill_holes:
+            xyz_s, valid = fill_small_holes(xyz_s, valid, self.config.points.fill_holes)
         return _Prepared(image, xyz_s, valid, h, w, rgb, xyz[..., 2].copy(), np.any(xyz != 0, axis=-1))
 
     def _min_points(self) -> int:

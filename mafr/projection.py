@@ -110,3 +110,23 @@ def upsample_rgb(features: torch.Tensor, grid: int) -> torch.Tensor:
     if features.shape[-1] == grid:
         return features
     return F.interpolate(features, size=(grid, grid), mode="bilinear", align_corners=False)
+
+
+def fill_small_holes(xyz: torch.Tensor, valid: torch.Tensor, iterations: int = 4, min_neighbours: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill sensor dropouts: an invalid pixel with at least ``min_neighbours`` valid pixels among
+    its 8 neighbours takes their mean, repeated ``iterations`` times. Holes up to ~6 pixels wide close;
+    a wide hole's straight boundary (3 valid neighbours) never qualifies, so real missing regions
+    stay missing. ``xyz``: ``(S, S, 3)``, ``valid``: ``(S, S)`` bool; returns new tensors."""
+    kernel = torch.ones(1, 1, 3, 3, dtype=xyz.dtype)
+    kernel[0, 0, 1, 1] = 0
+    xyz, valid = xyz.clone(), valid.clone()
+    for _ in range(iterations):
+        v = valid.to(xyz.dtype)[None, None]
+        count = F.conv2d(v, kernel, padding=1)[0, 0]
+        fill = ~valid & (count >= min_neighbours)
+        if not bool(fill.any()):
+            break
+        sums = F.conv2d((xyz * valid.unsqueeze(-1)).permute(2, 0, 1).unsqueeze(1), kernel, padding=1)[:, 0]
+        xyz[fill] = (sums.permute(1, 2, 0)[fill] / count[fill].unsqueeze(-1))
+        valid = valid | fill
+    return xyz, valid

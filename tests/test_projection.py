@@ -76,3 +76,35 @@ def test_valid_grid_mask_and_rgb_upsampling():
     assert upsample_rgb(rgb, 2) is rgb
     up = upsample_rgb(rgb, 4)
     assert up.shape == (1, 1, 4, 4) and up[0, 0, 0, 0] == 0.0 and up[0, 0, 3, 3] == 3.0
+
+
+def test_fill_small_holes_closes_dropouts_but_not_wide_holes():
+    from mafr.projection import fill_small_holes
+
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    xyz = torch.stack([xx * 0.001, yy * 0.001, 0.5 + 0.0001 * xx], -1)  # a tilted plane
+    valid = torch.ones(40, 40, dtype=torch.bool)
+    valid[10, 10] = False  # single dropout
+    valid[20:22, 5:7] = False  # 2 x 2 dropout
+    valid[25:37, 20:32] = False  # a 12 x 12 hole: a real missing region
+    holed = xyz * valid.unsqueeze(-1)
+    before = holed.clone()
+    filled, v = fill_small_holes(holed, valid, iterations=3)
+    torch.testing.assert_close(holed, before)  # input untouched
+    assert v[10, 10] and v[20:22, 5:7].all()
+    torch.testing.assert_close(filled[10, 10], xyz[10, 10])  # plane is linear: mean of ring = centre
+    # one-sided neighbourhoods: within half a pixel spacing (1 mm) of the true surface
+    assert float((filled[20:22, 5:7] - xyz[20:22, 5:7]).abs().max()) < 0.0005
+    assert not v[28:34, 23:29].any()  # interior of the wide hole stays missing
+
+
+def test_fill_small_holes_closes_a_round_dropout():
+    from mafr.projection import fill_small_holes
+
+    yy, xx = torch.meshgrid(torch.arange(30.0), torch.arange(30.0), indexing="ij")
+    xyz = torch.stack([xx, yy, torch.full_like(xx, 5.0)], -1)
+    valid = (yy - 15) ** 2 + (xx - 15) ** 2 > 2.5**2  # a disk of radius 2.5 px, as sensors drop
+    _, v = fill_small_holes(xyz * valid.unsqueeze(-1), valid, iterations=3)
+    assert int((~v).sum()) == 5  # peeled from 21 missing pixels, one ring per iteration
+    _, v = fill_small_holes(xyz * valid.unsqueeze(-1), valid, iterations=4)
+    assert bool(v.all())

@@ -1,0 +1,192 @@
+"""Point operators against hand-worked cases and brute force."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mafr.extractors import pointops
+from mafr.extractors.pointops import farthest_point_sample, group_points, knn, three_nn_interpolate
+
+# A 4 x 2 x 1 box: corners in a scrambled order and the box centre at index 3.
+BOX = torch.tensor(
+    [
+        [0.0, 0.0, 0.0],  # 0
+        [0.0, 0.0, 1.0],  # 1
+        [4.0, 0.0, 0.0],  # 2
+        [2.0, 1.0, 0.5],  # 3 centre
+        [0.0, 2.0, 1.0],  # 4
+        [4.0, 2.0, 0.0],  # 5
+        [4.0, 2.0, 1.0],  # 6
+        [0.0, 2.0, 0.0],  # 7
+        [4.0, 0.0, 1.0],  # 8
+    ]
+)
+
+
+def _reference_fps(points: torch.Tensor, m: int, start: int = 0) -> list[int]:
+    """Textbook FPS on one cloud (B = 1), for comparison."""
+    p = points[0]
+    chosen = [start]
+    min_d = ((p - p[start]) ** 2).sum(-1)
+    for _ in range(m - 1):
+        nxt = int(torch.argmax(min_d))
+        chosen.append(nxt)
+        min_d = torch.minimum(min_d, ((p - p[nxt]) ** 2).sum(-1))
+    return chosen
+
+
+def test_fps_box_sequence_worked_by_hand() -> None:
+    # 0 -> opposite corner 6 (d^2 21) -> centre 3 (5.25 from both) -> tie at 5 between corners
+    # 2 and 4: lowest index first -> 4 -> the last four corners all at 1, in index order.
+    idx = farthest_point_sample(BOX[None], 9)
+    assert idx.dtype == torch.long
+    assert idx.tolist() == [[0, 6, 3, 2, 4, 1, 5, 7, 8]]
+
+
+def test_fps_start_index_and_batches() -> None:
+    # from corner 6 the farthest is 0 (d^2 21), then the centre
+    assert farthest_point_sample(BOX[None], 3, start_index=6).tolist() == [[6, 0, 3]]
+    g = torch.Generator().manual_seed(0)
+    clouds = torch.rand(2, 300, 3, generator=g, dtype=torch.float64)
+    batched = farthest_point_sample(clouds, 40)
+    for b in range(2):
+        assert batched[b].tolist() == _reference_fps(clouds[b : b + 1], 40)
+
+
+def test_fps_torch_path_matches_numpy_path() -> None:
+    g = torch.Generator().manual_seed(1)
+    clouds = torch.rand(2, 500, 3, generator=g)
+    via_numpy = farthest_point_sample(clouds, 64)
+    via_torch = pointops._fps_torch(clouds, 64, 0, None)  # the path used on GPUs
+    assert torch.equal(via_numpy, via_torch)
+    assert via_numpy[0].unique().numel() == 64
+
+
+def test_fps_skip_near_origin_like_cuda_kernel() -> None:
+    # index 5 is at the origin: the CUDA kernel never picks it (|p|^2 <= 1e-3), plain FPS does
+    pts = torch.tensor([[1.0, 1.0, 1.0], [1.2, 1.0, 1.0], [1.0, 1.3, 1.0], [1.1, 1.1, 1.2], [1.05, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    assert farthest_point_sample(pts[None], 3).tolist() == [[0, 5, 2]]
+    assert farthest_point_sample(pts[None], 3, skip_near_origin=True).tolist() == [[0, 2, 3]]
+
+
+def test_fps_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="n_samples must be in \\[1, 9\\], got 10"):
+        farthest_point_sample(BOX[None], 10)
+    with pytest.raises(ValueError, match=r"shape \(B, N, 3\)"):
+        farthest_point_sample(BOX, 3)
+    bad = BOX.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        farthest_point_sample(bad[None], 3)
+    with pytest.raises(TypeError, match="floating-point"):
+        farthest_point_sample(BOX[None].long(), 3)
+
+
+@pytest.mark.parametrize("m,chunk", [(37, 8), (64, 64), (5, 256)])
+def test_knn_equals_brute_force(m: int, chunk: int) -> None:
+    g = torch.Generator().manual_seed(m)
+    pts = torch.rand(2, 400, 3, generator=g) + torch.tensor([0.0, 0.0, 5.0])  # far from the origin
+    q = torch.rand(2, m, 3, generator=g) + torch.tensor([0.0, 0.0, 5.0])
+    dist, idx = knn(q, pts, 10, chunk_size=chunk)
+    brute = ((q.double()[:, :, None] - pts.double()[:, None]) ** 2).sum(-1).sqrt()
+    ref_d, ref_i = brute.sort(dim=-1)
+    assert dist.shape == idx.shape == (2, m, 10)
+    assert torch.equal(idx, ref_i[..., :10])
+    assert torch.allclose(dist.double(), ref_d[..., :10], atol=1e-6)
+    assert bool((dist[..., 1:] >= dist[..., :-1]).all())
+
+
+def test_knn_rejects_k_larger_than_cloud() -> None:
+    with pytest.raises(ValueError, match="k must be in \\[1, 9\\], got 12"):
+        knn(BOX[None], BOX[None], 12)
+    with pytest.raises(ValueError, match="batch size 1, got 2"):
+        knn(BOX[None], BOX[None].expand(2, -1, -1), 2)
+
+
+def test_interpolation_at_a_centre_returns_its_feature() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.rand(1, 20, 3, generator=g)
+    feats = torch.randn(1, 20, 7, generator=g)
+    out = three_nn_interpolate(centres[:, [4, 11]], centres, feats)
+    assert torch.allclose(out[0], feats[0, [4, 11]], atol=1e-5)
+
+
+def test_interpolation_reproduces_constant_field() -> None:
+    g = torch.Generator().manual_seed(1)
+    centres = torch.rand(2, 30, 3, generator=g)
+    query = torch.rand(2, 1000, 3, generator=g)
+    feats = torch.tensor([1.5, -2.0, 0.25]).expand(2, 30, 3)
+    out = three_nn_interpolate(query, centres, feats, chunk_size=128)
+    assert out.shape == (2, 1000, 3)
+    assert torch.allclose(out, feats[:, :1].expand(2, 1000, 3), atol=1e-6)
+
+
+def test_interpolation_linear_field_at_triangle_centroid() -> None:
+    # equilateral triangle of centres around the query, two more centres far away
+    s = 3.0**0.5 / 2
+    centres = torch.tensor([[[1.0, 0.0, 0.0], [-0.5, s, 0.0], [-0.5, -s, 0.0], [9.0, 9.0, 0.0], [0.0, 0.0, 7.0]]])
+    a = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.7, -2.0]])  # linear field f(x) = a @ x + b
+    b = torch.tensor([0.25, -1.0])
+    feats = centres @ a.T + b
+    query = torch.zeros(1, 1, 3)  # the centroid
+    out = three_nn_interpolate(query, centres, feats)
+    assert torch.allclose(out[0, 0], b, atol=1e-6)  # f(centroid) = f(0) = b
+    shifted = three_nn_interpolate(query + 10, centres + 10, feats)  # translation invariance
+    assert torch.allclose(shifted, out, atol=1e-5)
+
+
+def test_interpolation_weights_hand_worked() -> None:
+    # distances 1, 2, 4 (and 10, not among the 3 nearest): weights 1 : 1/2 : 1/4 -> / 1.75
+    centres = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, -4.0], [10.0, 0.0, 0.0]]])
+    feats = torch.tensor([[[1.0], [2.0], [3.0], [100.0]]])
+    out = three_nn_interpolate(torch.zeros(1, 1, 3), centres, feats)
+    assert out.item() == pytest.approx((1.0 + 2.0 / 2 + 3.0 / 4) / 1.75, rel=1e-6)
+    out1 = three_nn_interpolate(torch.zeros(1, 1, 3), centres, feats, k=1)
+    assert out1.item() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_interpolation_does_not_modify_inputs() -> None:
+    g = torch.Generator().manual_seed(2)
+    centres, feats, query = torch.rand(1, 8, 3, generator=g), torch.rand(1, 8, 4, generator=g), torch.rand(1, 50, 3, generator=g)
+    copies = [t.clone() for t in (centres, feats, query)]
+    three_nn_interpolate(query, centres, feats)
+    assert all(torch.equal(a, b) for a, b in zip(copies, (centres, feats, query)))
+    with pytest.raises(ValueError, match=r"features must have shape \(B, G, C\) = \(1, 8, C\)"):
+        three_nn_interpolate(query, centres, feats[:, :5])
+
+
+def test_group_points_relative_neighbourhoods_contain_centre() -> None:
+    g = torch.Generator().manual_seed(3)
+    pts = torch.rand(2, 300, 3, generator=g)
+    before = pts.clone()
+    neigh, centres = group_points(pts, 16, 8)
+    assert neigh.shape == (2, 16, 8, 3) and centres.shape == (2, 16, 3)
+    assert torch.equal(pts, before)
+    # first neighbour is the centre itself (distance 0), the rest sorted by distance
+    assert bool((neigh[:, :, 0] == 0).all())
+    norms = neigh.norm(dim=-1)
+    assert bool((norms[..., 1:] >= norms[..., :-1] - 1e-7).all())
+    # absolute neighbours are input points, and they are the centre's 8 nearest
+    absolute = neigh + centres.unsqueeze(2)
+    for b in range(2):
+        near = torch.cdist(centres[b], pts[b]).topk(8, largest=False).indices
+        assert torch.allclose(absolute[b], pts[b][near], atol=1e-6)
+    fps = farthest_point_sample(pts, 16)
+    assert torch.equal(centres, torch.stack([pts[b, fps[b]] for b in range(2)]))
+
+
+def test_group_points_strided_fps_subsample() -> None:
+    g = torch.Generator().manual_seed(4)
+    pts = torch.rand(1, 1001, 3, generator=g)
+    neigh, centres = group_points(pts, 10, 5, fps_max_points=101)
+    sub = torch.arange(0, 1001, 10)  # round(linspace(0, 1000, 101)) = every 10th point
+    assert torch.equal(centres[0, 0], pts[0, 0])  # index 0 stays the first centre
+    expected = pts[0, sub][farthest_point_sample(pts[:, sub], 10)[0]]
+    assert torch.equal(centres[0], expected)
+    # kNN still searches all points: most neighbours are not in the subsample
+    absolute = (neigh + centres.unsqueeze(2)).reshape(-1, 3)
+    in_sub = (torch.cdist(absolute, pts[0, sub]).min(dim=1).values < 1e-7).float().mean()
+    assert in_sub < 0.5
+    with pytest.raises(ValueError, match=r"num_groups \(20\) must not exceed .*\(11 = min\(N=1001"):
+        group_points(pts, 20, 5, fps_max_points=11)
