@@ -32,6 +32,16 @@ from .types import AnomalyResult
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 _STD_FLOOR = 1e-6
+#: Each channel's variance is floored at this share of the mean channel variance.
+_VAR_FLOOR = 0.01
+
+
+def _robust_std(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel std with a floor relative to the typical channel: a channel that is nearly
+    constant on good parts (an empty histogram bin, say) must not turn sensor noise into
+    huge normalised values."""
+    var = x.var(0)
+    return (var + _VAR_FLOOR * var.mean()).sqrt().clamp(min=_STD_FLOOR)
 
 
 class NotFittedError(RuntimeError):
@@ -263,9 +273,9 @@ class MAFRDetector(
             xyz = torch.cat([f.xyz.reshape(-1, f.xyz.shape[-1]) for f in feats])
         return {
             "rgb_mean": rgb.mean(0),
-            "rgb_std": rgb.std(0).clamp(min=_STD_FLOOR),
+            "rgb_std": _robust_std(rgb),
             "xyz_mean": xyz.mean(0),
-            "xyz_std": xyz.std(0).clamp(min=_STD_FLOOR),
+            "xyz_std": _robust_std(xyz),
         }
 
     def _build_autoencoder(self, example: _Features) -> FusionAutoencoder:
