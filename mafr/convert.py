@@ -54,7 +54,7 @@ def _describe(obj: Any, limit: int = 10) -> str:
 
 
 def load_torch_checkpoint(src: PathLike, what: str = "checkpoint") -> Any:
-    """``torch.load`` on CPU with ``weights_only=True``; clear errors for missing or foreign files."""
+    """``torch.load`` on CPU with ``weights_only=True``; clear errors for missing/foreign files."""
     path = Path(src).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: expected a file at {path}")
@@ -80,7 +80,10 @@ def pointmae_encoder_state_dict(checkpoint: Any, source: str = "checkpoint") -> 
     ignores the rest (decoder, mask token, reconstruction head).
     """
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{source} is not a Point-MAE checkpoint: expected a dict, found {_describe(checkpoint)}")
+        raise ValueError(
+            f"{source} is not a Point-MAE checkpoint: expected a dict, "
+            f"found {_describe(checkpoint)}"
+        )
     state = checkpoint.get("base_model", checkpoint)
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(
@@ -113,7 +116,9 @@ def infer_pointmae_config(
     """
     for key in ("norm.weight", "blocks.blocks.0.mlp.fc1.weight", "encoder.second_conv.3.weight"):
         if key not in state_dict:
-            raise ValueError(f"Point-MAE encoder weights lack {key!r}; found {_describe(state_dict)}")
+            raise ValueError(
+                f"Point-MAE encoder weights lack {key!r}; found {_describe(state_dict)}"
+            )
     embed_dim = int(state_dict["norm.weight"].shape[0])
     blocks = sorted({int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))})
     if blocks != list(range(len(blocks))):
@@ -161,7 +166,11 @@ def convert_pointmae_checkpoint(
     checkpoint = load_torch_checkpoint(src, what=f"Point-MAE checkpoint (download: {POINTMAE_URL})")
     state = pointmae_encoder_state_dict(checkpoint, source=str(src))
     config = infer_pointmae_config(
-        state, num_heads=num_heads, out_indices=out_indices, num_groups=num_groups, group_size=group_size
+        state,
+        num_heads=num_heads,
+        out_indices=out_indices,
+        num_groups=num_groups,
+        group_size=group_size,
     )
     model = PointMAEEncoder(config)
     model.load_weights(state, source=str(src))

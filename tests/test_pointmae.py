@@ -24,13 +24,13 @@ def tiny_config(**overrides) -> PointMAEConfig:
     return PointMAEConfig(**{**TINY, **overrides})
 
 
-def surface_points(n: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def surface_points(n: int, seed: int = 0) -> torch.Tensor:
     """Points on a bumpy sphere 0.4 m in front of the origin, as a (1, n, 3) cloud."""
     g = torch.Generator().manual_seed(seed)
     d = torch.randn(n, 3, generator=g, dtype=torch.float64)
     d = d / d.norm(dim=1, keepdim=True)
     r = 0.05 * (1 + 0.1 * torch.sin(5 * d[:, :1]))
-    return (d * r + torch.tensor([0.0, 0.0, 0.4], dtype=torch.float64)).to(dtype)[None]
+    return (d * r + torch.tensor([0.0, 0.0, 0.4], dtype=torch.float64)).float()[None]
 
 
 # ---------------------------------------------------------------- the published layout, by hand
@@ -51,16 +51,22 @@ def official_shapes(c: int, depth: int, hidden: int) -> dict[str, tuple[int, ...
                    "pos_embed.2.weight": (c, 128), "pos_embed.2.bias": (c,)})
     for i in range(depth):
         b = f"blocks.blocks.{i}."
-        shapes.update({b + "norm1.weight": (c,), b + "norm1.bias": (c,), b + "attn.qkv.weight": (3 * c, c),
-                       b + "attn.proj.weight": (c, c), b + "attn.proj.bias": (c,), b + "norm2.weight": (c,),
-                       b + "norm2.bias": (c,), b + "mlp.fc1.weight": (hidden, c), b + "mlp.fc1.bias": (hidden,),
-                       b + "mlp.fc2.weight": (c, hidden), b + "mlp.fc2.bias": (c,)})
+        shapes.update({
+            b + "norm1.weight": (c,), b + "norm1.bias": (c,),
+            b + "attn.qkv.weight": (3 * c, c),  # no qkv bias
+            b + "attn.proj.weight": (c, c), b + "attn.proj.bias": (c,),
+            b + "norm2.weight": (c,), b + "norm2.bias": (c,),
+            b + "mlp.fc1.weight": (hidden, c), b + "mlp.fc1.bias": (hidden,),
+            b + "mlp.fc2.weight": (c, hidden), b + "mlp.fc2.bias": (c,),
+        })
     shapes.update({"norm.weight": (c,), "norm.bias": (c,)})
     return shapes
 
 
-def random_state_dict(c: int = 48, depth: int = 4, hidden: int = 192, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights in the official layout, scaled so activations stay O(1), BN stats non-trivial."""
+def random_state_dict(
+    c: int = 48, depth: int = 4, hidden: int = 192, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random weights in the official layout: activations O(1), BN statistics non-trivial."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for key, shape in official_shapes(c, depth, hidden).items():
@@ -70,8 +76,9 @@ def random_state_dict(c: int = 48, depth: int = 4, hidden: int = 192, seed: int 
             sd[key] = torch.rand(shape, generator=g) * 1.5 + 0.5
         elif key.endswith("running_mean"):
             sd[key] = torch.randn(shape, generator=g) * 0.2
-        elif "norm" in key or key.endswith(("first_conv.1.weight", "second_conv.1.weight")):
-            sd[key] = (1 + 0.2 * torch.randn(shape, generator=g)) if key.endswith("weight") else 0.1 * torch.randn(shape, generator=g)
+        elif "norm" in key or key.endswith(("conv.1.weight", "conv.1.bias")):  # LN / BN affine
+            noise = torch.randn(shape, generator=g)
+            sd[key] = 1 + 0.2 * noise if key.endswith("weight") else 0.1 * noise
         elif key.endswith("weight"):
             fan_in = shape[1] if len(shape) > 1 else 1
             sd[key] = torch.randn(shape, generator=g) / fan_in**0.5
@@ -84,7 +91,7 @@ def random_state_dict(c: int = 48, depth: int = 4, hidden: int = 192, seed: int 
 
 
 def write_official_checkpoint(path: Path, sd: dict[str, torch.Tensor]) -> None:
-    """torch.save a Point-MAE-style pre-training checkpoint: DataParallel prefixes plus decoder junk."""
+    """torch.save a Point-MAE-style pre-training checkpoint: DataParallel prefix, decoder junk."""
     base = {f"module.MAE_encoder.{k}": v for k, v in sd.items()}
     c = sd["norm.weight"].shape[0]
     base.update({
@@ -111,31 +118,37 @@ def ref_fps(p: torch.Tensor, m: int) -> list[int]:
 
 
 def ref_mini_pointnet(sd: dict[str, torch.Tensor], groups: torch.Tensor) -> torch.Tensor:
-    """groups (G, K, 3) -> (G, C) with Conv1d + BatchNorm in inference mode, as Point-MAE's Encoder."""
+    """groups (G, K, 3) -> (G, C): Point-MAE's Encoder with Conv1d and inference-mode BN."""
     def conv(x, name):
         return F.conv1d(x, sd[f"encoder.{name}.weight"], sd[f"encoder.{name}.bias"])
 
     def bn(x, name):
         p = f"encoder.{name}."
-        return F.batch_norm(x, sd[p + "running_mean"], sd[p + "running_var"], sd[p + "weight"], sd[p + "bias"],
-                            training=False, eps=1e-5)
+        return F.batch_norm(
+            x, sd[p + "running_mean"], sd[p + "running_var"], sd[p + "weight"], sd[p + "bias"],
+            training=False, eps=1e-5,
+        )
 
     k = groups.shape[1]
-    f = conv(F.relu(bn(conv(groups.transpose(1, 2), "first_conv.0"), "first_conv.1")), "first_conv.3")
+    f = conv(groups.transpose(1, 2), "first_conv.0")
+    f = conv(F.relu(bn(f, "first_conv.1")), "first_conv.3")
     glob = f.max(dim=2, keepdim=True).values
     f = torch.cat([glob.expand(-1, -1, k), f], dim=1)
     f = conv(F.relu(bn(conv(f, "second_conv.0"), "second_conv.1")), "second_conv.3")
     return f.max(dim=2).values
 
 
-def ref_forward(sd: dict[str, torch.Tensor], cfg: dict, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def ref_forward(
+    sd: dict[str, torch.Tensor], cfg: dict, points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SPEC.md's description of the 3D extractor, written out for one cloud."""
     p = points[0]
     centres = p[ref_fps(p, cfg["num_groups"])]
     d = ((centres[:, None] - p[None]) ** 2).sum(-1)
     groups = p[d.argsort(dim=1)[:, : cfg["group_size"]]] - centres[:, None]
     x = ref_mini_pointnet(sd, groups)
-    pos = F.gelu(centres @ sd["pos_embed.0.weight"].T + sd["pos_embed.0.bias"]) @ sd["pos_embed.2.weight"].T + sd["pos_embed.2.bias"]
+    pos = F.gelu(centres @ sd["pos_embed.0.weight"].T + sd["pos_embed.0.bias"])
+    pos = pos @ sd["pos_embed.2.weight"].T + sd["pos_embed.2.bias"]
     c, h = cfg["embed_dim"], cfg["num_heads"]
 
     def ln(t, name):
@@ -164,7 +177,7 @@ def test_fast_mini_pointnet_equals_conv1d_formulation() -> None:
     sd = random_state_dict(seed=1)
     model.load_weights(sd)
     g = torch.Generator().manual_seed(0)
-    groups = torch.randn(2, 70, 16, 3, generator=g) * 0.05  # 140 groups: several chunks, one partial
+    groups = torch.randn(2, 70, 16, 3, generator=g) * 0.05  # 140 groups: 3 chunks, one partial
     fast = model.encoder(groups)
     ref = ref_mini_pointnet(sd, groups.reshape(-1, 16, 3)).reshape(2, 70, -1)
     assert fast.shape == (2, 70, 48)
@@ -173,17 +186,21 @@ def test_fast_mini_pointnet_equals_conv1d_formulation() -> None:
     # weights loaded later are used: the BN folding is not stale
     sd2 = random_state_dict(seed=2)
     model.load_state_dict(sd2)
-    assert torch.allclose(model.encoder(groups), ref_mini_pointnet(sd2, groups.reshape(-1, 16, 3)).reshape(2, 70, -1), atol=1e-4, rtol=1e-4)
+    ref2 = ref_mini_pointnet(sd2, groups.reshape(-1, 16, 3)).reshape(2, 70, -1)
+    assert torch.allclose(model.encoder(groups), ref2, atol=1e-4, rtol=1e-4)
 
 
 def test_converted_official_checkpoint_matches_independent_forward(tmp_path: Path) -> None:
     sd = random_state_dict(seed=3)
     src = tmp_path / "pointmae_pretrain.pth"
     write_official_checkpoint(src, sd)
-    dst = convert_pointmae_checkpoint(src, tmp_path / "converted", out_indices=(1, 2, 3), num_heads=4,
-                                      num_groups=32, group_size=16)
+    dst = convert_pointmae_checkpoint(
+        src, tmp_path / "converted", out_indices=(1, 2, 3), num_heads=4, num_groups=32,
+        group_size=16,
+    )
     assert dst == tmp_path / "converted"
-    assert sorted(load_file(str(dst / "model.safetensors"))) == sorted(sd)  # junk dropped, names kept
+    # decoder and mask token dropped, prefixes stripped, every encoder name kept
+    assert sorted(load_file(str(dst / "model.safetensors"))) == sorted(sd)
     model = PointMAEEncoder.from_pretrained(dst)
     assert model.config == tiny_config()
     points = surface_points(500, seed=5)
@@ -215,7 +232,8 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     model.load_weights(random_state_dict(seed=6))
     out = model.save_pretrained(tmp_path / "m")
     written = json.loads((out / "config.json").read_text())
-    assert written == {"architecture": "pointmae_encoder", "format_version": 1, **cfg.model_dump(mode="json")}
+    header = {"architecture": "pointmae_encoder", "format_version": 1}
+    assert written == {**header, **cfg.model_dump(mode="json")}
     points = surface_points(400, seed=7)
     feats, centres = model(points)
     for source in (out, out / "model.safetensors"):  # directory, or the file with its header config
@@ -240,9 +258,12 @@ def test_from_pretrained_hub_cache_offline(tmp_path: Path) -> None:
     commit = _hub_cache(cache, model)
     points = surface_points(300, seed=8)
     expected = model(points)[0]
-    loaded = PointMAEEncoder.from_pretrained("org/pointmae-tiny", cache_dir=cache, local_files_only=True)
+    repo = "org/pointmae-tiny"
+    loaded = PointMAEEncoder.from_pretrained(repo, cache_dir=cache, local_files_only=True)
     assert torch.equal(loaded(points)[0], expected)
-    pinned = PointMAEEncoder.from_pretrained("org/pointmae-tiny", revision=commit, cache_dir=cache, local_files_only=True)
+    pinned = PointMAEEncoder.from_pretrained(
+        repo, revision=commit, cache_dir=cache, local_files_only=True
+    )
     assert pinned.config == model.config
 
     # a fresh interpreter with HF_HUB_OFFLINE=1 and the cache found through HF_HUB_CACHE
@@ -254,11 +275,18 @@ def test_from_pretrained_hub_cache_offline(tmp_path: Path) -> None:
         "save_file({'f': m(torch.load(sys.argv[1]))[0]}, sys.argv[2])"
     )
     torch.save(points, tmp_path / "points.pt")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": str(Path(mafr.__file__).resolve().parents[1])}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(cache),
+        "HF_HOME": str(tmp_path / "home"),
+        "PYTHONPATH": str(Path(mafr.__file__).resolve().parents[1]),
+    }
     env.pop("HF_HUB_ENABLE_HF_TRANSFER", None)
-    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "points.pt"), str(out)], env=env,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "points.pt"), str(out)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert torch.allclose(load_file(str(out))["f"], expected, atol=1e-6)
 
@@ -273,22 +301,24 @@ def test_random_is_deterministic_and_seeded() -> None:
     c = PointMAEEncoder.random(tiny_config(), seed=1).state_dict()
     assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["blocks.blocks.0.attn.qkv.weight"], c["blocks.blocks.0.attn.qkv.weight"])
-    assert a["blocks.blocks.0.attn.qkv.weight"].std().item() == pytest.approx(0.02, rel=0.1)
+    qkv = "blocks.blocks.0.attn.qkv.weight"
+    assert not torch.equal(a[qkv], c[qkv])
+    assert a[qkv].std().item() == pytest.approx(0.02, rel=0.1)
     assert torch.equal(a["encoder.first_conv.1.running_var"], torch.ones(128))
     assert torch.equal(a["encoder.first_conv.1.running_mean"], torch.zeros(128))
     assert all(bool(torch.isfinite(v).all()) for v in a.values())
-    assert torch.equal(a["norm.weight"], torch.ones(48)) and torch.equal(a["pos_embed.2.bias"], torch.zeros(48))
+    assert torch.equal(a["norm.weight"], torch.ones(48))
+    assert torch.equal(a["pos_embed.2.bias"], torch.zeros(48))
 
 
 def test_config_and_names() -> None:
     assert PointMAEConfig().out_dim == 1152
     model = PointMAEEncoder(tiny_config())
-    assert set(model.state_dict()) == set(official_shapes(48, 4, 192))
-    assert all(tuple(v.shape) == official_shapes(48, 4, 192)[k] for k, v in model.state_dict().items())
+    official = official_shapes(48, 4, 192)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == official
     with pytest.raises(ValueError, match="divisible"):
         PointMAEConfig(embed_dim=50, num_heads=4)
-    with pytest.raises(ValueError, match=r"out_indices must lie in \[0, depth - 1\] = \[0, 3\], got \[4\]"):
+    with pytest.raises(ValueError, match=r"out_indices must lie in .* = \[0, 3\], got \[4\]"):
         tiny_config(out_indices=(1, 4))
     with pytest.raises(ValueError, match="extra"):
         PointMAEConfig(bogus=1)
@@ -302,7 +332,8 @@ def test_forward_input_errors() -> None:
         model(bad)
     with pytest.raises(ValueError, match=r"shape \(B, N, 3\).*\(100, 3\)"):
         model(surface_points(100)[0])
-    with pytest.raises(ValueError, match="at least 32 valid points for 32 groups of 16 points, got 20"):
+    msg = "at least 32 valid points for 32 groups of 16 points, got 20"
+    with pytest.raises(ValueError, match=msg):
         model(surface_points(20))
     with pytest.raises(TypeError, match="floating-point"):
         model(torch.ones(1, 100, 3, dtype=torch.int64))
@@ -324,7 +355,8 @@ def test_loading_errors(tmp_path: Path) -> None:
     sd["extra.weight"] = torch.zeros(1)
     del sd["norm.bias"]
     save_file(sd, str(out / "model.safetensors"))
-    with pytest.raises(ValueError, match=r"missing keys \[norm.bias\]; unexpected keys \[extra.weight\]"):
+    msg = r"missing keys \[norm.bias\]; unexpected keys \[extra.weight\]"
+    with pytest.raises(ValueError, match=msg):
         PointMAEEncoder.from_pretrained(out)
 
 
@@ -340,7 +372,11 @@ def test_converter_rejects_other_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"found a dict with keys \[model, epoch\]"):
         convert_pointmae_checkpoint(other, tmp_path / "out")
     no_encoder = tmp_path / "finetuned.pth"
-    torch.save({"base_model": {"module.cls_token": torch.zeros(1, 1, 4), "module.blocks.blocks.0.norm1.weight": torch.ones(4)}}, no_encoder)
+    finetuned = {
+        "module.cls_token": torch.zeros(1, 1, 4),
+        "module.blocks.blocks.0.norm1.weight": torch.ones(4),
+    }
+    torch.save({"base_model": finetuned}, no_encoder)
     with pytest.raises(ValueError, match=r"no Point-MAE encoder keys.*cls_token"):
         convert_pointmae_checkpoint(no_encoder, tmp_path / "out")
     four_blocks = tmp_path / "tiny.pth"

@@ -65,7 +65,10 @@ def test_fps_torch_path_matches_numpy_path() -> None:
 
 def test_fps_skip_near_origin_like_cuda_kernel() -> None:
     # index 5 is at the origin: the CUDA kernel never picks it (|p|^2 <= 1e-3), plain FPS does
-    pts = torch.tensor([[1.0, 1.0, 1.0], [1.2, 1.0, 1.0], [1.0, 1.3, 1.0], [1.1, 1.1, 1.2], [1.05, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    pts = torch.tensor(
+        [[1.0, 1.0, 1.0], [1.2, 1.0, 1.0], [1.0, 1.3, 1.0],
+         [1.1, 1.1, 1.2], [1.05, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    )
     assert farthest_point_sample(pts[None], 3).tolist() == [[0, 5, 2]]
     assert farthest_point_sample(pts[None], 3, skip_near_origin=True).tolist() == [[0, 2, 3]]
 
@@ -125,7 +128,9 @@ def test_interpolation_reproduces_constant_field() -> None:
 def test_interpolation_linear_field_at_triangle_centroid() -> None:
     # equilateral triangle of centres around the query, two more centres far away
     s = 3.0**0.5 / 2
-    centres = torch.tensor([[[1.0, 0.0, 0.0], [-0.5, s, 0.0], [-0.5, -s, 0.0], [9.0, 9.0, 0.0], [0.0, 0.0, 7.0]]])
+    centres = torch.tensor(
+        [[[1.0, 0.0, 0.0], [-0.5, s, 0.0], [-0.5, -s, 0.0], [9.0, 9.0, 0.0], [0.0, 0.0, 7.0]]]
+    )
     a = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.7, -2.0]])  # linear field f(x) = a @ x + b
     b = torch.tensor([0.25, -1.0])
     feats = centres @ a.T + b
@@ -148,7 +153,9 @@ def test_interpolation_weights_hand_worked() -> None:
 
 def test_interpolation_does_not_modify_inputs() -> None:
     g = torch.Generator().manual_seed(2)
-    centres, feats, query = torch.rand(1, 8, 3, generator=g), torch.rand(1, 8, 4, generator=g), torch.rand(1, 50, 3, generator=g)
+    centres = torch.rand(1, 8, 3, generator=g)
+    feats = torch.rand(1, 8, 4, generator=g)
+    query = torch.rand(1, 50, 3, generator=g)
     copies = [t.clone() for t in (centres, feats, query)]
     three_nn_interpolate(query, centres, feats)
     assert all(torch.equal(a, b) for a, b in zip(copies, (centres, feats, query)))

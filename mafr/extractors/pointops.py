@@ -36,7 +36,9 @@ def _check_cloud(x: object, name: str, *, batch: Optional[int] = None) -> Tensor
     if batch is not None and x.shape[0] != batch:
         raise ValueError(f"{name} must have batch size {batch}, got {x.shape[0]}")
     if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must hold at least one cloud of at least one point, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must hold at least one cloud of at least one point, got shape {tuple(x.shape)}"
+        )
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
     return x
@@ -53,7 +55,9 @@ def _check_int(value: object, name: str, *, low: int, high: Optional[int] = None
     return value
 
 
-def _fps_numpy(xyz: np.ndarray, n_samples: int, start: int, skip: Optional[np.ndarray]) -> np.ndarray:
+def _fps_numpy(
+    xyz: np.ndarray, n_samples: int, start: int, skip: Optional[np.ndarray]
+) -> np.ndarray:
     """Single-cloud FPS on CPU.
 
     numpy's ufuncs with preallocated outputs cost ~1 us each on 50k floats, against ~10x that
@@ -187,7 +191,8 @@ def group_points(
     if num_groups > pool:
         source = f"{pool} = min(N={n}, fps_max_points={fps_max_points})" if pool < n else f"N={n}"
         raise ValueError(
-            f"num_groups ({num_groups}) must not exceed the number of points FPS samples from ({source})"
+            f"num_groups ({num_groups}) must not exceed the number of points FPS samples "
+            f"from ({source})"
         )
     if pool < n:
         # float64 keeps the rounding identical on every device for clouds of millions of points
@@ -218,7 +223,9 @@ def three_nn_interpolate(
     _check_cloud(query, "query")
     _check_cloud(centres, "centres", batch=query.shape[0])
     if not isinstance(features, Tensor):
-        raise TypeError(f"features must be a torch.Tensor of shape (B, G, C), got {type(features).__name__}")
+        raise TypeError(
+            f"features must be a torch.Tensor of shape (B, G, C), got {type(features).__name__}"
+        )
     if not features.is_floating_point():
         raise TypeError(f"features must be a floating-point tensor, got dtype {features.dtype}")
     if features.dim() != 3 or features.shape[:2] != centres.shape[:2]:
