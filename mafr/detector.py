@@ -20,18 +20,26 @@ from huggingface_hub import ModelCard, ModelHubMixin
 from . import __version__
 from .config import CONFIG_VERSION, MAFRConfig
 from .extractors import FPFHExtractor, build_point_extractor, build_rgb_extractor
-from .extractors.pointops import three_nn_interpolate
+from .extractors.pointops import knn, three_nn_interpolate
 from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
 from .io import as_sample, load_sample
 from .losses import restoration_loss
 from .model import FusionAutoencoder
-from .projection import fill_small_holes, pool_to_grid, scatter_to_pixels, upsample_rgb, valid_grid_mask
+from .projection import (
+    centres_to_grid_operator,
+    fill_small_holes,
+    pool_to_grid,
+    scatter_to_pixels,
+    upsample_rgb,
+    valid_grid_mask,
+)
 from .scoring import residual_map, score_maps
 from .types import AnomalyResult
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 _STD_FLOOR = 1e-6
+_IDW_EPS = 1e-8  # pointnet2's three_interpolate
 #: Each channel's variance is floored at this share of the mean channel variance.
 _VAR_FLOOR = 0.01
 
@@ -172,12 +180,12 @@ class MAFRDetector(
         return 1
 
     @torch.inference_mode()
-    def _point_pixel_features(self, prep: _Prepared) -> torch.Tensor:
-        """Per-pixel 3D features ``(C, S, S)`` (zeros off the measured points)."""
+    def _point_grid_features(self, prep: _Prepared) -> torch.Tensor:
+        """3D features on the autoencoder's grid, ``(C, grid, grid)``."""
         extractor = self.point_extractor
-        size = prep.valid.shape[-1]
+        size, grid = prep.valid.shape[-1], self.config.grid_size
         if isinstance(extractor, FPFHExtractor):
-            return extractor(prep.xyz.unsqueeze(0), prep.valid.unsqueeze(0))[0]
+            return pool_to_grid(extractor(prep.xyz.unsqueeze(0), prep.valid.unsqueeze(0))[0], grid)
         n_valid = int(prep.valid.sum())
         need = self._min_points()
         if n_valid < need:
@@ -189,8 +197,15 @@ class MAFRDetector(
         pixel_index = prep.valid.flatten().nonzero().squeeze(1)
         points = prep.xyz.reshape(-1, 3)[pixel_index].unsqueeze(0)
         feats, centres = extractor(points)
-        per_point = three_nn_interpolate(points, centres, feats)[0]
-        return scatter_to_pixels(per_point, pixel_index, size)
+        if grid == size:
+            # The reference's own path: per-point features scattered at full resolution.
+            per_point = three_nn_interpolate(points, centres, feats)[0]
+            return pool_to_grid(scatter_to_pixels(per_point, pixel_index, size), grid)
+        dist, idx = knn(points, centres, 3)
+        weight = 1.0 / (dist[0] + _IDW_EPS)
+        weight = weight / weight.sum(-1, keepdim=True)
+        op = centres_to_grid_operator(pixel_index, size, grid, idx[0], weight, centres.shape[1])
+        return (op.to(feats.dtype) @ feats[0]).T.reshape(-1, grid, grid)
 
     @torch.inference_mode()
     def _extract(self, preps: Sequence[_Prepared]) -> list[_Features]:
@@ -199,8 +214,7 @@ class MAFRDetector(
         rgb_maps = upsample_rgb(self.rgb_extractor(images), grid).permute(0, 2, 3, 1)
         out = []
         for prep, rgb_map in zip(preps, rgb_maps):
-            pixel_map = self._point_pixel_features(prep)
-            xyz_map = pool_to_grid(pixel_map, grid).permute(1, 2, 0)
+            xyz_map = self._point_grid_features(prep).permute(1, 2, 0)
             valid_grid = valid_grid_mask(prep.valid, grid)
             out.append(_Features(rgb_map.contiguous(), xyz_map.contiguous(), valid_grid, prep.valid))
         return out

@@ -136,3 +136,38 @@ def test_fitted_detector_separates_obvious_defects():
         rows, cols = np.nonzero(bad.mask)
         margin = 6
         assert rows.min() - margin <= r <= rows.max() + margin and cols.min() - margin <= c <= cols.max() + margin, defect
+
+
+def test_fast_3d_alignment_equals_reference_path(fitted):
+    """The default path (one sparse operator from PointMAE centres to the grid) must equal the
+    reference path (interpolate every point, scatter at full resolution, pool)."""
+    import torch
+
+    from mafr.extractors.pointops import three_nn_interpolate
+    from mafr.projection import pool_to_grid, scatter_to_pixels
+
+    s = generate_sample("ring", "dent", seed=3, size=64)
+    prep = fitted._prepare(s)
+    fast = fitted._point_grid_features(prep)
+    idx = prep.valid.flatten().nonzero().squeeze(1)
+    pts = prep.xyz.reshape(-1, 3)[idx].unsqueeze(0)
+    feats, centres = fitted.point_extractor(pts)
+    dense = pool_to_grid(scatter_to_pixels(three_nn_interpolate(pts, centres, feats)[0], idx, 64), 8)
+    torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.full
+def test_full_size_default_architecture_fits_and_predicts():
+    """The paper's architecture at the paper's input size (DINO ViT-B/8 at 224, PointMAE with 1024
+    groups of 128 points, 12 blocks, 1152-d output), random weights: fit on 2, predict on 1."""
+    config = mafr.MAFRConfig(extractor_weights="random", train={"steps": 3})
+    det = mafr.MAFRDetector(config)
+    parts = [generate_sample("dome", seed=s, size=224) for s in range(2)]
+    det.fit(parts, seed=0, progress=False)
+    assert det.rgb_extractor.out_dim == 768 and det.rgb_extractor.patch_size == 8
+    assert det.point_extractor.out_dim == 1152
+    assert det.autoencoder_.encoder.input_fc.weight.shape == (960, 1920)
+    probe = generate_sample("dome", "crack", seed=9, size=224)
+    res = det.predict(probe.rgb, probe.xyz)
+    assert res.anomaly_map.shape == (224, 224) and np.isfinite(res.anomaly_map).all()
+    assert res.score > 0 and np.isfinite(res.score)

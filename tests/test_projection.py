@@ -108,3 +108,32 @@ def test_fill_small_holes_closes_a_round_dropout():
     assert int((~v).sum()) == 5  # peeled from 21 missing pixels, one ring per iteration
     _, v = fill_small_holes(xyz * valid.unsqueeze(-1), valid, iterations=4)
     assert bool(v.all())
+
+
+def test_axis_pool_matrix_reproduces_pool_to_grid():
+    from mafr.projection import _axis_pool_matrix
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 32, 32, dtype=torch.float64)
+    for grid in (32, 8, 5):
+        a = _axis_pool_matrix(32, grid)
+        torch.testing.assert_close(a @ x @ a.T, pool_to_grid(x, grid))
+
+
+def test_centres_operator_equals_interpolate_scatter_pool():
+    from mafr.extractors.pointops import knn, three_nn_interpolate
+    from mafr.projection import centres_to_grid_operator
+
+    gen = torch.Generator().manual_seed(1)
+    size, grid, n, g, c = 32, 8, 300, 20, 6
+    pixel_index = torch.randperm(size * size, generator=gen)[:n]
+    points = torch.rand(1, n, 3, generator=gen)
+    centres = points[:, torch.randperm(n, generator=gen)[:g]]
+    feats = torch.randn(1, g, c, generator=gen)
+    dense = pool_to_grid(scatter_to_pixels(three_nn_interpolate(points, centres, feats)[0], pixel_index, size), grid)
+    dist, idx = knn(points, centres, 3)
+    w = 1.0 / (dist[0] + 1e-8)
+    w = w / w.sum(-1, keepdim=True)
+    op = centres_to_grid_operator(pixel_index, size, grid, idx[0], w, g)
+    fast = (op.float() @ feats[0]).T.reshape(c, grid, grid)
+    torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-4)
