@@ -1,0 +1,131 @@
+"""Fit time, memory and the accuracy kept by the fast defaults, measured in one run.
+
+1. Full-size default architecture (DINO ViT-B/8 + PointMAE 1024 x 128, random weights): fit on 10
+   generated parts, feature extraction included: target <= 180 s. Peak resident memory of a fresh
+   process that builds, fits 10 and predicts 1: target <= 3 GiB.
+2. Accuracy versus fit time on the generated benchmark (offline preset, so the features carry
+   meaning without downloads), 10 good parts to fit: the fast defaults against slower settings
+   closer to the reference (a finer grid, more steps). Target: the defaults lose no more than
+   0.01 mean I-AUROC and 0.02 mean AUPRO@30% against the slowest setting.
+
+Prints one JSON line; exits 1 when a target is missed.
+
+    python benchmarks/bench_fit.py [--categories dome,puck,ring,block] [--data data/generated]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+GIB = 1024**3
+
+_MEMORY_CHILD = r"""
+import resource, sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+import mafr
+from mafr.datasets.synthetic import generate_sample
+parts = [generate_sample("dome", seed=s) for s in range(10)]
+det = mafr.MAFRDetector(mafr.MAFRConfig(extractor_weights="random")).fit(parts, progress=False)
+probe = generate_sample("dome", "crack", seed=99)
+det.predict(probe.rgb, probe.xyz)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+# (name, overrides of the offline preset): the default first, then closer to the reference.
+SETTINGS = [
+    ("default (grid 28, <=300 steps)", {}),
+    ("grid 56, 600 steps", {"grid_size": 56, "train": {"steps": 600, "early_stop_patience": None}}),
+    ("grid 56, 1500 steps", {"grid_size": 56, "train": {"steps": 1500, "early_stop_patience": None}}),
+]
+
+
+def fit_time_full_size(threads: int) -> dict:
+    import mafr
+    from mafr.datasets.synthetic import generate_sample
+
+    parts = [generate_sample("dome", seed=s) for s in range(10)]
+    t0 = time.perf_counter()
+    det = mafr.MAFRDetector(mafr.MAFRConfig(extractor_weights="random")).fit(parts, progress=False)
+    total = time.perf_counter() - t0
+    return {
+        "fit10_s": round(total, 2),
+        "fit10_extract_s": det.fit_info_["extract_seconds"],
+        "fit10_train_steps": det.fit_info_["steps"],
+    }
+
+
+def peak_memory(threads: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(threads)], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip().splitlines()[-1]) / GIB
+
+
+def accuracy_curve(data: Path, categories: list[str]) -> list[dict]:
+    import mafr
+    from mafr.datasets import MVTec3D, write_dataset
+    from mafr.evaluation import evaluate_detector
+
+    if not all((data / c).is_dir() for c in categories):
+        write_dataset(data, categories=categories, seed=0)
+    rows = []
+    for name, overrides in SETTINGS:
+        per_cat, fit_s = [], 0.0
+        for category in categories:
+            cfg = mafr.MAFRConfig(preset="offline", **overrides)
+            train = list(MVTec3D(data, category, "train"))[:10]
+            t0 = time.perf_counter()
+            det = mafr.MAFRDetector(cfg).fit(train, seed=0, progress=False)
+            fit_s += time.perf_counter() - t0
+            per_cat.append(evaluate_detector(det, list(MVTec3D(data, category, "test")), progress=False))
+        rows.append(
+            {
+                "setting": name,
+                "mean_fit_s": round(fit_s / len(categories), 2),
+                "image_auroc": round(sum(r["image_auroc"] for r in per_cat) / len(per_cat), 4),
+                "aupro@0.3": round(sum(r["aupro@0.3"] for r in per_cat) / len(per_cat), 4),
+            }
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=Path("data/generated"))
+    parser.add_argument("--categories", default="dome,puck,ring,block")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    result = {"benchmark": "fit", "threads": args.threads}
+    result.update(fit_time_full_size(args.threads))
+    result["peak_rss_gib"] = round(peak_memory(args.threads), 3)
+    ok = result["fit10_s"] <= 180 and result["peak_rss_gib"] <= 3.0
+    if not args.skip_accuracy:
+        curve = accuracy_curve(args.data, args.categories.split(","))
+        result["accuracy_vs_fit_time"] = curve
+        best = curve[-1]
+        result["default_image_auroc_loss"] = round(best["image_auroc"] - curve[0]["image_auroc"], 4)
+        result["default_aupro30_loss"] = round(best["aupro@0.3"] - curve[0]["aupro@0.3"], 4)
+        ok = ok and result["default_image_auroc_loss"] <= 0.01 and result["default_aupro30_loss"] <= 0.02
+    result["targets"] = {
+        "fit10_s": "<= 180",
+        "peak_rss_gib": "<= 3.0",
+        "default_image_auroc_loss": "<= 0.01",
+        "default_aupro30_loss": "<= 0.02",
+    }
+    result["pass"] = ok
+    print(json.dumps(result))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
