@@ -19,7 +19,7 @@ from huggingface_hub import ModelCard, ModelHubMixin
 
 from . import __version__
 from .config import CONFIG_VERSION, MAFRConfig
-from .extractors import FPFHExtractor, build_point_extractor, build_rgb_extractor
+from .extractors import FPFHExtractor, PointMAEEncoder, RGBExtractor, build_point_extractor, build_rgb_extractor
 from .extractors.pointops import knn, three_nn_interpolate
 from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
 from .io import as_sample, load_sample
@@ -37,6 +37,8 @@ from .scoring import residual_map, score_maps
 from .types import AnomalyResult
 
 WEIGHTS_NAME = "model.safetensors"
+RGB_WEIGHTS_NAME = "rgb_extractor.safetensors"
+POINT_WEIGHTS_DIR = "point_extractor"
 CONFIG_NAME = "config.json"
 _STD_FLOOR = 1e-6
 _IDW_EPS = 1e-8  # pointnet2's three_interpolate
@@ -241,11 +243,27 @@ class MAFRDetector(
         if not items:
             raise ValueError("fit needs at least one good sample; got an empty fit set")
         t0 = time.perf_counter()
+        feats = self.extract_features(items, progress=progress)
+        self._fit_features(feats, seed=seed, progress=progress)
+        self.fit_info_["extract_seconds"] = round(time.perf_counter() - t0 - self.fit_info_["train_seconds"], 3)
+        self.fit_info_["fit_seconds"] = round(time.perf_counter() - t0, 3)
+        return self
+
+    def extract_features(self, samples: Iterable[Any], *, progress: bool = False) -> list[_Features]:
+        """Frozen-extractor features of each sample on the autoencoder's grid. They depend only on
+        the extractor part of the config, so studies that vary training or scoring can reuse them
+        (see ``benchmarks/ablations.py``)."""
+        items = [as_sample(s) for s in samples]
         feats: list[_Features] = []
         for item in _progress(items, desc="mafr: extracting features", enable=progress):
             feats.extend(self._extract([self._prepare(item)]))
-        t_extract = time.perf_counter() - t0
+        return feats
 
+    def _fit_features(self, feats: Sequence[_Features], *, seed: int = 0, progress: bool = False) -> "MAFRDetector":
+        """Train and calibrate on already extracted features (the second half of :meth:`fit`)."""
+        if not feats:
+            raise ValueError("fit needs at least one good sample; got an empty fit set")
+        t0 = time.perf_counter()
         n = len(feats)
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(n, generator=gen).tolist()
@@ -274,11 +292,15 @@ class MAFRDetector(
             "seed": seed,
             "steps": len(history),
             "final_loss": history[-1] if history else None,
-            "extract_seconds": round(t_extract, 3),
-            "fit_seconds": round(time.perf_counter() - t0, 3),
+            "train_seconds": round(time.perf_counter() - t0, 3),
             "mafr_version": __version__,
         }
         return self
+
+    def score_features(self, feats: Sequence[_Features]) -> list[float]:
+        """Image scores of already extracted features (same rule as :meth:`predict`)."""
+        self._check_fitted()
+        return [float(s) for s in self._score_features(list(feats))[3]]
 
     def _feature_stats(self, feats: Sequence[_Features]) -> dict[str, torch.Tensor]:
         rgb = torch.cat([f.rgb.reshape(-1, f.rgb.shape[-1]) for f in feats])
@@ -452,12 +474,26 @@ class MAFRDetector(
         save_directory = Path(save_directory)
         save_file(self.state_tensors(), str(save_directory / WEIGHTS_NAME), metadata={"format": "pt", "mafr_format_version": str(CONFIG_VERSION)})
         (save_directory / CONFIG_NAME).write_text(json.dumps(self._config_json(), indent=2, sort_keys=True))
+        if getattr(self, "_include_extractors", False):
+            if isinstance(self.rgb_extractor, RGBExtractor):
+                state = {k: v.contiguous() for k, v in self.rgb_extractor.vit.state_dict().items()}
+                save_file(state, str(save_directory / RGB_WEIGHTS_NAME))
+            if isinstance(self.point_extractor, PointMAEEncoder):
+                self.point_extractor.save_pretrained(save_directory / POINT_WEIGHTS_DIR)
 
-    def save_pretrained(self, save_directory: Union[str, Path], **kwargs) -> Optional[str]:
+    def save_pretrained(
+        self, save_directory: Union[str, Path], *, include_extractors: bool = False, **kwargs
+    ) -> Optional[str]:
         """Write ``config.json``, ``model.safetensors`` and a model card (``README.md``) to a
-        directory. Extractor weights are referenced by name, not copied."""
+        directory. Extractor weights are referenced by name, not copied, unless
+        ``include_extractors=True`` (then ``rgb_extractor.safetensors`` and ``point_extractor/``
+        make the directory self-contained; weight-free extractors have nothing to copy)."""
         self._check_fitted()
-        return super().save_pretrained(save_directory, **kwargs)
+        self._include_extractors = include_extractors
+        try:
+            return super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self._include_extractors = False
 
     @classmethod
     def _from_pretrained(
@@ -496,7 +532,13 @@ class MAFRDetector(
         if not weights_path.is_file():
             raise FileNotFoundError(f"{model_id}: no {WEIGHTS_NAME} found in {directory}; the fitted weights are missing")
         raw = json.loads(config_path.read_text())
-        det = cls(_decode_config(raw))
+        config = _decode_config(raw)
+        # Extractor weights saved alongside (include_extractors=True) take precedence.
+        if (directory / RGB_WEIGHTS_NAME).is_file():
+            config.rgb.weights = str(directory / RGB_WEIGHTS_NAME)
+        if (directory / POINT_WEIGHTS_DIR / WEIGHTS_NAME).is_file():
+            config.points.weights = str(directory / POINT_WEIGHTS_DIR)
+        det = cls(config)
         det.fit_info_ = dict(raw.get("fit") or {})
         det.metrics_ = dict(raw.get("metrics") or {})
         tensors = load_file(str(weights_path))

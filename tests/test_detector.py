@@ -171,3 +171,96 @@ def test_full_size_default_architecture_fits_and_predicts():
     res = det.predict(probe.rgb, probe.xyz)
     assert res.anomaly_map.shape == (224, 224) and np.isfinite(res.anomaly_map).all()
     assert res.score > 0 and np.isfinite(res.score)
+
+
+def test_save_with_extractors_is_self_contained(fitted, tmp_path):
+    fitted.save_pretrained(tmp_path / "full", include_extractors=True)
+    assert (tmp_path / "full" / "rgb_extractor.safetensors").is_file()
+    assert (tmp_path / "full" / "point_extractor" / "model.safetensors").is_file()
+    again = mafr.MAFRDetector.from_pretrained(tmp_path / "full")
+    assert again.config.rgb.weights.endswith("rgb_extractor.safetensors")
+    assert again.config.points.weights.endswith("point_extractor")
+    probe = generate_sample("dome", "stain", seed=8, size=64)
+    assert again.predict(probe.rgb, probe.xyz).score == fitted.predict(probe.rgb, probe.xyz).score
+    # without the flag nothing but the heads is written
+    fitted.save_pretrained(tmp_path / "lean")
+    assert not (tmp_path / "lean" / "rgb_extractor.safetensors").exists()
+
+
+def test_push_to_hub_uploads_weights_config_and_card(fitted, monkeypatch):
+    """push_to_hub goes through huggingface_hub's HfApi; record what it would upload."""
+    import huggingface_hub
+
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            from pathlib import Path
+
+            uploaded["repo"] = repo_id
+            uploaded["files"] = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+            return "https://huggingface.co/acme/part/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeApi)
+    url = fitted.push_to_hub("acme/part")
+    assert url.endswith("/commit/0") and uploaded["repo"] == "acme/part"
+    assert set(uploaded["files"]) == {"config.json", "model.safetensors", "README.md"}
+    card = uploaded["files"]["README.md"].decode()
+    assert "Decision threshold" in card and "held out" in card and '"grid_size": 8' in card
+
+
+def test_reference_preset_runs_pointwise_cbam_on_the_full_grid():
+    cfg = tiny_config(preset="reference", grid_size=64, train={"epochs": 2, "batch_size": 1})
+    assert cfg.model.cbam == "pointwise" and cfg.points.fill_holes == 0
+    det = mafr.MAFRDetector(cfg).fit(_parts(seeds=range(3)), progress=False)
+    assert det.fit_info_["steps"] == 2 * 2  # 2 epochs over the 2 training parts at batch 1
+    probe = generate_sample("dome", "hole", seed=5, size=64)
+    res = det.predict(probe.rgb, probe.xyz)
+    assert res.anomaly_map.shape == (64, 64) and np.isfinite(res.score)
+
+
+def test_unreachable_pretrained_weights_give_a_helpful_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAFR_POINTMAE_WEIGHTS", str(tmp_path / "nothing-here"))
+    det = mafr.MAFRDetector(mafr.MAFRConfig(rgb={"kind": "offline"}))
+    with pytest.raises(mafr.WeightsUnavailableError, match="mafr convert pointmae"):
+        det.point_extractor
+
+
+def test_rgb_weights_from_a_local_safetensors_file(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from mafr.extractors import RGBExtractor
+
+    kw = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+    src = RGBExtractor("vit_base_patch8_224", "random", 64, kw, seed=7)
+    save_file({k: v.contiguous() for k, v in src.vit.state_dict().items()}, str(tmp_path / "vit.safetensors"))
+    loaded = RGBExtractor("vit_base_patch8_224", str(tmp_path / "vit.safetensors"), 64, kw, seed=0)
+    other = RGBExtractor("vit_base_patch8_224", "random", 64, kw, seed=0)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), src(x))
+    assert not torch.allclose(other(x), src(x))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        RGBExtractor("vit_base_patch8_224", str(tmp_path / "missing_dir"), 64, kw)
+
+
+def test_default_rgb_weights_offline_without_cache_explain_what_to_do(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import mafr\n"
+        "d = mafr.MAFRDetector(mafr.MAFRConfig(points={'kind': 'fpfh'}))\n"
+        "try:\n    d.rgb_extractor\nexcept mafr.WeightsUnavailableError as e:\n    print('OK', e)\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.startswith("OK"), out.stderr[-2000:]
+    assert "vit_base_patch8_224.dino" in out.stdout and "preset='offline'" in out.stdout
