@@ -176,8 +176,32 @@ class MAFRConfig(_Strict):
         preset = data.get("preset", "paper")
         if preset not in _PRESETS:
             return data  # the Literal check reports it
-        defaults = {k: (v.model_dump() if isinstance(v, BaseModel) else v) for k, v in data.items()}
-        return _merge(_PRESETS[preset], defaults)
+        # A sub-config object counts for the fields it was given explicitly, so the preset still
+        # fills the rest: MAFRConfig(preset="offline", rgb=RGBConfig(image_size=112)) stays offline.
+        given = {k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v) for k, v in data.items()}
+        return _merge(_PRESETS[preset], given)
+
+    @model_validator(mode="after")
+    def _check_grouping(self) -> "MAFRConfig":
+        p = self.points
+        if p.kind == "pointmae" and p.fps_max_points is not None and p.fps_max_points < p.num_groups:
+            raise ValueError(
+                f"points.fps_max_points ({p.fps_max_points}) must be >= points.num_groups ({p.num_groups}): "
+                "farthest point sampling cannot pick more centres than points it sees"
+            )
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # validate_assignment re-runs the "before" validator on a dict of the current fields,
+        # which would leave the sections as plain dicts; validate a rebuilt copy instead.
+        if name in type(self).model_fields:
+            data = self.model_dump()
+            data[name] = value.model_dump() if isinstance(value, BaseModel) else value
+            rebuilt = type(self).model_validate(data)
+            for field in type(self).model_fields:
+                object.__setattr__(self, field, getattr(rebuilt, field))
+            return
+        super().__setattr__(name, value)
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

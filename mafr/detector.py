@@ -71,7 +71,7 @@ def _encode_config(config: MAFRConfig) -> dict:
 def _decode_config(data: Any) -> MAFRConfig:
     if isinstance(data, MAFRConfig):
         return data
-    data = {k: v for k, v in dict(data).items() if k not in ("mafr_version", "fit")}
+    data = {k: v for k, v in dict(data).items() if k not in ("mafr_version", "fit", "metrics")}
     return MAFRConfig.model_validate(data)
 
 
@@ -267,7 +267,8 @@ class MAFRDetector(
         n = len(feats)
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(n, generator=gen).tolist()
-        n_cal = 0 if n < 3 else max(1, round(self.config.train.calibration_fraction * n))
+        fraction = self.config.train.calibration_fraction
+        n_cal = 0 if n < 3 or fraction == 0 else max(1, round(fraction * n))
         cal_idx, train_idx = sorted(order[:n_cal]), sorted(order[n_cal:])
         train = [feats[i] for i in train_idx]
         self.stats_ = self._feature_stats(train)
@@ -489,11 +490,19 @@ class MAFRDetector(
         ``include_extractors=True`` (then ``rgb_extractor.safetensors`` and ``point_extractor/``
         make the directory self-contained; weight-free extractors have nothing to copy)."""
         self._check_fitted()
+        # huggingface_hub keeps an existing README.md; a card describing an earlier fit would lie.
+        (Path(save_directory) / "README.md").unlink(missing_ok=True)
         self._include_extractors = include_extractors
         try:
             return super().save_pretrained(save_directory, **kwargs)
         finally:
             self._include_extractors = False
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload ``config.json``, ``model.safetensors`` and the model card to a Hub repo
+        (``huggingface_hub`` conventions: token from ``hf auth login``, ``private=``, ``branch=``...)."""
+        self._check_fitted()  # before the repo is created, not after
+        return super().push_to_hub(repo_id, **kwargs)
 
     @classmethod
     def _from_pretrained(

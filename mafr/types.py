@@ -102,8 +102,8 @@ class AnomalyResult(BaseModel):
     def to_image(self, alpha: float = 0.5, vmax: Optional[float] = None):
         """The anomaly map as a heatmap blended over the RGB image (a PIL image).
 
-        ``vmax`` fixes the top of the colour scale (default: the decision threshold's map value is
-        not known per pixel, so the map's own maximum is used).
+        ``vmax`` fixes the top of the colour scale, e.g. to compare several parts on one scale;
+        by default each map is scaled to its own maximum.
         """
         from .viz import overlay
 

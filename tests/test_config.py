@@ -44,3 +44,24 @@ def test_unknown_fields_and_bad_values_are_refused():
         MAFRConfig(scoring={"fusion": "mean"})
     with pytest.raises(ValidationError):
         MAFRConfig(preset="fast")
+
+
+def test_assignment_keeps_sections_typed_and_validated():
+    c = MAFRConfig()
+    c.grid_size = 56
+    assert c.grid_size == 56 and c.rgb.kind == "timm" and type(c.rgb).__name__ == "RGBConfig"
+    with pytest.raises(ValidationError):
+        c.grid_size = 2
+    assert c.grid_size == 56
+
+
+def test_sub_config_object_keeps_preset_for_unset_fields():
+    from mafr.config import RGBConfig
+
+    c = MAFRConfig(preset="offline", rgb=RGBConfig(image_size=112))
+    assert c.rgb.kind == "offline" and c.rgb.image_size == 112
+
+
+def test_fps_subsample_smaller_than_groups_is_refused():
+    with pytest.raises(ValidationError, match="fps_max_points"):
+        MAFRConfig(points={"fps_max_points": 100})

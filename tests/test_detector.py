@@ -264,3 +264,27 @@ def test_default_rgb_weights_offline_without_cache_explain_what_to_do(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.stdout.startswith("OK"), out.stderr[-2000:]
     assert "vit_base_patch8_224.dino" in out.stdout and "preset='offline'" in out.stdout
+
+
+def test_resave_refreshes_card_and_metrics_round_trip(fitted, tmp_path):
+    fitted.save_pretrained(tmp_path / "d")
+    (tmp_path / "d" / "README.md").write_text("stale card")
+    fitted.metrics_ = {"image_auroc": 0.97}
+    try:
+        fitted.save_pretrained(tmp_path / "d")
+    finally:
+        fitted.metrics_ = {}
+    assert "stale" not in (tmp_path / "d" / "README.md").read_text()
+    again = mafr.MAFRDetector.from_pretrained(tmp_path / "d")
+    assert again.metrics_ == {"image_auroc": 0.97}
+
+
+def test_push_to_hub_refuses_unfitted_before_touching_the_hub(tiny):
+    with pytest.raises(mafr.NotFittedError):
+        mafr.MAFRDetector(tiny()).push_to_hub("acme/never-created")
+
+
+def test_calibration_fraction_zero_uses_training_parts():
+    det = mafr.MAFRDetector(tiny_config(train={"steps": 3, "calibration_fraction": 0.0}))
+    det.fit(_parts(seeds=range(4)), progress=False)
+    assert det.fit_info_["n_calibration"] == 0 and det.fit_info_["calibration_on_training_parts"]
