@@ -195,14 +195,6 @@ def detector_dir(ref: str) -> Path:
         ) from err
 
 
-def _drop_stale_card(out_dir: Path) -> None:
-    """huggingface_hub never overwrites an existing README.md: remove the model card of a mafr
-    detector about to be replaced, so the new card does not describe the old fit."""
-    card, config = Path(out_dir) / "README.md", Path(out_dir) / "config.json"
-    if card.is_file() and config.is_file() and "mafr_version" in config.read_text():
-        card.unlink()
-
-
 # ----------------------------------------------------------------------------- commands
 def _cmd_fit(args: argparse.Namespace, out: _Out) -> int:
     from .detector import MAFRDetector
@@ -217,7 +209,6 @@ def _cmd_fit(args: argparse.Namespace, out: _Out) -> int:
     t0 = time.perf_counter()
     det = MAFRDetector(config).fit(parts, seed=args.seed, progress=not out.quiet)
     seconds = time.perf_counter() - t0
-    _drop_stale_card(Path(args.out_dir))
     det.save_pretrained(args.out_dir)
     info = det.fit_info_
     summary = {
@@ -362,7 +353,6 @@ def _cmd_convert_reference(args: argparse.Namespace, out: _Out) -> int:
 
     config = _load_config(args, default_preset="reference") if args.config else None
     dst = Path(args.dst_dir)
-    _drop_stale_card(dst)
     convert_reference_checkpoints(args.src_dir, dst, args.category, config=config, threshold=args.threshold, tag=args.tag)
     det = MAFRDetector.from_pretrained(str(dst))
     files = det.fit_info_.get("converted_from", [])

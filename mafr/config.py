@@ -81,10 +81,10 @@ class TrainConfig(_Strict):
     """Training of the fusion autoencoder on cached features."""
 
     #: Optimiser steps. Each step sees ``batch_size`` whole feature grids.
-    steps: int = Field(300, ge=1)
+    steps: int = Field(250, ge=1)
     #: When set, overrides ``steps`` with epochs over the training share of the fit set.
     epochs: Optional[int] = Field(None, ge=1)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
     #: Stop when the smoothed loss has not improved by ``early_stop_tol`` (relative) for this many
     #: steps; ``None`` disables early stopping.

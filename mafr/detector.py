@@ -144,8 +144,8 @@ class MAFRDetector(
     def is_fitted(self) -> bool:
         return self.autoencoder_ is not None and self.threshold_ is not None
 
-    def _check_fitted(self) -> None:
-        if not self.is_fitted:
+    def _check_fitted(self, require_threshold: bool = True) -> None:
+        if self.autoencoder_ is None or (require_threshold and self.threshold_ is None):
             raise NotFittedError(
                 "this MAFRDetector is not fitted yet: call .fit(good_samples) or load one with "
                 "MAFRDetector.from_pretrained(path_or_repo_id)"
@@ -298,9 +298,21 @@ class MAFRDetector(
         }
         return self
 
+    def calibrate(self, samples: Iterable[Any], *, progress: bool = False) -> "MAFRDetector":
+        """Set the decision threshold from good parts not used in training (same rule as
+        :meth:`fit`); useful for converted detectors, or after the line's conditions changed."""
+        self._check_fitted(require_threshold=False)
+        items = [as_sample(s) for s in samples]
+        if not items:
+            raise ValueError("calibrate needs at least one good sample; got none")
+        scores = self.score_features(self.extract_features(items, progress=progress))
+        self.threshold_ = self._threshold_from(scores)
+        self.fit_info_ = {**self.fit_info_, "calibration_scores": scores, "n_calibration": len(scores), "calibrated_separately": True}
+        return self
+
     def score_features(self, feats: Sequence[_Features]) -> list[float]:
         """Image scores of already extracted features (same rule as :meth:`predict`)."""
-        self._check_fitted()
+        self._check_fitted(require_threshold=False)
         return [float(s) for s in self._score_features(list(feats))[3]]
 
     def _feature_stats(self, feats: Sequence[_Features]) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -50,20 +51,37 @@ def model_card(detector) -> ModelCard:
                 "fusion": cfg.scoring.fusion,
             }
         ),
-        "## Fit data",
-        _table(
-            {
-                "good parts": fit.get("n_samples", "?"),
-                "used for training": fit.get("n_train", "?"),
-                "held out for calibration": fit.get("n_calibration", "?"),
-                "training steps": fit.get("steps", "?"),
-                "seed": fit.get("seed", "?"),
-                "fit seconds": fit.get("fit_seconds", "?"),
-            }
-        ),
-        "## Decision threshold",
-        f"threshold = **{detector.threshold_:.4f}**\n\n{THRESHOLD_RULE}",
     ]
+    if "converted_from" in fit:
+        parts += [
+            "## Origin",
+            "Converted from the reference MAFR implementation's checkpoints "
+            f"(category `{fit.get('category', '?')}`): {', '.join(f'`{f}`' for f in fit['converted_from'])}. "
+            "Features are not normalised (identity statistics), as in the reference.",
+        ]
+    else:
+        parts += [
+            "## Fit data",
+            _table(
+                {
+                    "good parts": fit.get("n_samples", "?"),
+                    "used for training": fit.get("n_train", "?"),
+                    "held out for calibration": fit.get("n_calibration", "?"),
+                    "training steps": fit.get("steps", "?"),
+                    "seed": fit.get("seed", "?"),
+                    "fit seconds": fit.get("fit_seconds", "?"),
+                }
+            ),
+        ]
+    parts.append("## Decision threshold")
+    if math.isfinite(detector.threshold_):
+        rule = fit.get("threshold_rule", THRESHOLD_RULE)
+        parts.append(f"threshold = **{detector.threshold_:.4f}**\n\n{rule}")
+    else:
+        parts.append(
+            "No threshold: nothing is flagged until one is set. Calibrate on good parts with "
+            "`det.calibrate(good_parts)` and save again, or pass `--threshold` to `mafr convert reference`."
+        )
     if detector.metrics_:
         parts += ["## Evaluation", _table({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in detector.metrics_.items()})]
     parts += ["## Full config", "```json\n" + json.dumps(cfg.to_json_dict(), indent=2) + "\n```"]

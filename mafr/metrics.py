@@ -31,6 +31,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ._graph import connected_components
+
 __all__ = [
     "image_auroc",
     "pixel_auroc",
@@ -240,26 +242,7 @@ def _run_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     u = np.repeat(np.arange(n), counts)
     v = np.repeat(lo, counts) + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
 
-    # Vectorised union-find: hook every root to the smallest root it shares an edge with, then
-    # compress paths fully. Every tree with an unresolved edge merges each round, so the number
-    # of trees along any chain at least halves: O(log n) rounds even for spirals and snakes.
-    # Hooking only to smaller indices cannot create cycles, and it keeps each root equal to the
-    # smallest run index of its component, i.e. its first run in raster order.
-    parent = np.arange(n)
-    while u.size:
-        ru = parent[u]
-        rv = parent[v]
-        open_edges = ru != rv
-        if not open_edges.any():
-            break
-        # An edge inside one tree stays inside it, so it never needs to be looked at again.
-        u, v, ru, rv = u[open_edges], v[open_edges], ru[open_edges], rv[open_edges]
-        np.minimum.at(parent, np.maximum(ru, rv), np.minimum(ru, rv))
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
+    parent = connected_components(n, u, v)
     roots, component = np.unique(parent, return_inverse=True)
     return component.reshape(-1), lengths, int(roots.size)
 

@@ -288,3 +288,17 @@ def test_calibration_fraction_zero_uses_training_parts():
     det = mafr.MAFRDetector(tiny_config(train={"steps": 3, "calibration_fraction": 0.0}))
     det.fit(_parts(seeds=range(4)), progress=False)
     assert det.fit_info_["n_calibration"] == 0 and det.fit_info_["calibration_on_training_parts"]
+
+
+def test_calibrate_sets_threshold_by_the_documented_rule(tmp_path):
+    det = mafr.MAFRDetector(tiny_config(train={"steps": 3})).fit(_parts(seeds=range(4)), progress=False)
+    det.threshold_ = float("inf")  # as a converted reference checkpoint arrives
+    det.save_pretrained(tmp_path / "conv")
+    assert "No threshold" in (tmp_path / "conv" / "README.md").read_text()
+    good = _parts(seeds=range(300, 303))
+    det.calibrate(good)
+    scores = det.fit_info_["calibration_scores"]
+    mean, std = np.mean(scores), max(np.std(scores), 0.1 * abs(np.mean(scores)))
+    assert det.threshold_ == pytest.approx(max(mean + 3.0 * std, max(scores)))
+    with pytest.raises(ValueError, match="at least one good sample"):
+        det.calibrate([])

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 import numpy as np
+
+from .._graph import connected_components
 import tifffile
 from PIL import Image
 
@@ -180,28 +182,6 @@ def pad_to_square(rgb: np.ndarray, xyz: np.ndarray, multiple: int = 100) -> tupl
     return pad_array_to_square(rgb, multiple), pad_array_to_square(xyz, multiple)
 
 
-def _connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Component label (its smallest node index) of each of ``n`` nodes joined by edges a-b.
-
-    Vectorised union-find: hook every root onto the smallest root it touches, then compress
-    paths fully; edges whose ends share a root are dropped. Takes O(log n) rounds in practice.
-    """
-    parent = np.arange(n)
-    while len(a):
-        ra, rb = parent[a], parent[b]
-        keep = ra != rb
-        a, b, ra, rb = a[keep], b[keep], ra[keep], rb[keep]
-        if not len(a):
-            break
-        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-    return parent
-
-
 def keep_largest_component(
     xyz: np.ndarray, *, eps: float = 0.006, min_points: int = 30, window: int = 1
 ) -> np.ndarray:
@@ -244,7 +224,7 @@ def keep_largest_component(
             ok = valid[src] & valid[dst] & (d2 < eps2)
             heads.append(index[src][ok])
             tails.append(index[dst][ok])
-    labels = _connected_components(n, np.concatenate(heads), np.concatenate(tails))
+    labels = connected_components(n, np.concatenate(heads), np.concatenate(tails))
     sizes = np.bincount(labels, minlength=n)
     largest = int(np.argmax(sizes))
     if sizes[largest] < min_points:
