@@ -28,3 +28,16 @@ def test_ci_runs_the_readme_commands_verbatim():
 def test_changelog_follows_keep_a_changelog():
     text = (ROOT / "CHANGELOG.md").read_text()
     assert text.startswith("# Changelog") and "## [Unreleased]" in text and "keepachangelog.com" in text
+
+
+def test_readme_usage_example_runs(tmp_path, monkeypatch):
+    """The README's Python example, executed as written (offline preset, generated parts)."""
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"## Usage\s+```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.is_anomalous and result.score > result.threshold  # a crack on a puck
+    assert (tmp_path / "crack.png").is_file()
+    assert (tmp_path / "my-detector" / "model.safetensors").is_file()
