@@ -75,8 +75,7 @@ def model_card(detector) -> ModelCard:
         ]
     parts.append("## Decision threshold")
     if math.isfinite(detector.threshold_):
-        rule = fit.get("threshold_rule", THRESHOLD_RULE)
-        parts.append(f"threshold = **{detector.threshold_:.4f}**\n\n{rule}")
+        parts.append(f"threshold = **{detector.threshold_:.4f}**\n\n{THRESHOLD_RULE}")
     else:
         parts.append(
             "No threshold: nothing is flagged until one is set. Calibrate on good parts with "
