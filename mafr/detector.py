@@ -20,7 +20,7 @@ from huggingface_hub import ModelCard, ModelHubMixin
 from . import __version__
 from .config import CONFIG_VERSION, MAFRConfig
 from .extractors import FPFHExtractor, PointMAEEncoder, RGBExtractor, build_point_extractor, build_rgb_extractor
-from .extractors.pointops import knn, three_nn_interpolate
+from .extractors.pointops import idw_weights, three_nn_interpolate
 from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
 from .io import as_sample, load_sample
 from .losses import restoration_loss
@@ -41,7 +41,6 @@ RGB_WEIGHTS_NAME = "rgb_extractor.safetensors"
 POINT_WEIGHTS_DIR = "point_extractor"
 CONFIG_NAME = "config.json"
 _STD_FLOOR = 1e-6
-_IDW_EPS = 1e-8  # pointnet2's three_interpolate
 #: Each channel's variance is floored at this share of the mean channel variance.
 _VAR_FLOOR = 0.01
 
@@ -203,10 +202,8 @@ class MAFRDetector(
             # The reference's own path: per-point features scattered at full resolution.
             per_point = three_nn_interpolate(points, centres, feats)[0]
             return pool_to_grid(scatter_to_pixels(per_point, pixel_index, size), grid)
-        dist, idx = knn(points, centres, 3)
-        weight = 1.0 / (dist[0] + _IDW_EPS)
-        weight = weight / weight.sum(-1, keepdim=True)
-        op = centres_to_grid_operator(pixel_index, size, grid, idx[0], weight, centres.shape[1])
+        weight, idx = idw_weights(points, centres)
+        op = centres_to_grid_operator(pixel_index, size, grid, idx[0], weight[0], centres.shape[1])
         return (op.to(feats.dtype) @ feats[0]).T.reshape(-1, grid, grid)
 
     @torch.inference_mode()
