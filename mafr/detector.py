@@ -22,7 +22,7 @@ from .config import CONFIG_VERSION, MAFRConfig
 from .extractors import FPFHExtractor, PointMAEEncoder, RGBExtractor, build_point_extractor, build_rgb_extractor
 from .extractors.pointops import idw_weights, three_nn_interpolate
 from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
-from .io import as_sample, load_sample
+from .io import as_sample, load_sample, resize_nearest
 from .losses import restoration_loss
 from .model import FusionAutoencoder
 from .projection import (
@@ -166,10 +166,9 @@ class MAFRDetector(
         mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
         std = np.asarray(IMAGENET_STD, dtype=np.float32)
         image = torch.from_numpy(((img - mean) / std).transpose(2, 0, 1).copy())
-        idx = np.minimum(((np.arange(size) + 0.5) * side / size).astype(np.int64), side - 1)
         xyz_pad = np.zeros((side, side, 3), dtype=np.float32)
         xyz_pad[:h, :w] = xyz
-        xyz_s = torch.from_numpy(np.ascontiguousarray(xyz_pad[idx][:, idx]))
+        xyz_s = torch.from_numpy(np.ascontiguousarray(resize_nearest(xyz_pad, size, size)))
         valid = (xyz_s != 0).any(dim=-1)
         if self.config.points.fill_holes:
             xyz_s, valid = fill_small_holes(xyz_s, valid, self.config.points.fill_holes)

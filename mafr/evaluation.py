@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from . import metrics
 from .config import MAFRConfig
 from .detector import MAFRDetector, _progress
+from .io import resize_nearest
 from .types import Sample
 
 COLUMNS = (
@@ -40,10 +41,7 @@ def _resize_map(m: np.ndarray, size: int) -> np.ndarray:
 
 
 def _resize_mask(m: np.ndarray, size: int) -> np.ndarray:
-    m = np.asarray(m) > 0
-    rows = np.minimum(((np.arange(size) + 0.5) * m.shape[0] / size).astype(int), m.shape[0] - 1)
-    cols = np.minimum(((np.arange(size) + 0.5) * m.shape[1] / size).astype(int), m.shape[1] - 1)
-    return m[rows][:, cols]
+    return resize_nearest(np.asarray(m) > 0, size, size)
 
 
 def evaluate_detector(

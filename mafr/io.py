@@ -86,6 +86,18 @@ def load_xyz(xyz: Any, rgb_shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def nearest_index(n_out: int, n_in: int) -> np.ndarray:
+    """Source index of each of ``n_out`` output pixels when resizing ``n_in`` pixels with nearest
+    neighbour (pixel centres): the one rule for xyz maps, network inputs and ground-truth masks,
+    so geometry, features and masks stay on the same pixels."""
+    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
+
+
+def resize_nearest(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``arr`` (H x W [x C]) resized to ``h x w`` with :func:`nearest_index`; a new array."""
+    return arr[nearest_index(h, arr.shape[0])][:, nearest_index(w, arr.shape[1])]
+
+
 def _align_to(xyz: np.ndarray, h: int, w: int) -> np.ndarray:
     xh, xw = xyz.shape[:2]
     if abs(xh / xw - h / w) > _ASPECT_TOLERANCE * (h / w):
@@ -93,9 +105,7 @@ def _align_to(xyz: np.ndarray, h: int, w: int) -> np.ndarray:
             f"RGB is {h} x {w} but xyz is {xh} x {xw}: different aspect ratios cannot be aligned pixel to "
             "pixel; crop or pad one of them so both show the same field of view"
         )
-    rows = np.minimum((np.arange(h) + 0.5) * xh / h, xh - 1).astype(np.int64)
-    cols = np.minimum((np.arange(w) + 0.5) * xw / w, xw - 1).astype(np.int64)
-    return xyz[rows][:, cols]
+    return resize_nearest(xyz, h, w)
 
 
 def as_sample(item: Any) -> Sample:
