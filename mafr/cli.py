@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -206,11 +205,10 @@ def _cmd_fit(args: argparse.Namespace, out: _Out) -> int:
             raise ValueError(f"--shots must be >= 1, got {args.shots}")
         parts = parts[: args.shots]
     out.log(f"fitting a {config.preset} detector on {len(parts)} good parts from {args.data}")
-    t0 = time.perf_counter()
     det = MAFRDetector(config).fit(parts, seed=args.seed, progress=not out.quiet)
-    seconds = time.perf_counter() - t0
     det.save_pretrained(args.out_dir)
     info = det.fit_info_
+    seconds = info["fit_seconds"]
     summary = {
         "out_dir": str(args.out_dir),
         "preset": config.preset,
