@@ -73,6 +73,9 @@ class ModelConfig(_Strict):
     #: ``"grid"`` applies CBAM over the feature grid (the paper's description);
     #: ``"pointwise"`` applies it per position, as the reference code does.
     cbam: Literal["grid", "pointwise"] = "grid"
+    #: Decoder attention: ``"cbam"`` (the paper), ``"se"`` (squeeze-and-excitation: the channel
+    #: gate alone, pooled as ``cbam`` says) or ``"none"``. Measured in docs/ablations.md.
+    attention: Literal["cbam", "se", "none"] = "cbam"
     cbam_reduction: int = Field(16, ge=1)
     cbam_kernel: int = Field(7, ge=1)
 

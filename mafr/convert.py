@@ -432,7 +432,9 @@ def convert_reference_checkpoints(
     if reduction is None:
         raise ValueError(f"the two decoders' CBAM reductions differ ({sorted(reductions)}); mafr shares one setting")
     data = cfg.to_json_dict()
-    data["model"].update(latent_dim=None if latent == hidden else int(latent), cbam_reduction=reduction, cbam_kernel=kernels.pop())
+    # The reference decoders carry CBAM weights, whatever attention the given config names.
+    data["model"].update(latent_dim=None if latent == hidden else int(latent), cbam_reduction=reduction, cbam_kernel=kernels.pop(),
+                         attention="cbam")
     cfg = MAFRConfig.model_validate(data)
     if cfg.model.cbam != "pointwise":
         warnings.warn(

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 CBAMMode = Literal["grid", "pointwise"]
+#: Decoder attention before the output layer: CBAM (the paper), squeeze-and-excitation (its
+#: channel gate alone, lighter), or none. See docs/ablations.md for what each costs and keeps.
+Attention = Literal["cbam", "se", "none"]
 
 
 class ChannelAttention(nn.Module):
@@ -64,6 +67,22 @@ class CBAM(nn.Module):
         return x * self.spatial_attention.gate(x, self.mode)
 
 
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation (Hu et al., 2018): average-pooled descriptor, two-layer MLP,
+    sigmoid channel gate. No max-pool branch and no spatial gate, hence cheaper than CBAM."""
+
+    def __init__(self, channels: int, reduction: int = 16, mode: CBAMMode = "grid") -> None:
+        super().__init__()
+        self.mode: CBAMMode = mode
+        hidden = max(1, channels // reduction)
+        self.fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Point-wise, each position is its own 1 x 1 map and its average is the vector itself.
+        desc = x if self.mode == "pointwise" else x.mean(dim=(1, 2), keepdim=True)
+        return x * torch.sigmoid(self.fc(desc))
+
+
 class FusionEncoder(nn.Module):
     """Linear -> GELU -> LayerNorm -> Dropout, twice (one shared LayerNorm), then the latent Linear."""
 
@@ -94,14 +113,22 @@ class Decoder(nn.Module):
         cbam_mode: CBAMMode = "grid",
         cbam_reduction: int = 16,
         cbam_kernel: int = 7,
+        attention: Attention = "cbam",
     ) -> None:
         super().__init__()
+        if attention not in ("cbam", "se", "none"):
+            raise ValueError(f"attention must be 'cbam', 'se' or 'none', got {attention!r}")
         hidden = out_dim
+        self.attention: Attention = attention
         self.input_fc = nn.Linear(latent_dim, hidden)
         self.layers = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(2)])
         self.norm = nn.LayerNorm(hidden)
         self.dropout = nn.Dropout(dropout)
-        self.cbam = CBAM(hidden, cbam_reduction, cbam_kernel, cbam_mode)
+        # Registered under its own name so a CBAM decoder keeps the reference's state-dict keys.
+        if attention == "cbam":
+            self.cbam = CBAM(hidden, cbam_reduction, cbam_kernel, cbam_mode)
+        elif attention == "se":
+            self.se = SqueezeExcitation(hidden, cbam_reduction, cbam_mode)
         self.output_fc = nn.Linear(hidden, out_dim)
         self.skip = nn.Linear(latent_dim, out_dim) if latent_dim != out_dim else nn.Identity()
 
@@ -109,7 +136,11 @@ class Decoder(nn.Module):
         h = self.dropout(F.gelu(self.norm(self.input_fc(z))))
         for layer in self.layers:
             h = self.dropout(F.gelu(self.norm(layer(h))))
-        return self.output_fc(self.cbam(h)) + self.skip(z)
+        if self.attention == "cbam":
+            h = self.cbam(h)
+        elif self.attention == "se":
+            h = self.se(h)
+        return self.output_fc(h) + self.skip(z)
 
 
 class FusionAutoencoder(nn.Module):
@@ -124,6 +155,7 @@ class FusionAutoencoder(nn.Module):
         cbam_mode: CBAMMode = "grid",
         cbam_reduction: int = 16,
         cbam_kernel: int = 7,
+        attention: Attention = "cbam",
     ) -> None:
         super().__init__()
         in_dim = rgb_dim + xyz_dim
@@ -131,7 +163,8 @@ class FusionAutoencoder(nn.Module):
         latent = latent_dim or hidden
         self.rgb_dim, self.xyz_dim = rgb_dim, xyz_dim
         self.encoder = FusionEncoder(in_dim, hidden, latent, dropout)
-        dec = dict(dropout=dropout, cbam_mode=cbam_mode, cbam_reduction=cbam_reduction, cbam_kernel=cbam_kernel)
+        dec = dict(dropout=dropout, cbam_mode=cbam_mode, cbam_reduction=cbam_reduction, cbam_kernel=cbam_kernel,
+                   attention=attention)
         self.decoder_2d = Decoder(latent, rgb_dim, **dec)
         self.decoder_3d = Decoder(latent, xyz_dim, **dec)
 

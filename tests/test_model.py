@@ -95,3 +95,37 @@ def test_encoder_forward_matches_spec_order():
     h = ln(torch.nn.functional.gelu(enc.input_fc(x)))
     h = ln(torch.nn.functional.gelu(enc.layers[0](h)))
     torch.testing.assert_close(enc(x), enc.output_fc(h))
+
+
+def test_se_gate_is_mlp_of_the_grid_average_and_pointwise_equals_1x1_maps():
+    from mafr.model import SqueezeExcitation
+
+    torch.manual_seed(5)
+    se = SqueezeExcitation(16, reduction=4, mode="grid")
+    x = torch.randn(2, 5, 6, 16)
+    expected = x * torch.sigmoid(se.fc(x.mean(dim=(1, 2), keepdim=True)))
+    torch.testing.assert_close(se(x), expected)
+    point = SqueezeExcitation(16, reduction=4, mode="pointwise")
+    point.load_state_dict(se.state_dict())
+    one_by_one = torch.cat([se(x[:, i : i + 1, j : j + 1]) for i in range(5) for j in range(6)], dim=1)
+    torch.testing.assert_close(point(x).reshape(2, 30, 1, 16), one_by_one.reshape(2, 30, 1, 16))
+
+
+def test_attention_options_keys_and_parameter_counts():
+    import pytest
+
+    models = {a: FusionAutoencoder(40, 24, attention=a) for a in ("cbam", "se", "none")}
+    keys = {a: set(m.decoder_2d.state_dict()) for a, m in models.items()}
+    # CBAM keeps the reference's key names (converted checkpoints load); SE and none drop the
+    # spatial gate, none has no gate at all.
+    assert "cbam.spatial_attention.conv.weight" in keys["cbam"]
+    assert {k for k in keys["se"] if k.startswith("se.")} == {"se.fc.0.weight", "se.fc.0.bias", "se.fc.2.weight", "se.fc.2.bias"}
+    assert not any(k.startswith(("cbam.", "se.")) for k in keys["none"])
+    counts = {a: sum(p.numel() for p in m.parameters()) for a, m in models.items()}
+    assert counts["cbam"] > counts["se"] > counts["none"]
+    rgb, xyz = torch.randn(1, 4, 4, 40), torch.randn(1, 4, 4, 24)
+    for m in models.values():
+        out_rgb, out_xyz = m.eval()(rgb, xyz)
+        assert out_rgb.shape == rgb.shape and out_xyz.shape == xyz.shape
+    with pytest.raises(ValueError, match="attention must be"):
+        FusionAutoencoder(40, 24, attention="eca")
