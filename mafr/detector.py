@@ -333,6 +333,7 @@ class MAFRDetector(
             cbam_mode=m.cbam,
             cbam_reduction=m.cbam_reduction,
             cbam_kernel=m.cbam_kernel,
+            attention=m.attention,
         )
 
     def _train(self, train: Sequence[_Features], gen: torch.Generator, progress: bool) -> list[float]:
@@ -568,7 +569,7 @@ class MAFRDetector(
         xyz_dim = det.stats_["xyz_mean"].shape[0]
         m = det.config.model
         det.autoencoder_ = FusionAutoencoder(
-            rgb_dim, xyz_dim, m.latent_dim, m.dropout, m.cbam, m.cbam_reduction, m.cbam_kernel
+            rgb_dim, xyz_dim, m.latent_dim, m.dropout, m.cbam, m.cbam_reduction, m.cbam_kernel, attention=m.attention
         )
         det.autoencoder_.load_state_dict(ae_state, strict=True)
         det.autoencoder_.eval()
