@@ -13,6 +13,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from .errors import InputNotFoundError, InputTypeError, InvalidInputError, UnreadableFileError
 from .projection import depth_to_xyz, project_points
 from .types import DepthMap, PointCloud, Sample
 
@@ -27,62 +28,123 @@ def load_rgb(rgb: Any) -> np.ndarray:
     if isinstance(rgb, (str, Path)):
         path = Path(rgb)
         if not path.is_file():
-            raise FileNotFoundError(f"RGB image not found: {path}")
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
+            raise InputNotFoundError(f"RGB image not found: {path}", path=path)
+        try:
+            with Image.open(path) as im:
+                # convert() decodes every pixel, so a truncated file fails here, not later.
+                return np.array(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise UnreadableFileError(f"RGB image {path} cannot be read: {_why(err)}", path=path) from err
     if isinstance(rgb, Image.Image):
         return np.array(rgb.convert("RGB"))
     if not isinstance(rgb, np.ndarray):
-        raise TypeError(f"rgb must be an H x W x 3 uint8 array, a PIL image or a path, got {type(rgb).__name__}")
+        raise InputTypeError(f"rgb must be an H x W x 3 uint8 array, a PIL image or a path, got {type(rgb).__name__}")
     if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"rgb must be H x W x 3 (3 colour channels), got shape {rgb.shape}")
+        raise InvalidInputError(f"rgb must be H x W x 3 (3 colour channels), got shape {rgb.shape}")
     if rgb.dtype != np.uint8:
-        raise TypeError(
+        raise InputTypeError(
             f"rgb must have dtype uint8 (0..255), got {rgb.dtype}; for floats in [0, 1] pass "
             "(img * 255).round().astype(np.uint8)"
         )
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ValueError(f"rgb is empty, shape {rgb.shape}")
+        raise InvalidInputError(f"rgb is empty, shape {rgb.shape}")
     return rgb.copy()
 
 
 def _read_xyz_file(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise FileNotFoundError(f"xyz file not found: {path}")
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    import tifffile
+        raise InputNotFoundError(f"xyz file not found: {path}", path=path)
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
+        import tifffile
 
-    return tifffile.imread(path)
+        return tifffile.imread(path)
+    except (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, RuntimeError) as err:
+        kind = "a .npy array" if path.suffix.lower() == ".npy" else "a TIFF"
+        raise UnreadableFileError(f"xyz file {path} cannot be read as {kind}: {_why(err)}", path=path) from err
+
+
+def _why(err: BaseException) -> str:
+    """The library's reason in one line, with a plain word for the common cases."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    low = text.lower()
+    if "truncated" in low or "eof" in low or "not enough" in low or "unexpected end" in low:
+        return f"the file is truncated ({text})"
+    if "cannot identify image" in low or "not a tiff" in low or "invalid tiff" in low:
+        return f"not an image of a known format ({text})"
+    return text
+
+
+def _checked(fn, *args):
+    """Run a projection helper, turning its builtin errors into mafr's typed ones."""
+    try:
+        return fn(*args)
+    except TypeError as err:
+        raise InputTypeError(str(err)) from err
+    except ValueError as err:
+        raise InvalidInputError(str(err)) from err
+
+
+def _check_intrinsics(k: np.ndarray, owner: str) -> None:
+    fx, fy = float(k[0, 0]), float(k[1, 1])
+    if not (fx > 0 and fy > 0):
+        raise InvalidInputError(
+            f"{owner}.intrinsics must have positive focal lengths fx = K[0, 0] and fy = K[1, 1] (pixels), "
+            f"got fx={fx:g}, fy={fy:g}; with these every point lands on one pixel or at infinity"
+        )
+
+
+#: A projected cloud whose points land on fewer distinct pixels than this is degenerate.
+MIN_PROJECTED_PIXELS = 9
 
 
 def load_xyz(xyz: Any, rgb_shape: tuple[int, int]) -> np.ndarray:
-    """-> organized float32 map at the RGB resolution ``rgb_shape`` (H, W), zeros = no point."""
+    """-> organized float32 map at the RGB resolution ``rgb_shape`` (H, W), zeros = no point.
+
+    Raises :class:`~mafr.InvalidInputError` (:class:`~mafr.UnreadableFileError` for files that
+    cannot be decoded) naming the file, if one was given, and what is wrong."""
     h, w = rgb_shape
+    source = ""
     if isinstance(xyz, PointCloud):
-        out = project_points(xyz.points, xyz.intrinsics, h, w, xyz.extrinsics)
+        _check_intrinsics(xyz.intrinsics, "PointCloud")
+        out = _checked(project_points, xyz.points, xyz.intrinsics, h, w, xyz.extrinsics)
+        hit = int(np.count_nonzero(np.any(out != 0, axis=-1)))
+        n = len(np.asarray(xyz.points))
+        if 0 < hit < MIN_PROJECTED_PIXELS <= n:
+            raise InvalidInputError(
+                f"degenerate projection: {n} points land on only {hit} of the {h} x {w} image's pixels; "
+                "check PointCloud.intrinsics (focal lengths in pixels, principal point near the image centre) "
+                "and extrinsics (world to camera)"
+            )
     elif isinstance(xyz, DepthMap):
-        out = depth_to_xyz(xyz.depth, xyz.intrinsics, xyz.depth_scale)
+        _check_intrinsics(xyz.intrinsics, "DepthMap")
+        out = _checked(depth_to_xyz, xyz.depth, xyz.intrinsics, xyz.depth_scale)
     else:
         if isinstance(xyz, (str, Path)):
+            source = f" ({xyz})"
             xyz = _read_xyz_file(Path(xyz))
         if not isinstance(xyz, np.ndarray):
-            raise TypeError(
+            raise InputTypeError(
                 "xyz must be an organized H x W x 3 float array, a path to a .tiff/.npy, "
                 f"a mafr.PointCloud or a mafr.DepthMap, got {type(xyz).__name__}"
             )
         if xyz.ndim != 3 or xyz.shape[2] != 3:
-            raise ValueError(f"xyz must be an organized H x W x 3 map (x, y, z per pixel), got shape {xyz.shape}")
+            raise InvalidInputError(f"xyz{source} must be an organized H x W x 3 map (x, y, z per pixel), got shape {xyz.shape}")
         if not np.issubdtype(xyz.dtype, np.floating):
-            raise TypeError(f"xyz must be a float array (metres), got dtype {xyz.dtype}")
+            if source:
+                raise InvalidInputError(f"xyz{source} must hold floats (metres), got dtype {xyz.dtype}")
+            raise InputTypeError(f"xyz must be a float array (metres), got dtype {xyz.dtype}")
+        if xyz.shape[0] == 0 or xyz.shape[1] == 0:
+            raise InvalidInputError(f"xyz{source} is empty, shape {xyz.shape}")
         out = xyz.astype(np.float32, copy=True)
     if not np.all(np.isfinite(out)):
         bad = int((~np.isfinite(out)).any(axis=-1).sum())
-        raise ValueError(f"xyz contains NaN or inf at {bad} pixels; mark missing measurements with (0, 0, 0)")
+        raise InvalidInputError(f"xyz{source} contains NaN or inf at {bad} pixels (or values beyond float32); mark missing measurements with (0, 0, 0)")
     if out.shape[:2] != (h, w):
-        out = _align_to(out, h, w)
+        out = _align_to(out, h, w, source)
     if not np.any(out != 0):
-        raise ValueError("xyz has no valid 3D point: every pixel is (0, 0, 0) (no measurement)")
+        raise InvalidInputError(f"xyz{source} has no valid 3D point: every pixel is (0, 0, 0) (no measurement)")
     return out
 
 
@@ -98,11 +160,11 @@ def resize_nearest(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     return arr[nearest_index(h, arr.shape[0])][:, nearest_index(w, arr.shape[1])]
 
 
-def _align_to(xyz: np.ndarray, h: int, w: int) -> np.ndarray:
+def _align_to(xyz: np.ndarray, h: int, w: int, source: str = "") -> np.ndarray:
     xh, xw = xyz.shape[:2]
     if abs(xh / xw - h / w) > _ASPECT_TOLERANCE * (h / w):
-        raise ValueError(
-            f"RGB is {h} x {w} but xyz is {xh} x {xw}: different aspect ratios cannot be aligned pixel to "
+        raise InvalidInputError(
+            f"RGB is {h} x {w} but xyz{source} is {xh} x {xw}: different aspect ratios cannot be aligned pixel to "
             "pixel; crop or pad one of them so both show the same field of view"
         )
     return resize_nearest(xyz, h, w)
@@ -114,7 +176,7 @@ def as_sample(item: Any) -> Sample:
         return item
     if isinstance(item, (tuple, list)) and len(item) == 2:
         return Sample(rgb=item[0], xyz=item[1])
-    raise TypeError(f"a sample must be mafr.Sample(rgb=..., xyz=...) or an (rgb, xyz) tuple, got {type(item).__name__}")
+    raise InputTypeError(f"a sample must be mafr.Sample(rgb=..., xyz=...) or an (rgb, xyz) tuple, got {type(item).__name__}")
 
 
 def load_sample(item: Any) -> tuple[np.ndarray, np.ndarray]:
