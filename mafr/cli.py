@@ -345,6 +345,20 @@ def _cmd_convert_pointmae(args: argparse.Namespace, out: _Out) -> int:
     return EXIT_OK
 
 
+def _cmd_download_pointmae(args: argparse.Namespace, out: _Out) -> int:
+    from .download import download_pointmae, pointmae_dir
+
+    target = pointmae_dir(args.cache_dir)
+    if (target / "model.safetensors").is_file():
+        out.log(f"the converted Point-MAE encoder is already in {target}")
+    else:
+        out.log(f"downloading Point-MAE's pretrain.pth, checking its SHA-256 and converting it into {target}")
+    path = download_pointmae(url=args.url, sha256=args.sha256, cache_dir=args.cache_dir, progress=not out.quiet)
+    # The path is the last line, so scripts can take it with `tail -n 1`.
+    out.result(str(path), {"path": path})
+    return EXIT_OK
+
+
 def _cmd_convert_reference(args: argparse.Namespace, out: _Out) -> int:
     from .convert import convert_reference_checkpoints
     from .detector import MAFRDetector
@@ -600,6 +614,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threshold", type=float, metavar="T", help="decision threshold on the image score (default: none, inf)")
     q.add_argument("--tag", metavar="<E>ep_<B>bs", help="which training, when several of one category are present")
     q.set_defaults(func=_cmd_convert_reference, preset=None)
+
+    p = _sub(subs, "download", "fetch published extractor weights ahead of first use",
+             "Fetch published weights now rather than on first use (air-gapped machines: run it where\n"
+             "there is network and copy the folder; internal mirrors: --url).",
+             "  mafr download pointmae\n"
+             "  mafr download pointmae --url https://mirror.example/pretrain.pth --cache-dir /opt/mafr", [common])
+    dl = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    q = _sub(dl, "pointmae", "Point-MAE's ShapeNet pre-training checkpoint (3D extractor of the paper preset)",
+             "Download Point-MAE's pretrain.pth, check its SHA-256, convert it to safetensors and keep only\n"
+             "the converted encoder, in CACHE/pointmae (CACHE: --cache-dir, else $MAFR_POINTMAE_WEIGHTS as\n"
+             "the folder itself, else $MAFR_CACHE/pointmae, else ~/.cache/mafr/pointmae). A wrong hash or a\n"
+             "failed download leaves nothing behind. Prints the converted folder as the last line.",
+             "  mafr download pointmae\n"
+             "  mafr download pointmae --url http://mirror.internal/pretrain.pth --cache-dir /opt/mafr", [common])
+    q.add_argument("--url", metavar="URL", help="where to download pretrain.pth from (default: the Point-MAE GitHub release)")
+    q.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of the file (default: the published checkpoint's)")
+    q.add_argument("--cache-dir", metavar="DIR", help="cache folder; the encoder goes to DIR/pointmae")
+    q.set_defaults(func=_cmd_download_pointmae)
 
     p = _sub(subs, "info", "show what a saved detector contains",
              "Show a saved detector: configuration (preset, extractors and where their weights come\n"

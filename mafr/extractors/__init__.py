@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from torch import nn
@@ -34,11 +33,11 @@ POINTMAE_ENV = "MAFR_POINTMAE_WEIGHTS"
 
 
 def default_pointmae_dir() -> Path:
-    """``$MAFR_POINTMAE_WEIGHTS`` or ``~/.cache/mafr/pointmae``."""
-    env = os.environ.get(POINTMAE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mafr" / "pointmae"
+    """``$MAFR_POINTMAE_WEIGHTS``, else ``pointmae`` in the cache (``$MAFR_CACHE``, default
+    ``~/.cache/mafr``)."""
+    from ..download import pointmae_dir  # not at import: mafr.download imports this package
+
+    return pointmae_dir()
 
 
 def build_rgb_extractor(config) -> nn.Module:
@@ -74,15 +73,10 @@ def build_point_extractor(config) -> nn.Module:
     if weights == "random":
         return PointMAEEncoder.random(wanted, seed=config.extractor_seed)
     if weights == "default":
-        source = default_pointmae_dir()
-        if not (source / "model.safetensors").is_file():
-            raise WeightsUnavailableError(
-                f"no converted PointMAE weights at {source}. Download Point-MAE's ShapeNet pre-training "
-                "checkpoint (pointmae_pretrain.pth, linked from https://github.com/Pang-Yatian/Point-MAE) and run "
-                f"`mafr convert pointmae pointmae_pretrain.pth {source}` (or set ${POINTMAE_ENV}, or "
-                "MAFRConfig(points={'weights': DIR_OR_REPO_ID})). For tests use extractor_weights='random'; "
-                "for weight-free features preset='offline'."
-            )
+        from ..download import ensure_pointmae
+
+        # First use: fetched, hash-checked and converted into the cache (docs/getting-started.md).
+        source = ensure_pointmae()
     else:
         source = weights
     encoder = PointMAEEncoder.from_pretrained(source)
