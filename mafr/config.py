@@ -101,6 +101,14 @@ class TrainConfig(_Strict):
     smoothness_first_two_channels: bool = False
     #: Share of the fit set held out to calibrate the threshold (see docs/concepts.md).
     calibration_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    #: Upper bound (MB) of the replay store that ``update()`` needs, kept in model.safetensors:
+    #: whole fit-feature grids at 8 bits (docs/concepts.md, "Updating a fitted detector").
+    #: 0 keeps none, and the detector cannot be updated.
+    replay_budget_mb: float = Field(12.0, ge=0)
+    #: Fine-tuning steps of ``update()``; each batch mixes new parts with replayed ones.
+    update_steps: int = Field(50, ge=1)
+    #: Learning rate of ``update()`` as a share of ``lr``.
+    update_lr_scale: float = Field(0.5, gt=0)
 
 
 class ScoringConfig(_Strict):

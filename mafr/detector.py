@@ -9,6 +9,7 @@ directory or Hub repo; nothing is ever unpickled.
 import json
 import math
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -22,9 +23,11 @@ from .config import CONFIG_VERSION, MAFRConfig
 from .extractors import FPFHExtractor, PointMAEEncoder, RGBExtractor, build_point_extractor, build_rgb_extractor
 from .extractors.pointops import idw_weights, three_nn_interpolate
 from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
+from . import errors as _errors
 from .io import as_sample, load_sample, resize_nearest
 from .losses import restoration_loss
 from .model import FusionAutoencoder
+from .replay import ReplayStore, moments_of, pool_moments, stack_parts
 from .projection import (
     centres_to_grid_operator,
     fill_small_holes,
@@ -49,8 +52,31 @@ def _robust_std(x: torch.Tensor) -> torch.Tensor:
     """Per-channel std with a floor relative to the typical channel: a channel that is nearly
     constant on good parts (an empty histogram bin, say) must not turn sensor noise into
     huge normalised values."""
-    var = x.var(0)
+    return _std_from_var(x.var(0))
+
+
+def _std_from_var(var: torch.Tensor) -> torch.Tensor:
     return (var + _VAR_FLOOR * var.mean()).sqrt().clamp(min=_STD_FLOOR)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _held_out_count(n: int, fraction: float) -> int:
+    """How many of ``n`` new good parts are held out to calibrate (fit and update share the rule)."""
+    return 0 if n < 3 or fraction == 0 else max(1, round(fraction * n))
+
+
+def _batches(n: int, batch: int, gen: torch.Generator):
+    """Endless shuffled batches of ``range(n)``, reshuffled when fewer than ``batch`` remain."""
+    perm, cursor = torch.randperm(n, generator=gen), 0
+    while True:
+        if cursor + batch > len(perm):
+            perm, cursor = torch.randperm(n, generator=gen), 0
+        yield perm[cursor : cursor + batch]
+        cursor += batch
+
 
 
 class NotFittedError(RuntimeError):
@@ -123,6 +149,8 @@ class MAFRDetector(
         self.threshold_: Optional[float] = None
         self.fit_info_: dict[str, Any] = {}
         self.metrics_: dict[str, Any] = {}
+        #: Compact copy of fit features that :meth:`update` replays (``None``: cannot update).
+        self.replay_: Optional[ReplayStore] = None
 
     # ------------------------------------------------------------------ extractors
     @property
@@ -243,6 +271,7 @@ class MAFRDetector(
         self._fit_features(feats, seed=seed, progress=progress)
         self.fit_info_["extract_seconds"] = round(time.perf_counter() - t0 - self.fit_info_["train_seconds"], 3)
         self.fit_info_["fit_seconds"] = round(time.perf_counter() - t0, 3)
+        self.fit_info_["history"][-1]["seconds"] = self.fit_info_["fit_seconds"]
         return self
 
     def extract_features(self, samples: Iterable[Any], *, progress: bool = False) -> list[_Features]:
@@ -264,10 +293,11 @@ class MAFRDetector(
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(n, generator=gen).tolist()
         fraction = self.config.train.calibration_fraction
-        n_cal = 0 if n < 3 or fraction == 0 else max(1, round(fraction * n))
+        n_cal = _held_out_count(n, fraction)
         cal_idx, train_idx = sorted(order[:n_cal]), sorted(order[n_cal:])
         train = [feats[i] for i in train_idx]
-        self.stats_ = self._feature_stats(train)
+        moments = self._feature_moments(train)
+        self.stats_ = self._stats_from_moments(moments)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -280,6 +310,11 @@ class MAFRDetector(
         cal = [feats[i] for i in cal_idx] if cal_idx else train
         cal_scores = [float(self._score_features([f])[3][0]) for f in cal]
         self.threshold_ = self._threshold_from(cal_scores)
+        held_out = torch.zeros(n, dtype=torch.bool)
+        held_out[cal_idx] = True
+        self.replay_ = ReplayStore.build(
+            *stack_parts(feats), held_out, moments, budget_bytes=self._replay_budget(), seed=seed
+        )
         self.fit_info_ = {
             "n_samples": n,
             "n_train": len(train),
@@ -291,7 +326,96 @@ class MAFRDetector(
             "final_loss": history[-1] if history else None,
             "train_seconds": round(time.perf_counter() - t0, 3),
             "mafr_version": __version__,
+            "n_parts_total": n,
+            "replay_parts": len(self.replay_),
+            "history": [
+                {"event": "fit", "time": _now(), "parts": n, "n_train": len(train), "n_calibration": len(cal_idx),
+                 "steps": len(history), "seconds": round(time.perf_counter() - t0, 3), "threshold": self.threshold_}
+            ],
         }
+        return self
+
+    def update(self, samples: Iterable[Any], *, seed: int = 0, progress: bool = False) -> "MAFRDetector":
+        """Incorporate new good parts into a fitted detector without a full refit and without
+        forgetting the old ones; returns ``self``.
+
+        The new parts are split like a fit set (a held-out share calibrates). Normalisation
+        statistics become those of all training parts so far (pooled exactly from stored
+        moments), the autoencoder is fine-tuned for ``config.train.update_steps`` steps on batches
+        mixing new parts with parts replayed from the store, and the threshold is re-set by the
+        fit rule from the held-out parts, old (stored) and new. The new parts then join the store
+        (within ``config.train.replay_budget_mb``). See docs/concepts.md, "Updating a fitted
+        detector".
+        """
+        self._check_fitted(require_threshold=False)
+        if self.replay_ is None or bool(self.replay_.held_out.all()):
+            raise _errors.NoReplayStoreError(
+                "this detector has no replay store of its fit features (converted from reference checkpoints, "
+                "saved by mafr before 0.2, or fitted with train.replay_budget_mb=0), so update() would forget what "
+                "it learned; refit on all good parts instead"
+            )
+        if isinstance(samples, (str, bytes)) or not hasattr(samples, "__iter__"):
+            raise _errors.InputTypeError(
+                f"update expects an iterable of good samples (mafr.Sample or (rgb, xyz) tuples), got {type(samples).__name__}"
+            )
+        items = [as_sample(s) for s in samples]
+        if not items:
+            raise _errors.InvalidInputError("update needs at least one new good sample; got none")
+        t0 = time.perf_counter()
+        new = self.extract_features(items, progress=progress)
+        store = self.replay_
+        if new[0].rgb.shape[-1] != store.rgb.shape[-1] or new[0].xyz.shape[-1] != store.xyz.shape[-1]:
+            raise _errors.CorruptModelError(
+                f"the replay store holds {store.rgb.shape[-1]} + {store.xyz.shape[-1]} feature channels but the "
+                f"extractors give {new[0].rgb.shape[-1]} + {new[0].xyz.shape[-1]}: the store does not belong to this config"
+            )
+        n = len(new)
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=gen).tolist()
+        n_cal = _held_out_count(n, self.config.train.calibration_fraction)
+        cal_idx, train_idx = sorted(order[:n_cal]), sorted(order[n_cal:])
+        new_train, new_cal = [new[i] for i in train_idx], [new[i] for i in cal_idx]
+        stored = [
+            _Features(store.rgb[i], store.xyz[i], store.valid_grid[i], store.valid_pixels[i]) for i in range(len(store))
+        ]
+        old_train = [f for f, h in zip(stored, store.held_out.tolist()) if not h]
+        old_cal = [f for f, h in zip(stored, store.held_out.tolist()) if h]
+        moments = pool_moments(store.moments, self._feature_moments(new_train))
+        self.stats_ = self._stats_from_moments(moments)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            history = self._train(new_train, gen, progress, replay=old_train)
+        self.autoencoder_.eval()
+
+        cal = old_cal + new_cal
+        on_training_parts = not cal
+        if on_training_parts:
+            cal = old_train + new_train
+        scores = self.score_features(cal)
+        before = self.threshold_
+        self.threshold_ = self._threshold_from(scores)
+        held_out = torch.tensor([i in cal_idx for i in range(n)], dtype=torch.bool)
+        self.replay_ = store.merged(
+            ReplayStore(*stack_parts(new), held_out, moments), budget_bytes=self._replay_budget(), seed=seed
+        )
+        info = dict(self.fit_info_)
+        history_log = list(info.get("history") or [])
+        seconds = round(time.perf_counter() - t0, 3)
+        history_log.append(
+            {"event": "update", "time": _now(), "parts": n, "n_train": len(new_train), "n_calibration": len(new_cal),
+             "steps": len(history), "seconds": seconds, "threshold_before": before, "threshold": self.threshold_,
+             "seed": seed}
+        )
+        info.update(
+            history=history_log,
+            n_updates=sum(1 for e in history_log if e.get("event") == "update"),
+            n_parts_total=int(info.get("n_parts_total", info.get("n_samples", 0))) + n,
+            replay_parts=len(self.replay_),
+            calibration_scores=scores,
+            calibration_on_training_parts=on_training_parts,
+            update_seconds=seconds,
+        )
+        self.fit_info_ = info
         return self
 
     def calibrate(self, samples: Iterable[Any], *, progress: bool = False) -> "MAFRDetector":
@@ -312,16 +436,29 @@ class MAFRDetector(
         return [float(s) for s in self._score_features(list(feats))[3]]
 
     def _feature_stats(self, feats: Sequence[_Features]) -> dict[str, torch.Tensor]:
+        return self._stats_from_moments(self._feature_moments(feats))
+
+    @staticmethod
+    def _feature_moments(feats: Sequence[_Features]) -> dict[str, torch.Tensor]:
+        """Per-channel moments of every grid position (RGB) and every position with 3D (xyz).
+        Kept in the replay store, so an update pools them with new parts' moments exactly."""
         rgb = torch.cat([f.rgb.reshape(-1, f.rgb.shape[-1]) for f in feats])
         xyz = torch.cat([f.xyz[f.valid_grid] for f in feats])
         if xyz.shape[0] < 2:
             xyz = torch.cat([f.xyz.reshape(-1, f.xyz.shape[-1]) for f in feats])
+        return moments_of(rgb, xyz)
+
+    @staticmethod
+    def _stats_from_moments(m: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {
-            "rgb_mean": rgb.mean(0),
-            "rgb_std": _robust_std(rgb),
-            "xyz_mean": xyz.mean(0),
-            "xyz_std": _robust_std(xyz),
+            "rgb_mean": m["rgb_mean"].float(),
+            "rgb_std": _std_from_var(m["rgb_var"]).float(),
+            "xyz_mean": m["xyz_mean"].float(),
+            "xyz_std": _std_from_var(m["xyz_var"]).float(),
         }
+
+    def _replay_budget(self) -> int:
+        return int(self.config.train.replay_budget_mb * 1e6)
 
     def _build_autoencoder(self, example: _Features) -> FusionAutoencoder:
         m = self.config.model
@@ -336,16 +473,30 @@ class MAFRDetector(
             attention=m.attention,
         )
 
-    def _train(self, train: Sequence[_Features], gen: torch.Generator, progress: bool) -> list[float]:
+    def _train(
+        self, train: Sequence[_Features], gen: torch.Generator, progress: bool, replay: Sequence[_Features] = ()
+    ) -> list[float]:
+        """Fit's training; with ``replay`` (an update), ``config.train.update_steps`` fixed steps at
+        ``update_lr_scale * lr``, each batch half new parts (``train``) and half replayed ones."""
         tc = self.config.train
         ae = self.autoencoder_
         ae.train()
-        inputs = [self._normalise(f) for f in train]
+        inputs = [self._normalise(f) for f in [*train, *replay]]
         rgb_all = torch.stack([r for r, _ in inputs])
         xyz_all = torch.stack([x for _, x in inputs])
-        batch = min(tc.batch_size, len(inputs))
-        steps = tc.epochs * math.ceil(len(inputs) / batch) if tc.epochs else tc.steps
-        opt = torch.optim.Adam(ae.parameters(), lr=tc.lr)
+        n_new = len(train)
+        if replay:
+            b_new = min(max(1, tc.batch_size // 2), n_new)
+            b_old = min(max(1, tc.batch_size - b_new), len(replay))
+            new_batches, old_batches = _batches(n_new, b_new, gen), _batches(len(replay), b_old, gen)
+            batches = (torch.cat([new, n_new + old]) for new, old in zip(new_batches, old_batches))
+            steps, lr, patience = tc.update_steps, tc.lr * tc.update_lr_scale, None
+        else:
+            batch = min(tc.batch_size, len(inputs))
+            batches = _batches(len(inputs), batch, gen)
+            steps = tc.epochs * math.ceil(len(inputs) / batch) if tc.epochs else tc.steps
+            lr, patience = tc.lr, tc.early_stop_patience
+        opt = torch.optim.Adam(ae.parameters(), lr=lr)
         loss_kw = dict(
             w_similarity=tc.w_similarity,
             w_smoothness=tc.w_smoothness,
@@ -355,14 +506,9 @@ class MAFRDetector(
         )
         history: list[float] = []
         best, since_best, ema = math.inf, 0, None
-        perm = torch.randperm(len(inputs), generator=gen)
-        cursor = 0
         bar = _progress(range(steps), desc="mafr: training", enable=progress)
         for _ in bar:
-            if cursor + batch > len(perm):
-                perm, cursor = torch.randperm(len(inputs), generator=gen), 0
-            idx = perm[cursor : cursor + batch]
-            cursor += batch
+            idx = next(batches)
             rgb, xyz = rgb_all[idx], xyz_all[idx]
             out_rgb, out_xyz = ae(rgb, xyz)
             loss = restoration_loss(rgb, out_rgb, **loss_kw) + restoration_loss(xyz, out_xyz, **loss_kw)
@@ -374,12 +520,12 @@ class MAFRDetector(
             ema = value if ema is None else 0.9 * ema + 0.1 * value
             if progress and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
-            if tc.early_stop_patience is not None:
+            if patience is not None:
                 if ema < best * (1 - tc.early_stop_tol):
                     best, since_best = ema, 0
                 else:
                     since_best += 1
-                    if since_best >= tc.early_stop_patience:
+                    if since_best >= patience:
                         break
         return history
 
@@ -468,6 +614,8 @@ class MAFRDetector(
         tensors = {f"autoencoder.{k}": v.detach().contiguous() for k, v in self.autoencoder_.state_dict().items()}
         tensors.update({f"stats.{k}": v.contiguous() for k, v in self.stats_.items()})
         tensors["threshold"] = torch.tensor([self.threshold_], dtype=torch.float64)
+        if self.replay_ is not None:
+            tensors.update(self.replay_.to_tensors())
         return tensors
 
     def _config_json(self) -> dict[str, Any]:
@@ -574,6 +722,7 @@ class MAFRDetector(
         det.autoencoder_.load_state_dict(ae_state, strict=True)
         det.autoencoder_.eval()
         det.threshold_ = float(tensors["threshold"][0])
+        det.replay_ = ReplayStore.from_tensors(tensors, str(weights_path))
         return det
 
     # ------------------------------------------------------------------ model card

@@ -58,3 +58,9 @@ class NotFittedError(MAFRError, RuntimeError):
 class DegenerateInputWarning(UserWarning):
     """The part was judged, but its input is suspicious (little valid 3D, a tiny image, a
     detector without a threshold); the result's ``flags`` say which."""
+
+
+class NoReplayStoreError(MAFRError, RuntimeError):
+    """:meth:`MAFRDetector.update` on a detector without a replay store (converted from reference
+    checkpoints, saved by an older mafr, or fitted with ``train.replay_budget_mb=0``): without
+    the old features it would forget them. Refit on all good parts instead."""
