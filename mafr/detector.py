@@ -23,6 +23,8 @@ from .config import CONFIG_VERSION, MAFRConfig
 from .extractors import FPFHExtractor, PointMAEEncoder, RGBExtractor, build_point_extractor, build_rgb_extractor
 from .extractors.pointops import idw_weights, three_nn_interpolate
 from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
+from . import _integrity
+from . import errors as _errors
 from . import errors as _errors
 from .io import as_sample, load_sample, resize_nearest
 from .losses import restoration_loss
@@ -79,8 +81,8 @@ def _batches(n: int, batch: int, gen: torch.Generator):
 
 
 
-class NotFittedError(RuntimeError):
-    """The detector was used before :meth:`MAFRDetector.fit` (or loading a fitted one)."""
+# Lives in errors.py with the other typed errors; re-exported here for older imports.
+NotFittedError = _errors.NotFittedError
 
 
 def _progress(iterable, *, total=None, desc: str = "", enable: bool = True):
@@ -96,19 +98,21 @@ def _encode_config(config: MAFRConfig) -> dict:
 def _decode_config(data: Any) -> MAFRConfig:
     if isinstance(data, MAFRConfig):
         return data
-    data = {k: v for k, v in dict(data).items() if k not in ("mafr_version", "fit", "metrics")}
+    data = {k: v for k, v in dict(data).items() if k not in ("mafr_version", "fit", "metrics", _integrity.CHECKSUMS_KEY)}
     return MAFRConfig.model_validate(data)
 
 
 class _Prepared:
     """One sample in network coordinates plus what is needed to map results back."""
 
-    __slots__ = ("image", "xyz", "valid", "height", "width", "rgb", "depth", "valid_input")
+    __slots__ = ("image", "xyz", "valid", "height", "width", "rgb", "depth", "valid_input", "flags")
 
-    def __init__(self, image, xyz, valid, height, width, rgb, depth, valid_input):
+    def __init__(self, image, xyz, valid, height, width, rgb, depth, valid_input, flags=()):
         self.image, self.xyz, self.valid = image, xyz, valid
         self.height, self.width, self.rgb, self.depth = height, width, rgb, depth
         self.valid_input = valid_input
+        #: Why the result is suspicious (see _integrity.judge_input); empty for ordinary parts.
+        self.flags = tuple(flags)
 
 
 class _Features:
@@ -198,9 +202,11 @@ class MAFRDetector(
         xyz_pad[:h, :w] = xyz
         xyz_s = torch.from_numpy(np.ascontiguousarray(resize_nearest(xyz_pad, size, size)))
         valid = (xyz_s != 0).any(dim=-1)
+        # Fail closed before any feature is computed: judged on what was measured, not filled.
+        flags = _integrity.judge_input(rgb, valid)
         if self.config.points.fill_holes:
             xyz_s, valid = fill_small_holes(xyz_s, valid, self.config.points.fill_holes)
-        return _Prepared(image, xyz_s, valid, h, w, rgb, xyz[..., 2].copy(), np.any(xyz != 0, axis=-1))
+        return _Prepared(image, xyz_s, valid, h, w, rgb, xyz[..., 2].copy(), np.any(xyz != 0, axis=-1), flags)
 
     def _min_points(self) -> int:
         if self.config.points.kind == "pointmae":
@@ -570,6 +576,16 @@ class MAFRDetector(
         for i, prep in enumerate(preps):
             maps = self._to_input_resolution(torch.stack([fused[i], m2d[i], m3d[i]]), prep)
             score = float(scores[i])
+            # Fail closed: a result that cannot be trusted is an error, never is_anomalous=False.
+            _integrity.check_result(maps, score, float(self.threshold_), self.state_tensors)
+            if not bool(fused[i].any()):
+                raise _errors.InvalidInputError(
+                    "the fused anomaly map is zero everywhere: no position has both usable image and 3D "
+                    "content, so the part cannot be judged"
+                )
+            flags = list(prep.flags)
+            if self.threshold_ == math.inf:
+                flags.append("no_threshold")
             results.append(
                 AnomalyResult(
                     score=score,
@@ -581,6 +597,7 @@ class MAFRDetector(
                     valid_mask=prep.valid_input,
                     rgb=prep.rgb,
                     depth=prep.depth,
+                    flags=tuple(flags),
                 )
             )
         return results

@@ -98,6 +98,11 @@ class AnomalyResult(BaseModel):
     rgb: Optional[np.ndarray] = Field(None, repr=False)
     #: Depth (z of the organized map at the RGB resolution, 0 where missing), kept for panels.
     depth: Optional[np.ndarray] = Field(None, repr=False)
+    #: Why this judgement deserves a second look, empty for ordinary parts: ``"small_image"``
+    #: (a side under 32 px), ``"little_3d"`` (under 2% of the network input has 3D),
+    #: ``"no_threshold"`` (the detector has none; nothing is flagged anomalous). Each but the last
+    #: also raised a :class:`mafr.DegenerateInputWarning`. See docs/api.md, "Errors".
+    flags: tuple[str, ...] = ()
 
     def to_image(self, alpha: float = 0.5, vmax: Optional[float] = None):
         """The anomaly map as a heatmap blended over the RGB image (a PIL image).
@@ -130,4 +135,5 @@ class AnomalyResult(BaseModel):
             "threshold": float(self.threshold),
             "map_max": float(self.anomaly_map.max()) if self.anomaly_map.size else 0.0,
             "valid_fraction": float(self.valid_mask.mean()) if self.valid_mask.size else 0.0,
+            "flags": list(self.flags),
         }
