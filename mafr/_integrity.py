@@ -134,6 +134,116 @@ def verify_checksums(directory: Path, recorded: Any, where: str) -> set[str]:
     return set(recorded)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _stale_temps(directory: Path, names) -> list[Path]:
+    """Temporary files left by saves that were killed (their process no longer exists)."""
+    out = []
+    for name in names:
+        for tmp in directory.glob(f".{name}.tmp-*"):
+            try:
+                pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            except ValueError:
+                continue
+            if pid != os.getpid() and not _pid_alive(pid):
+                out.append(tmp)
+    return out
+
+
+def save_files(
+    directory: Path,
+    writers: Mapping[str, Callable[[Path], Any]],
+    config_data: dict,
+    *,
+    config_name: str,
+    card: Callable[[], str],
+    owned: tuple[str, ...],
+) -> None:
+    """Write one consistent detector: every file to a temporary name in ``directory`` first,
+    checksums of them into ``config_data``, then rename; ``config.json`` last, so a save killed
+    at any point leaves either the previous detector or a checksum mismatch, never a mix that
+    loads. Files of ``owned`` that this save does not write (extractor weights of an earlier
+    ``include_extractors=True`` save) are removed afterwards."""
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    temps: dict[str, Path] = {}
+    try:
+        checksums: dict[str, str] = {}
+        for name, write in writers.items():
+            tmp = temps[name] = write_temp(directory / name, write)
+            if tmp.is_dir():
+                for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+                    checksums[f"{name}/{f.relative_to(tmp).as_posix()}"] = sha256(f)
+            else:
+                checksums[name] = sha256(tmp)
+        data = {**config_data, CHECKSUMS_KEY: checksums}
+        text = json.dumps(data, indent=2, sort_keys=True, allow_nan=True)
+        temps["README.md"] = write_temp(directory / "README.md", lambda p: p.write_text(card(), encoding="utf-8"))
+        temps[config_name] = write_temp(directory / config_name, lambda p: p.write_text(text, encoding="utf-8"))
+        for name in [n for n in temps if n != config_name] + [config_name]:
+            commit(temps.pop(name), directory / name)
+    finally:
+        for tmp in temps.values():
+            remove(tmp)
+    for name in owned:
+        if name not in writers and name != "README.md":
+            remove(directory / name)
+    for tmp in _stale_temps(directory, (*owned, config_name)):
+        remove(tmp)
+
+
+def read_config(directory: Path, config_name: str, where: str) -> dict:
+    """``config.json`` as a dict, or a :class:`CorruptModelError` saying what is wrong with it."""
+    import json
+
+    from .errors import ModelNotFoundError
+
+    path = directory / config_name
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"{where}: no {config_name} in {directory}; expected a directory written by MAFRDetector.save_pretrained",
+            path=path,
+        )
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CorruptModelError(f"{path} is not valid JSON ({err}); the file is damaged or not a mafr config", path=path) from err
+    if not isinstance(raw, dict):
+        raise CorruptModelError(f"{path} must hold a JSON object (a mafr config), got a JSON {type(raw).__name__}", path=path)
+    version = raw.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CorruptModelError(f"{path}: 'version' must be a format version number >= 1, got {version!r}", path=path)
+    for key in ("fit", "metrics"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise CorruptModelError(f"{path}: {key!r} must be a JSON object, got {type(raw[key]).__name__}", path=path)
+    return raw
+
+
+def load_tensors(path: Path, where: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from .errors import ModelNotFoundError
+
+    if not path.is_file():
+        raise ModelNotFoundError(f"{where}: no {path.name} in {path.parent}; the fitted weights are missing", path=path)
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError, OSError...: the library's types vary by version
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise CorruptModelError(
+            f"{path} is not a readable safetensors file (truncated, overwritten or not a mafr detector): {text}", path=path
+        ) from err
+
+
 # ----------------------------------------------------------------------------- tensors
 def verify_tensors(tensors: Mapping[str, torch.Tensor], where: str) -> None:
     """Every floating tensor finite (``threshold`` may be +inf: "none set"); statistics 1-D,

@@ -8,6 +8,7 @@ directory or Hub repo; nothing is ever unpickled.
 
 import json
 import math
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -646,31 +647,85 @@ class MAFRDetector(
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_file
 
-        save_directory = Path(save_directory)
-        save_file(self.state_tensors(), str(save_directory / WEIGHTS_NAME), metadata={"format": "pt", "mafr_format_version": str(CONFIG_VERSION)})
-        (save_directory / CONFIG_NAME).write_text(json.dumps(self._config_json(), indent=2, sort_keys=True))
+        tensors = self.state_tensors()
+        # Never write a detector that would not load back (NaN weights, a NaN threshold...).
+        _integrity.verify_tensors(tensors, "the detector being saved")
+        meta = {"format": "pt", "mafr_format_version": str(CONFIG_VERSION)}
+        writers = {WEIGHTS_NAME: lambda p: save_file(tensors, str(p), metadata=meta)}
         if getattr(self, "_include_extractors", False):
             if isinstance(self.rgb_extractor, RGBExtractor):
-                state = {k: v.contiguous() for k, v in self.rgb_extractor.vit.state_dict().items()}
-                save_file(state, str(save_directory / RGB_WEIGHTS_NAME))
+                state = {k: v.detach().cpu().contiguous() for k, v in self.rgb_extractor.vit.state_dict().items()}
+                writers[RGB_WEIGHTS_NAME] = lambda p: save_file(state, str(p))
             if isinstance(self.point_extractor, PointMAEEncoder):
-                self.point_extractor.save_pretrained(save_directory / POINT_WEIGHTS_DIR)
+                writers[POINT_WEIGHTS_DIR] = self.point_extractor.save_pretrained
+        _integrity.save_files(
+            Path(save_directory), writers, self._config_json(), config_name=CONFIG_NAME,
+            card=lambda: str(self.generate_model_card()),
+            owned=(WEIGHTS_NAME, RGB_WEIGHTS_NAME, POINT_WEIGHTS_DIR, "README.md"),
+        )
 
     def save_pretrained(
-        self, save_directory: Union[str, Path], *, include_extractors: bool = False, **kwargs
+        self,
+        save_directory: Union[str, Path],
+        *,
+        include_extractors: bool = False,
+        config: Any = None,
+        repo_id: Optional[str] = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: Optional[dict] = None,
+        **push_to_hub_kwargs,
     ) -> Optional[str]:
         """Write ``config.json``, ``model.safetensors`` and a model card (``README.md``) to a
         directory. Extractor weights are referenced by name, not copied, unless
         ``include_extractors=True`` (then ``rgb_extractor.safetensors`` and ``point_extractor/``
         make the directory self-contained; weight-free extractors have nothing to copy)."""
         self._check_fitted()
-        # huggingface_hub keeps an existing README.md; a card describing an earlier fit would lie.
-        (Path(save_directory) / "README.md").unlink(missing_ok=True)
+        if not isinstance(save_directory, (str, os.PathLike)):
+            raise _errors.InputTypeError(f"save_directory must be a str or path, got {type(save_directory).__name__}")
+        # Not huggingface_hub's save_pretrained: it deletes config.json before writing, so a save
+        # killed midway would destroy the previous detector. Ours is atomic (docs/api.md).
         self._include_extractors = include_extractors
         try:
-            return super().save_pretrained(save_directory, **kwargs)
+            self._save_pretrained(Path(save_directory))
         finally:
             self._include_extractors = False
+        if push_to_hub:
+            return self.push_to_hub(repo_id or Path(save_directory).name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs)
+        return None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: Union[str, Path],
+        *,
+        force_download: bool = False,
+        token=None,
+        cache_dir=None,
+        local_files_only: bool = False,
+        revision: Optional[str] = None,
+        trust_config: bool = False,
+        **model_kwargs,
+    ) -> "MAFRDetector":
+        """Load a saved detector from a directory or a Hugging Face Hub repo id, verifying it
+        (checksum, finite tensors, shapes, statistics, threshold; docs/api.md, "Saved detectors").
+
+        A config that names extractors, ``timm`` keywords or weight locations outside mafr's
+        allow-list is refused (:class:`mafr.UntrustedConfigError`) unless ``trust_config=True``.
+        """
+        ref = pretrained_model_name_or_path
+        if not isinstance(ref, (str, os.PathLike)):
+            raise _errors.InputTypeError(f"from_pretrained expects a directory or Hub repo id, got {type(ref).__name__}")
+        text = os.fspath(ref)
+        path = Path(text).expanduser()
+        if path.exists() and not path.is_dir():
+            raise _errors.InvalidInputError(f"{path} is a file; expected a detector directory (config.json + model.safetensors) or a Hub repo id")
+        # Hub repo ids are "name" or "owner/name": anything else is meant as a local path.
+        if not path.exists() and (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text or isinstance(ref, Path)):
+            raise _errors.ModelNotFoundError(f"detector directory not found: {path}", path=path)
+        return cls._from_pretrained(
+            model_id=str(path) if path.is_dir() else text, revision=revision, cache_dir=cache_dir, force_download=force_download,
+            local_files_only=local_files_only, token=token, trust_config=trust_config, **model_kwargs,
+        )
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
         """Upload ``config.json``, ``model.safetensors`` and the model card to a Hub repo
@@ -689,6 +744,7 @@ class MAFRDetector(
         local_files_only: bool = False,
         token=None,
         config: Optional[MAFRConfig] = None,
+        trust_config: bool = False,
         **kwargs,
     ) -> "MAFRDetector":
         from safetensors.torch import load_file
@@ -699,32 +755,58 @@ class MAFRDetector(
         else:
             from huggingface_hub import snapshot_download
 
-            directory = Path(
-                snapshot_download(
-                    repo_id=model_id,
-                    revision=revision,
-                    cache_dir=cache_dir,
-                    force_download=force_download,
-                    local_files_only=local_files_only,
-                    token=token,
+            try:
+                directory = Path(
+                    snapshot_download(
+                        repo_id=model_id,
+                        revision=revision,
+                        cache_dir=cache_dir,
+                        force_download=force_download,
+                        local_files_only=local_files_only,
+                        token=token,
+                    )
                 )
-            )
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{model_id}: no {CONFIG_NAME} found in {directory}; expected a directory written by MAFRDetector.save_pretrained")
-        if not weights_path.is_file():
-            raise FileNotFoundError(f"{model_id}: no {WEIGHTS_NAME} found in {directory}; the fitted weights are missing")
-        raw = json.loads(config_path.read_text())
-        config = _decode_config(raw)
-        # Extractor weights saved alongside (include_extractors=True) take precedence.
-        if (directory / RGB_WEIGHTS_NAME).is_file():
+            except (OSError, ValueError) as err:
+                raise _errors.ModelNotFoundError(
+                    f"{model_id!r} is not a local directory, and as a Hugging Face repo id it could not be fetched: "
+                    + " ".join(str(err).split())
+                ) from err
+        weights_path = directory / WEIGHTS_NAME
+        where = str(directory)
+        raw = _integrity.read_config(directory, CONFIG_NAME, where)
+        try:
+            config = _decode_config(raw)
+        except ValueError as err:  # pydantic's ValidationError included
+            msg = " ".join(str(err).split())
+            raise _errors.CorruptModelError(f"{directory / CONFIG_NAME} is not a valid mafr config: {msg}", path=directory / CONFIG_NAME) from err
+        if not trust_config:
+            _integrity.check_allowed(config, where)
+        if _integrity.CHECKSUMS_KEY in raw:
+            listed = _integrity.verify_checksums(directory, raw[_integrity.CHECKSUMS_KEY], where)
+            if WEIGHTS_NAME not in listed:
+                raise _errors.CorruptModelError(f"{where}: config.json records no checksum of {WEIGHTS_NAME}", path=weights_path)
+        else:
+            # Saved by mafr 0.1.0 or by hand: nothing to verify the bytes against.
+            listed = {WEIGHTS_NAME, RGB_WEIGHTS_NAME, f"{POINT_WEIGHTS_DIR}/{WEIGHTS_NAME}"}
+            import warnings
+
+            warnings.warn(f"mafr: {where} records no checksums (saved by an older mafr); its files are checked "
+                          "for completeness and finite values only", _errors.DegenerateInputWarning, stacklevel=3)
+        # Extractor weights saved alongside (include_extractors=True) take precedence, but only
+        # the ones this save wrote: files left from an earlier save are not listed.
+        if RGB_WEIGHTS_NAME in listed and (directory / RGB_WEIGHTS_NAME).is_file():
             config.rgb.weights = str(directory / RGB_WEIGHTS_NAME)
-        if (directory / POINT_WEIGHTS_DIR / WEIGHTS_NAME).is_file():
+        if f"{POINT_WEIGHTS_DIR}/{WEIGHTS_NAME}" in listed and (directory / POINT_WEIGHTS_DIR / WEIGHTS_NAME).is_file():
             config.points.weights = str(directory / POINT_WEIGHTS_DIR)
         det = cls(config)
         det.fit_info_ = dict(raw.get("fit") or {})
         det.metrics_ = dict(raw.get("metrics") or {})
-        tensors = load_file(str(weights_path))
+        tensors = _integrity.load_tensors(weights_path, where)
+        _integrity.verify_tensors(tensors, str(weights_path))
+        if not trust_config:  # the dims need timm's model table, reached only for allowed names
+            from .convert import _extractor_dims
+
+            _integrity.check_dims(tensors, _extractor_dims(config), str(weights_path))
         ae_state = {k[len("autoencoder.") :]: v for k, v in tensors.items() if k.startswith("autoencoder.")}
         det.stats_ = {k[len("stats.") :]: v for k, v in tensors.items() if k.startswith("stats.")}
         missing_stats = {"rgb_mean", "rgb_std", "xyz_mean", "xyz_std"} - set(det.stats_)
@@ -736,7 +818,7 @@ class MAFRDetector(
         det.autoencoder_ = FusionAutoencoder(
             rgb_dim, xyz_dim, m.latent_dim, m.dropout, m.cbam, m.cbam_reduction, m.cbam_kernel, attention=m.attention
         )
-        det.autoencoder_.load_state_dict(ae_state, strict=True)
+        _integrity.check_module_state(det.autoencoder_, ae_state, str(weights_path))
         det.autoencoder_.eval()
         det.threshold_ = float(tensors["threshold"][0])
         det.replay_ = ReplayStore.from_tensors(tensors, str(weights_path))

@@ -46,6 +46,13 @@ class CorruptModelError(MAFRError, ValueError):
     malformed ``config.json``. Never ignore it: the detector's judgements would be meaningless."""
 
 
+class ModelNotFoundError(MAFRError, FileNotFoundError):
+    """A detector directory, Hub repo or one of its required files does not exist."""
+
+    def __str__(self) -> str:  # OSError would otherwise format its own args
+        return str(self.args[0]) if self.args else ""
+
+
 class UntrustedConfigError(CorruptModelError):
     """A loaded ``config.json`` asks for an extractor, keyword argument or weights location
     outside mafr's allow-list; load with ``trust_config=True`` only if you trust its author."""
