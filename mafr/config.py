@@ -1,12 +1,14 @@
 """Configuration of a MAFR detector: one pydantic model, serialised as ``config.json``.
 
-Every number of the method lives here with its SPEC.md default. Presets fill in the fields a
-user did not set explicitly:
+Every number of the method lives here; docs/method.md gives each one's source (paper section or
+reference-code file). Presets fill in the fields a user did not set explicitly:
 
 - ``"paper"`` (default): the paper's architecture (DINO ViT-B/8 + PointMAE) with fast settings
   (autoencoder on a 28 x 28 grid, FPS on a subsampled cloud, few hundred cached-feature steps).
-- ``"reference"``: the reference implementation's settings (224 x 224 grid, point-wise CBAM,
-  250 epochs at batch 1, exact FPS over all points, smoothness on two residual channels).
+- ``"reference"``: the reference implementation (github.com/adabrh/MAFR), number for number:
+  224 x 224 grid, exact FPS over all points, inverse *squared* distance interpolation, raw
+  (unnormalised) features, point-wise CBAM, the reference loss formulas, 100 epochs at batch 1
+  on every fit part, zero-padded smoothing and the score before re-masking.
 - ``"offline"``: weight-free extractors (colour/gradient statistics for RGB, FPFH for 3D), so
   nothing is downloaded; same fusion autoencoder and scoring on top.
 """
@@ -36,7 +38,7 @@ class RGBConfig(_Strict):
     #: ``None`` follows ``MAFRConfig.extractor_weights``; else a local ``.safetensors`` file or a
     #: directory holding ``model.safetensors``.
     weights: Optional[str] = None
-    #: Side of the square network input (SPEC: 224).
+    #: Side of the square network input (224 in the paper and the reference).
     image_size: int = Field(224, ge=16)
     #: Extra keyword arguments for ``timm.create_model`` (e.g. a small ``embed_dim``/``depth``
     #: for tests). Changing them changes the architecture, so pretrained weights no longer fit.
@@ -62,6 +64,9 @@ class PointConfig(_Strict):
     #: Close sensor dropouts a few pixels wide before extraction (iterations of
     #: ``projection.fill_small_holes``); 0 keeps the map as measured (the reference).
     fill_holes: int = Field(4, ge=0)
+    #: Point -> pixel interpolation weights ``1 / (d**idw_power + 1e-8)`` over the 3 nearest
+    #: centres: 1 (pointnet2's ``three_interpolate``) or 2 (the reference's squared distance).
+    idw_power: Literal[1, 2] = 1
 
 
 class ModelConfig(_Strict):
@@ -78,6 +83,9 @@ class ModelConfig(_Strict):
     attention: Literal["cbam", "se", "none"] = "cbam"
     cbam_reduction: int = Field(16, ge=1)
     cbam_kernel: int = Field(7, ge=1)
+    #: What the autoencoder sees: ``"zscore"`` standardises each channel with training
+    #: statistics; ``"none"`` feeds the raw extractor features, as the reference does.
+    feature_norm: Literal["zscore", "none"] = "zscore"
 
 
 class TrainConfig(_Strict):
@@ -99,6 +107,8 @@ class TrainConfig(_Strict):
     census_kernel: int = Field(7, ge=1)
     #: The reference applies smoothness to the first two residual channels only.
     smoothness_first_two_channels: bool = False
+    #: ``"reference"``: the reference code's exact loss formulas (see ``mafr.losses``).
+    loss_form: Literal["mafr", "reference"] = "mafr"
     #: Share of the fit set held out to calibrate the threshold (see docs/concepts.md).
     calibration_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     #: Upper bound (MB) of the replay store that ``update()`` needs, kept in model.safetensors:
@@ -115,6 +125,9 @@ class ScoringConfig(_Strict):
     fusion: Literal["product", "sum", "max", "rgb", "xyz"] = "product"
     box5_passes: int = Field(5, ge=0)
     box7_passes: int = Field(3, ge=0)
+    #: ``"reference"``: zero-padded box filters and the image score on the smoothed map before it
+    #: is masked again (the reference's maps and scores); ``"mafr"`` masks first.
+    maps: Literal["mafr", "reference"] = "mafr"
     #: Threshold = mean + k * std of calibration scores (and never below their maximum when
     #: ``threshold_at_least_max``).
     threshold_sigma: float = Field(3.0, ge=0)
@@ -125,14 +138,20 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "reference": {
         "grid_size": 224,
-        "points": {"fps_max_points": None, "fill_holes": 0},
-        "model": {"cbam": "pointwise"},
+        "points": {"fps_max_points": None, "fill_holes": 0, "idw_power": 2},
+        "model": {"cbam": "pointwise", "feature_norm": "none"},
         "train": {
-            "epochs": 250,
+            "epochs": 100,
             "batch_size": 1,
+            "lr": 1e-3,
             "early_stop_patience": None,
             "smoothness_first_two_channels": True,
+            "loss_form": "reference",
+            # The reference trains on every training part and sets no threshold; calibrate()
+            # on separate good parts gives one (docs/method.md, "Training").
+            "calibration_fraction": 0.0,
         },
+        "scoring": {"maps": "reference"},
     },
     "offline": {
         "rgb": {"kind": "offline"},

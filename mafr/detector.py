@@ -234,9 +234,9 @@ class MAFRDetector(
         feats, centres = extractor(points)
         if grid == size:
             # The reference's own path: per-point features scattered at full resolution.
-            per_point = three_nn_interpolate(points, centres, feats)[0]
+            per_point = three_nn_interpolate(points, centres, feats, power=self.config.points.idw_power)[0]
             return pool_to_grid(scatter_to_pixels(per_point, pixel_index, size), grid)
-        weight, idx = idw_weights(points, centres)
+        weight, idx = idw_weights(points, centres, power=self.config.points.idw_power)
         op = centres_to_grid_operator(pixel_index, size, grid, idx[0], weight[0], centres.shape[1])
         return (op.to(feats.dtype) @ feats[0]).T.reshape(-1, grid, grid)
 
@@ -253,6 +253,9 @@ class MAFRDetector(
         return out
 
     def _normalise(self, feats: _Features) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.model.feature_norm == "none":
+            # The reference feeds raw features; its 3D map is already zero where no point lies.
+            return feats.rgb, feats.xyz * feats.valid_grid.unsqueeze(-1)
         s = self.stats_
         rgb = (feats.rgb - s["rgb_mean"]) / s["rgb_std"]
         # Positions without 3D stay exactly zero: "no measurement" must not look like a feature.
@@ -510,6 +513,7 @@ class MAFRDetector(
             w_census=tc.w_census,
             census_kernel=tc.census_kernel,
             smoothness_first_two_channels=tc.smoothness_first_two_channels,
+            form=tc.loss_form,
         )
         history: list[float] = []
         best, since_best, ema = math.inf, 0, None
@@ -563,6 +567,8 @@ class MAFRDetector(
             mode=sc.fusion,
             box5_passes=sc.box5_passes,
             box7_passes=sc.box7_passes,
+            reference=sc.maps == "reference",
+            valid_grid=torch.stack([f.valid_grid for f in feats]),
         )
 
     def _to_input_resolution(self, maps: torch.Tensor, prep: _Prepared) -> np.ndarray:

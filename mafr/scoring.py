@@ -1,14 +1,18 @@
-"""From restored features to anomaly maps and scores (SPEC.md, "Scoring").
+"""From restored features to anomaly maps and scores (docs/method.md, "Scoring").
 
 Residual per modality = L2 norm over channels of (restored - input) at each grid position; the
 maps are brought to the network's input resolution, fused (a product by default: high only where
 both modalities fail to restore), zeroed where no 3D data exists, box-smoothed, and the image
 score is ``max(map) / sqrt(mean of its non-zero values)``.
+
+``reference=True`` in :func:`score_maps` is the reference code's rule: the box filters pad with
+zeros that count in the mean, and the image score is taken on the smoothed map *before* it is
+masked again, so the blur's halo around the part counts (docs/method.md, "Scoring").
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +39,16 @@ def fuse(map_2d: torch.Tensor, map_3d: torch.Tensor, mode: FusionMode = "product
     raise ValueError(f"unknown fusion mode {mode!r}; expected one of product, sum, max, rgb, xyz")
 
 
-def box_smooth(maps: torch.Tensor, box5_passes: int = 5, box7_passes: int = 3) -> torch.Tensor:
-    """Repeated box filters on ``(B, H, W)`` maps (edges use the mean of the pixels inside)."""
+def box_smooth(
+    maps: torch.Tensor, box5_passes: int = 5, box7_passes: int = 3, *, count_padding: bool = False
+) -> torch.Tensor:
+    """Repeated box filters on ``(B, H, W)`` maps. At the edges the window averages the pixels
+    inside the map, or with ``count_padding=True`` divides by the full window as a convolution
+    with zero padding does (the reference), which darkens a band along the border."""
     x = maps.unsqueeze(1)
     for k, passes in ((5, box5_passes), (7, box7_passes)):
         for _ in range(passes):
-            x = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+            x = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=count_padding)
     return x.squeeze(1)
 
 
@@ -63,20 +71,36 @@ def score_maps(
     mode: FusionMode = "product",
     box5_passes: int = 5,
     box7_passes: int = 3,
+    reference: bool = False,
+    valid_grid: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Grid residuals ``(B, g, g)`` + pixel validity ``(B, S, S)`` -> fused map, 2D map, 3D map
     (each ``(B, S, S)``, smoothed) and image scores ``(B,)``.
 
     Validity is dilated by one pixel, matching the 3 x 3 pooling that spreads 3D features.
+    ``reference=True``: the positions zeroed are those whose 3D feature is all zero
+    (``valid_grid``, ``(B, g, g)``, brought to ``S`` by nearest neighbour; required), the box
+    filters pad with counted zeros, and the fused map is not masked again after smoothing (the
+    reference's maps and scores, docs/method.md).
     """
     size = valid_pixels.shape[-1]
     up = F.interpolate(torch.stack([res_2d, res_3d], 1), size=(size, size), mode="bilinear", align_corners=False)
     m2d, m3d = up[:, 0], up[:, 1]
-    valid = F.max_pool2d(valid_pixels.float().unsqueeze(1), 3, stride=1, padding=1).squeeze(1) > 0
+    if reference:
+        if valid_grid is None:
+            raise ValueError("score_maps(reference=True) needs valid_grid, the (B, g, g) mask of non-zero 3D features")
+        # The reference's mask is "3D feature all zero" on its feature grid; its 3 x 3 + adaptive
+        # pooling shifts that set by up to a pixel against a plain dilation of the valid pixels.
+        valid = F.interpolate(valid_grid.float().unsqueeze(1), size=(size, size), mode="nearest").squeeze(1) > 0
+    else:
+        valid = F.max_pool2d(valid_pixels.float().unsqueeze(1), 3, stride=1, padding=1).squeeze(1) > 0
     m3d = m3d * valid
     fused = fuse(m2d, m3d, mode) * valid
-    fused = box_smooth(fused, box5_passes, box7_passes)
-    # Smoothing bleeds into invalid pixels; the score keeps SPEC's "no 3D -> 0" rule.
-    fused = fused * valid
+    fused = box_smooth(fused, box5_passes, box7_passes, count_padding=reference)
+    if not reference:
+        # Smoothing bleeds into invalid pixels; keep the "no 3D -> 0" rule of docs/method.md.
+        fused = fused * valid
     scores = image_score(fused)
-    return fused, box_smooth(m2d, box5_passes, box7_passes), box_smooth(m3d, box5_passes, box7_passes) * valid, scores
+    m2d = box_smooth(m2d, box5_passes, box7_passes, count_padding=reference)
+    m3d = box_smooth(m3d, box5_passes, box7_passes, count_padding=reference) * valid
+    return fused, m2d, m3d, scores

@@ -17,11 +17,19 @@ def test_defaults_are_the_paper_numbers():
 
 def test_presets_fill_only_what_was_not_given():
     ref = MAFRConfig(preset="reference")
-    assert ref.grid_size == 224 and ref.model.cbam == "pointwise" and ref.train.epochs == 250
+    # mafr_training_mvtec.sh of the reference trains 100 epochs at batch 1 (docs/method.md)
+    assert ref.grid_size == 224 and ref.model.cbam == "pointwise" and ref.train.epochs == 100
     assert ref.train.batch_size == 1 and ref.points.fps_max_points is None
     assert ref.train.smoothness_first_two_channels
+    assert ref.points.idw_power == 2 and ref.model.feature_norm == "none"
+    assert ref.train.loss_form == "reference" and ref.scoring.maps == "reference"
+    assert ref.train.calibration_fraction == 0.0 and ref.train.lr == 1e-3
     ref2 = MAFRConfig(preset="reference", grid_size=56, model={"cbam": "grid"})
-    assert ref2.grid_size == 56 and ref2.model.cbam == "grid" and ref2.train.epochs == 250
+    assert ref2.grid_size == 56 and ref2.model.cbam == "grid" and ref2.train.epochs == 100
+    assert ref2.model.feature_norm == "none"
+    paper = MAFRConfig()
+    assert paper.points.idw_power == 1 and paper.model.feature_norm == "zscore"
+    assert paper.train.loss_form == "mafr" and paper.scoring.maps == "mafr"
     off = MAFRConfig(preset="offline")
     assert off.rgb.kind == "offline" and off.points.kind == "fpfh"
 

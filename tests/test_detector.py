@@ -219,7 +219,7 @@ def test_reference_preset_runs_pointwise_cbam_on_the_full_grid():
     cfg = tiny_config(preset="reference", grid_size=64, train={"epochs": 2, "batch_size": 1})
     assert cfg.model.cbam == "pointwise" and cfg.points.fill_holes == 0
     det = mafr.MAFRDetector(cfg).fit(_parts(seeds=range(3)), progress=False)
-    assert det.fit_info_["steps"] == 2 * 2  # 2 epochs over the 2 training parts at batch 1
+    assert det.fit_info_["steps"] == 2 * 3  # 2 epochs over all 3 parts at batch 1 (no hold-out)
     probe = generate_sample("dome", "hole", seed=5, size=64)
     res = det.predict(probe.rgb, probe.xyz)
     assert res.anomaly_map.shape == (64, 64) and np.isfinite(res.score)

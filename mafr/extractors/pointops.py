@@ -207,14 +207,24 @@ def group_points(
 
 
 def idw_weights(
-    query: Tensor, centres: Tensor, k: int = 3, eps: float = 1e-8, chunk_size: int = 2048
+    query: Tensor,
+    centres: Tensor,
+    k: int = 3,
+    eps: float = 1e-8,
+    chunk_size: int = 2048,
+    power: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Inverse-distance weights of the k nearest centres of every query point: ``(weights,
-    indices)``, each (B, N, k); weights are ``1 / (d + eps)`` with Euclidean ``d``, normalised to
-    sum to 1 (pointnet2's ``three_nn`` + ``three_interpolate``). The one definition of the rule,
-    shared by :func:`three_nn_interpolate` and the detector's sparse alignment operator."""
+    indices)``, each (B, N, k); weights are ``1 / (d**power + eps)`` with Euclidean ``d``,
+    normalised to sum to 1. ``power=1`` is pointnet2's ``three_nn`` + ``three_interpolate``;
+    ``power=2`` is the reference code's ``interpolating_points``, which weights by the inverse
+    *squared* distance (docs/method.md, "Aligning 3D features to pixels"). The one definition
+    of the rule, shared by :func:`three_nn_interpolate` and the detector's sparse alignment
+    operator."""
+    if power not in (1, 2):
+        raise ValueError(f"power must be 1 (inverse distance) or 2 (inverse squared distance), got {power!r}")
     dist, idx = knn(query, centres, k, chunk_size=chunk_size)
-    w = 1.0 / (dist + eps)
+    w = 1.0 / ((dist * dist if power == 2 else dist) + eps)
     return w / w.sum(dim=-1, keepdim=True), idx
 
 
@@ -225,12 +235,14 @@ def three_nn_interpolate(
     k: int = 3,
     eps: float = 1e-8,
     chunk_size: int = 2048,
+    power: int = 1,
 ) -> Tensor:
     """Inverse-distance-weighted mean of the k nearest centres' features at every query point.
 
-    Weights are ``1 / (d + eps)`` with Euclidean ``d``, normalised to sum to 1 (pointnet2's
-    ``three_nn`` + ``three_interpolate``). query (B, N, 3), centres (B, G, 3), features (B, G, C)
-    -> (B, N, C) in the features' dtype. Queries are processed ``chunk_size`` at a time.
+    Weights are ``1 / (d**power + eps)`` with Euclidean ``d``, normalised to sum to 1 (see
+    :func:`idw_weights`: ``power=2`` is the reference's rule). query (B, N, 3), centres (B, G, 3),
+    features (B, G, C) -> (B, N, C) in the features' dtype. Queries are processed ``chunk_size``
+    at a time.
     """
     _check_cloud(query, "query")
     _check_cloud(centres, "centres", batch=query.shape[0])
@@ -253,7 +265,7 @@ def three_nn_interpolate(
     b, g, c = features.shape
     flat = features.reshape(b * g, c)
     offset = (torch.arange(b, device=features.device) * g).view(b, 1, 1)
-    weights, index = idw_weights(query, centres, k, eps, chunk_size)
+    weights, index = idw_weights(query, centres, k, eps, chunk_size, power)
     out = torch.empty(b, n, c, dtype=features.dtype, device=features.device)
     for s in range(0, n, chunk_size):
         w = weights[:, s : s + chunk_size].to(features.dtype).reshape(-1, k)
