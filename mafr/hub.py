@@ -73,6 +73,22 @@ def model_card(detector) -> ModelCard:
                 }
             ),
         ]
+    history = fit.get("history") or []
+    if history:
+        # The card must say which parts shaped the detector and when: after update() the
+        # decision boundary no longer comes from the original fit alone.
+        rows = ["| # | event | when (UTC) | parts | trained on | held out | steps | seconds | threshold |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for i, e in enumerate(history, 1):
+            t = e.get("threshold")
+            rows.append(
+                f"| {i} | {e.get('event', '?')} | {e.get('time', '?')} | {e.get('parts', '?')} | {e.get('n_train', '?')} | "
+                f"{e.get('n_calibration', '?')} | {e.get('steps', '?')} | {e.get('seconds', '?')} | "
+                f"{f'{t:.4f}' if isinstance(t, float) else '?'} |"
+            )
+        parts += ["## Fit history", f"{fit.get('n_parts_total', '?')} good parts in all; "
+                  f"{fit.get('replay_parts', 0)} kept in the replay store that `det.update(new_good_parts)` uses.",
+                  "\n".join(rows)]
     parts.append("## Decision threshold")
     if math.isfinite(detector.threshold_):
         parts.append(f"threshold = **{detector.threshold_:.4f}**\n\n{THRESHOLD_RULE}")
