@@ -205,7 +205,7 @@ def _cmd_fit(args: argparse.Namespace, out: _Out) -> int:
             raise ValueError(f"--shots must be >= 1, got {args.shots}")
         parts = parts[: args.shots]
     out.log(f"fitting a {config.preset} detector on {len(parts)} good parts from {args.data}")
-    det = MAFRDetector(config).fit(parts, seed=args.seed, progress=not out.quiet)
+    det = MAFRDetector(config, device=args.device, precision=args.precision).fit(parts, seed=args.seed, progress=not out.quiet)
     det.save_pretrained(args.out_dir)
     info = det.fit_info_
     seconds = info["fit_seconds"]
@@ -236,7 +236,7 @@ def _cmd_predict(args: argparse.Namespace, out: _Out) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     parts = parse_inputs(args.inputs)
-    det = MAFRDetector.from_pretrained(str(detector_dir(args.detector)))
+    det = MAFRDetector.from_pretrained(str(detector_dir(args.detector)), device=args.device, precision=args.precision)
     overlay = Path(args.overlay) if args.overlay else None
     if overlay is not None:
         overlay.mkdir(parents=True, exist_ok=True)
@@ -489,6 +489,18 @@ def _config_options(p: argparse.ArgumentParser, preset_default: str, seed_help: 
     g.add_argument("--seed", type=int, default=0, metavar="N", help=seed_help)
 
 
+def _compute_options(p: argparse.ArgumentParser, device: bool = True) -> None:
+    g = p.add_argument_group("compute (docs/performance.md)")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: $MAFR_THREADS, else half the available cores, at most 8; "
+                        "torch's all-cores default is many times slower when other processes share the cores)")
+    if device:
+        g.add_argument("--device", default="auto", metavar="DEV",
+                       help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps (default: auto)")
+        g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                       help="mixed precision for the networks: bf16 on CPUs with bf16 units and recent GPUs, fp16 on GPUs only")
+
+
 def _sub(subs, name: str, help_: str, description: str, example: str, parents) -> argparse.ArgumentParser:
     return subs.add_parser(
         name, help=help_, description=description, epilog="example:\n" + example,
@@ -526,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", metavar="OUT_DIR", help="where the detector is saved")
     _config_options(p, "paper", "seed of the fit (held-out split, initialisation, batches)")
     p.add_argument("--shots", type=int, metavar="N", help="use only the first N parts (sorted by name)")
+    _compute_options(p)
     p.set_defaults(func=_cmd_fit)
 
     p = _sub(subs, "predict", "score parts with a saved detector",
@@ -541,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", metavar="DIR",
                    help="write a panel per part to DIR/<name>_panel.png (RGB, depth, 2D, 3D and fused maps, decision)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="parts per feature-extraction batch (default: 8)")
+    _compute_options(p)
     p.set_defaults(func=_cmd_predict)
 
     p = _sub(subs, "evaluate", "benchmark on MVTec 3D-AD, Eyecandies or generated data",
@@ -558,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, metavar="N", help="fit on the first N training parts of each category")
     p.add_argument("--out", metavar="DIR", help="results folder (default: mafr-eval-<dataset>)")
     _config_options(p, "offline for generated, else paper", "seed of the fits (and of generated data)")
+    _compute_options(p, device=False)
     p.set_defaults(func=_cmd_evaluate)
 
     p = _sub(subs, "preprocess", "SPEC preprocessing of an MVTec 3D-AD style dataset",
@@ -655,6 +670,14 @@ def _error_message(err: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the exception's formatting
 
 
+def _set_threads(threads: Optional[int]) -> None:
+    import torch
+
+    from .runtime import check_threads, default_cli_threads
+
+    torch.set_num_threads(default_cli_threads() if threads is None else check_threads(threads))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``mafr`` and ``python -m mafr``; returns the exit status."""
     parser = build_parser()
@@ -666,6 +689,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .extractors.rgb import WeightsUnavailableError
 
     try:
+        if hasattr(args, "threads"):
+            _set_threads(args.threads)
         return args.func(args, out)
     except (ValueError, TypeError, OSError, NotFittedError, WeightsUnavailableError) as err:
         if os.environ.get("MAFR_DEBUG") == "1":

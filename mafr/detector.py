@@ -6,6 +6,7 @@ follow huggingface_hub's ``ModelHubMixin``: ``config.json`` + ``model.safetensor
 directory or Hub repo; nothing is ever unpickled.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from .extractors.pointops import idw_weights, three_nn_interpolate
 from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
 from . import _integrity
 from . import errors as _errors
+from . import runtime as _runtime
 from . import errors as _errors
 from .io import as_sample, load_sample, resize_nearest
 from .losses import restoration_loss
@@ -86,6 +88,26 @@ def _batches(n: int, batch: int, gen: torch.Generator):
 NotFittedError = _errors.NotFittedError
 
 
+def _with_threads(method):
+    """Run a public method with the detector's ``threads`` setting, restoring torch's after."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with _runtime.num_threads(self.threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+#: Loss values are read back every this many steps off the CPU: each read is a device sync.
+_SYNC_EVERY = 25
+
+
+def _sync_every(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else _SYNC_EVERY
+
+
 def _progress(iterable, *, total=None, desc: str = "", enable: bool = True):
     from huggingface_hub.utils import tqdm
 
@@ -139,7 +161,18 @@ class MAFRDetector(
     >>> det.fit(good_parts, seed=0).predict(rgb, xyz).score           # doctest: +SKIP
     """
 
-    def __init__(self, config: Optional[MAFRConfig] = None) -> None:
+    def __init__(
+        self,
+        config: Optional[MAFRConfig] = None,
+        *,
+        device: Union[str, torch.device] = "auto",
+        precision: str = "fp32",
+        threads: Optional[int] = None,
+    ) -> None:
+        # Where and how to compute: not part of the fitted state, never saved (docs/performance.md).
+        self.device = _runtime.resolve_device(device)
+        self.precision = _runtime.check_precision(precision, self.device)
+        self.threads = _runtime.check_threads(threads)
         if config is None:
             config = MAFRConfig()
         elif isinstance(config, dict):
@@ -162,15 +195,30 @@ class MAFRDetector(
     def rgb_extractor(self) -> torch.nn.Module:
         """The frozen RGB extractor (built on first use)."""
         if self._rgb_extractor is None:
-            self._rgb_extractor = build_rgb_extractor(self.config).eval()
+            self._rgb_extractor = build_rgb_extractor(self.config).eval().to(self.device)
         return self._rgb_extractor
 
     @property
     def point_extractor(self) -> torch.nn.Module:
         """The frozen 3D extractor (built on first use)."""
         if self._point_extractor is None:
-            self._point_extractor = build_point_extractor(self.config).eval()
+            self._point_extractor = build_point_extractor(self.config).eval().to(self.device)
         return self._point_extractor
+
+    def to(self, device: Union[str, torch.device]) -> "MAFRDetector":
+        """Move extractors, autoencoder and statistics to ``device`` (``"cpu"``, ``"cuda"``,
+        ``"cuda:N"``, ``"mps"`` or ``"auto"``); returns the detector."""
+        dev = _runtime.resolve_device(device)
+        _runtime.check_precision(self.precision, dev)
+        for module in (self._rgb_extractor, self._point_extractor, self.autoencoder_):
+            if module is not None:
+                module.to(dev)
+        self.stats_ = {k: v.to(dev) for k, v in self.stats_.items()}
+        self.device = dev
+        return self
+
+    def _autocast(self):
+        return _runtime.autocast(self.device, self.precision)
 
     @property
     def is_fitted(self) -> bool:
@@ -207,7 +255,8 @@ class MAFRDetector(
         flags = _integrity.judge_input(rgb, valid)
         if self.config.points.fill_holes:
             xyz_s, valid = fill_small_holes(xyz_s, valid, self.config.points.fill_holes)
-        return _Prepared(image, xyz_s, valid, h, w, rgb, xyz[..., 2].copy(), np.any(xyz != 0, axis=-1), flags)
+        dev = self.device
+        return _Prepared(image.to(dev), xyz_s.to(dev), valid.to(dev), h, w, rgb, xyz[..., 2].copy(), np.any(xyz != 0, axis=-1), flags)
 
     def _min_points(self) -> int:
         if self.config.points.kind == "pointmae":
@@ -231,7 +280,9 @@ class MAFRDetector(
             )
         pixel_index = prep.valid.flatten().nonzero().squeeze(1)
         points = prep.xyz.reshape(-1, 3)[pixel_index].unsqueeze(0)
-        feats, centres = extractor(points)
+        with self._autocast():
+            feats, centres = extractor(points)
+        feats = feats.float()
         if grid == size:
             # The reference's own path: per-point features scattered at full resolution.
             per_point = three_nn_interpolate(points, centres, feats, power=self.config.points.idw_power)[0]
@@ -244,7 +295,11 @@ class MAFRDetector(
     def _extract(self, preps: Sequence[_Prepared]) -> list[_Features]:
         grid = self.config.grid_size
         images = torch.stack([p.image for p in preps])
-        rgb_maps = upsample_rgb(self.rgb_extractor(images), grid).permute(0, 2, 3, 1)
+        extractor = self.rgb_extractor
+        # Weight-free extractors stay fp32: their histograms gain nothing from bf16.
+        with self._autocast() if isinstance(extractor, RGBExtractor) else contextlib.nullcontext():
+            rgb = extractor(images)
+        rgb_maps = upsample_rgb(rgb.float(), grid).permute(0, 2, 3, 1)
         out = []
         for prep, rgb_map in zip(preps, rgb_maps):
             xyz_map = self._point_grid_features(prep).permute(1, 2, 0)
@@ -263,6 +318,7 @@ class MAFRDetector(
         return rgb, xyz
 
     # ------------------------------------------------------------------ fit
+    @_with_threads
     def fit(self, samples: Iterable[Any], *, seed: int = 0, progress: bool = True) -> "MAFRDetector":
         """Learn normal appearance and geometry from good parts; returns ``self``.
 
@@ -284,6 +340,7 @@ class MAFRDetector(
         self.fit_info_["history"][-1]["seconds"] = self.fit_info_["fit_seconds"]
         return self
 
+    @_with_threads
     def extract_features(self, samples: Iterable[Any], *, progress: bool = False) -> list[_Features]:
         """Frozen-extractor features of each sample on the autoencoder's grid. They depend only on
         the extractor part of the config, so studies that vary training or scoring can reuse them
@@ -345,6 +402,7 @@ class MAFRDetector(
         }
         return self
 
+    @_with_threads
     def update(self, samples: Iterable[Any], *, seed: int = 0, progress: bool = False) -> "MAFRDetector":
         """Incorporate new good parts into a fitted detector without a full refit and without
         forgetting the old ones; returns ``self``.
@@ -428,6 +486,7 @@ class MAFRDetector(
         self.fit_info_ = info
         return self
 
+    @_with_threads
     def calibrate(self, samples: Iterable[Any], *, progress: bool = False) -> "MAFRDetector":
         """Set the decision threshold from good parts not used in training (same rule as
         :meth:`fit`); useful for converted detectors, or after the line's conditions changed."""
@@ -440,6 +499,7 @@ class MAFRDetector(
         self.fit_info_ = {**self.fit_info_, "calibration_scores": scores, "n_calibration": len(scores), "calibrated_separately": True}
         return self
 
+    @_with_threads
     def score_features(self, feats: Sequence[_Features]) -> list[float]:
         """Image scores of already extracted features (same rule as :meth:`predict`)."""
         self._check_fitted(require_threshold=False)
@@ -481,7 +541,7 @@ class MAFRDetector(
             cbam_reduction=m.cbam_reduction,
             cbam_kernel=m.cbam_kernel,
             attention=m.attention,
-        )
+        ).to(self.device)
 
     def _train(
         self, train: Sequence[_Features], gen: torch.Generator, progress: bool, replay: Sequence[_Features] = ()
@@ -516,28 +576,41 @@ class MAFRDetector(
             form=tc.loss_form,
         )
         history: list[float] = []
-        best, since_best, ema = math.inf, 0, None
+        best, since_best, ema, stop = math.inf, 0, None, False
+        # fp16 gradients underflow without loss scaling; for fp32/bf16 the scaler is a no-op.
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        sync_every = _sync_every(self.device)
+        pending: list[torch.Tensor] = []
         bar = _progress(range(steps), desc="mafr: training", enable=progress)
-        for _ in bar:
+        for step in bar:
             idx = next(batches)
             rgb, xyz = rgb_all[idx], xyz_all[idx]
-            out_rgb, out_xyz = ae(rgb, xyz)
-            loss = restoration_loss(rgb, out_rgb, **loss_kw) + restoration_loss(xyz, out_xyz, **loss_kw)
+            with self._autocast():
+                out_rgb, out_xyz = ae(rgb, xyz)
+            # The loss (normalisation, census) is computed in fp32 whatever the network ran in.
+            loss = restoration_loss(rgb, out_rgb.float(), **loss_kw) + restoration_loss(xyz, out_xyz.float(), **loss_kw)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            value = float(loss.detach())
-            history.append(value)
-            ema = value if ema is None else 0.9 * ema + 0.1 * value
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            pending.append(loss.detach())
+            if len(pending) < sync_every and step + 1 < steps:
+                continue
+            # Off the CPU early stopping is judged every sync_every steps, so it may stop that much later.
+            values, pending = torch.stack(pending).tolist(), []
+            for value in values:
+                history.append(value)
+                ema = value if ema is None else 0.9 * ema + 0.1 * value
+                if patience is not None and not stop:
+                    if ema < best * (1 - tc.early_stop_tol):
+                        best, since_best = ema, 0
+                    else:
+                        since_best += 1
+                        stop = since_best >= patience
             if progress and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
-            if patience is not None:
-                if ema < best * (1 - tc.early_stop_tol):
-                    best, since_best = ema, 0
-                else:
-                    since_best += 1
-                    if since_best >= patience:
-                        break
+            if stop:
+                break
         return history
 
     def _threshold_from(self, scores: Sequence[float]) -> float:
@@ -558,7 +631,9 @@ class MAFRDetector(
         pairs = [self._normalise(f) for f in feats]
         rgb = torch.stack([p[0] for p in pairs])
         xyz = torch.stack([p[1] for p in pairs])
-        out_rgb, out_xyz = ae(rgb, xyz)
+        with self._autocast():
+            out_rgb, out_xyz = ae(rgb, xyz)
+        out_rgb, out_xyz = out_rgb.float(), out_xyz.float()
         sc = self.config.scoring
         return score_maps(
             residual_map(rgb, out_rgb),
@@ -575,7 +650,7 @@ class MAFRDetector(
         """``(k, S, S)`` network-resolution maps -> ``(k, H, W)`` float32 at the input RGB's size."""
         side = max(prep.height, prep.width)
         up = F.interpolate(maps.unsqueeze(0), size=(side, side), mode="bilinear", align_corners=False)[0]
-        return up[:, : prep.height, : prep.width].numpy().astype(np.float32)
+        return up[:, : prep.height, : prep.width].cpu().numpy().astype(np.float32)
 
     def _results(self, preps: Sequence[_Prepared], feats: Sequence[_Features]) -> list[AnomalyResult]:
         fused, m2d, m3d, scores = self._score_features(feats)
@@ -609,6 +684,7 @@ class MAFRDetector(
             )
         return results
 
+    @_with_threads
     def predict(self, rgb: Any, xyz: Any) -> AnomalyResult:
         """Score one part. ``rgb``: H x W x 3 uint8 array, PIL image or path; ``xyz``: organized
         map, path, :class:`~mafr.PointCloud` or :class:`~mafr.DepthMap`."""
@@ -616,6 +692,7 @@ class MAFRDetector(
         prep = self._prepare((rgb, xyz))
         return self._results([prep], self._extract([prep]))[0]
 
+    @_with_threads
     def predict_batch(
         self, samples: Iterable[Any], *, batch_size: int = 8, progress: bool = False
     ) -> list[AnomalyResult]:
@@ -635,8 +712,8 @@ class MAFRDetector(
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything fitted, as named tensors (what ``model.safetensors`` holds)."""
         self._check_fitted()
-        tensors = {f"autoencoder.{k}": v.detach().contiguous() for k, v in self.autoencoder_.state_dict().items()}
-        tensors.update({f"stats.{k}": v.contiguous() for k, v in self.stats_.items()})
+        tensors = {f"autoencoder.{k}": v.detach().cpu().contiguous() for k, v in self.autoencoder_.state_dict().items()}
+        tensors.update({f"stats.{k}": v.cpu().contiguous() for k, v in self.stats_.items()})
         tensors["threshold"] = torch.tensor([self.threshold_], dtype=torch.float64)
         if self.replay_ is not None:
             tensors.update(self.replay_.to_tensors())
@@ -751,6 +828,9 @@ class MAFRDetector(
         token=None,
         config: Optional[MAFRConfig] = None,
         trust_config: bool = False,
+        device: Union[str, torch.device] = "auto",
+        precision: str = "fp32",
+        threads: Optional[int] = None,
         **kwargs,
     ) -> "MAFRDetector":
         from safetensors.torch import load_file
@@ -804,7 +884,7 @@ class MAFRDetector(
             config.rgb.weights = str(directory / RGB_WEIGHTS_NAME)
         if f"{POINT_WEIGHTS_DIR}/{WEIGHTS_NAME}" in listed and (directory / POINT_WEIGHTS_DIR / WEIGHTS_NAME).is_file():
             config.points.weights = str(directory / POINT_WEIGHTS_DIR)
-        det = cls(config)
+        det = cls(config, device=device, precision=precision, threads=threads)
         det.fit_info_ = dict(raw.get("fit") or {})
         det.metrics_ = dict(raw.get("metrics") or {})
         tensors = _integrity.load_tensors(weights_path, where)
@@ -828,7 +908,7 @@ class MAFRDetector(
         det.autoencoder_.eval()
         det.threshold_ = float(tensors["threshold"][0])
         det.replay_ = ReplayStore.from_tensors(tensors, str(weights_path))
-        return det
+        return det.to(det.device)  # loaded on the CPU; a saved detector names no device
 
     # ------------------------------------------------------------------ model card
     def generate_model_card(self, *args, **kwargs) -> ModelCard:

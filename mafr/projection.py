@@ -127,7 +127,10 @@ def centres_to_grid_operator(
     All of those steps are linear, so this never builds the ``size x size x C`` map: at 224 x 224
     and 1152 channels that map alone is 230 MB and most of the alignment time.
     """
-    a = _axis_pool_matrix(size, grid)
+    dev = pixel_index.device
+    # float64 keeps the summed weights exact; MPS has no float64, so it gets float32.
+    dtype = torch.float32 if dev.type == "mps" else torch.float64
+    a = _axis_pool_matrix(size, grid).to(device=dev, dtype=dtype)
     taps = int((a != 0).sum(0).max())  # grid cells one pixel row/column reaches
     w_axis, cell_axis = a.T.topk(taps, dim=1)  # (size, taps)
     rows, cols = pixel_index // size, pixel_index % size
@@ -138,8 +141,8 @@ def centres_to_grid_operator(
     k = neighbour_index.shape[1]
     flat_cell = cell[:, :, None].expand(-1, -1, k)
     flat_centre = neighbour_index[:, None, :].expand(-1, taps * taps, -1)
-    weight = w_cell[:, :, None] * neighbour_weight.to(torch.float64)[:, None, :]
-    op = torch.zeros(grid * grid * num_centres, dtype=torch.float64)
+    weight = w_cell[:, :, None] * neighbour_weight.to(dtype)[:, None, :]
+    op = torch.zeros(grid * grid * num_centres, dtype=dtype, device=dev)
     op.index_add_(0, (flat_cell * num_centres + flat_centre).reshape(-1), weight.reshape(-1))
     return op.view(grid * grid, num_centres)
 

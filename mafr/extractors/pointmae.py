@@ -289,9 +289,12 @@ class PointMAEEncoder(nn.Module):
         ref = self.norm.weight
         with torch.no_grad():
             pts = points.detach().to(device=ref.device, dtype=ref.dtype)
-            neighborhood, centres = group_points(
-                pts, cfg.num_groups, cfg.group_size, cfg.fps_max_points
-            )
+            # Grouping picks neighbours by distance: under a caller's bf16/fp16 autocast, cdist
+            # would round distances and change which points form a group.
+            with torch.autocast(device_type=pts.device.type, enabled=False):
+                neighborhood, centres = group_points(
+                    pts, cfg.num_groups, cfg.group_size, cfg.fps_max_points
+                )
             x = self.encoder(neighborhood)
             pos = self.pos_embed(centres)
             wanted = set(cfg.out_indices)
