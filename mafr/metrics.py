@@ -22,12 +22,21 @@ copied into M3DM and the code bases derived from it, the reference included):
 
 Ground-truth regions are 8-connected components of each mask (pixels touching only at a corner
 belong to the same defect), labelled here with a vectorised run-length union-find.
+
+Two protocols (``evaluate(..., protocol=...)``, docs/method.md "Evaluation"):
+
+- ``"exact"`` (default): the maps as given, the exact PRO curve.
+- ``"reference"``: what the MAFR reference evaluation computes, so numbers are comparable with
+  the paper's table: P-AUROC on each map divided by the square root of its mean, AUPRO on each
+  map divided by the mean of its non-zero values, with the 99-rank PRO approximation. Dividing
+  by a per-image constant changes how pixels of different images rank against each other, so
+  the two protocols give different numbers on the same maps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 
@@ -39,7 +48,12 @@ __all__ = [
     "aupro",
     "aupro_curve",
     "evaluate",
+    "reference_protocol_maps",
 ]
+
+Protocol = Literal["exact", "reference"]
+#: Rank count of the reference evaluation's PRO curve.
+REFERENCE_NUM_THRESHOLDS = 99
 
 #: FPR integration limits reported by :func:`evaluate` (the first is the MVTec 3D-AD standard).
 DEFAULT_LIMITS: tuple[float, ...] = (0.3, 0.1, 0.05, 0.01)
@@ -413,6 +427,34 @@ def aupro(
 # --------------------------------------------------------------------------------------------
 
 
+def reference_protocol_maps(
+    maps: Sequence[np.ndarray], indices: Optional[Sequence[int]] = None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The reference evaluation's per-image rescaling: ``(maps for P-AUROC, maps for AUPRO)``,
+    ``map / sqrt(mean(map))`` and ``map / mean(map[map != 0])``, in float64. ``indices`` names
+    each map in error messages (default: its position).
+
+    Raises:
+        ValueError: naming the image when a map has no positive mean (all zero, or negative
+            values that cancel): the reference would divide by zero there.
+    """
+    pixel_maps, pro_maps = [], []
+    names = range(len(maps)) if indices is None else indices
+    for i, amap in zip(names, maps):
+        a = np.asarray(amap, dtype=np.float64)
+        mean = float(a.mean()) if a.size else 0.0
+        nonzero = a[a != 0]
+        nz_mean = float(nonzero.mean()) if nonzero.size else 0.0
+        if not (mean > 0 and nz_mean > 0):
+            raise ValueError(
+                f"maps[{i}] has mean {mean:g} and non-zero mean {nz_mean:g}; the reference protocol "
+                "divides each map by them, so it needs maps with a positive mean (anomaly maps are >= 0)"
+            )
+        pixel_maps.append(a / np.sqrt(mean))
+        pro_maps.append(a / nz_mean)
+    return pixel_maps, pro_maps
+
+
 def _limit_key(limit: float) -> str:
     """Dictionary key of an AUPRO limit: ``aupro@0.3``, ``aupro@0.05``..."""
     return f"aupro@{float(limit):g}"
@@ -425,6 +467,7 @@ def evaluate(
     maps: Any,
     limits: Sequence[float] = DEFAULT_LIMITS,
     num_thresholds: Optional[int] = None,
+    protocol: Protocol = "exact",
 ) -> dict[str, float]:
     """All MVTec 3D-AD metrics of one test set.
 
@@ -439,7 +482,10 @@ def evaluate(
         maps: per-image anomaly maps (H x W), one per image.
         limits: FPR limits for AUPRO; each gives a key ``aupro@{limit:g}``.
         num_thresholds: ``None`` for the exact PRO curve, or the reference's rank count
-            (e.g. 99); see :func:`aupro_curve`.
+            (e.g. 99); see :func:`aupro_curve`. Under ``protocol="reference"`` ``None`` means 99.
+        protocol: ``"exact"`` scores the maps as given; ``"reference"`` rescales each map as the
+            reference evaluation does (see :func:`reference_protocol_maps` and the module
+            docstring). Image AUROC uses ``scores`` unchanged under both.
 
     Returns:
         ``{"image_auroc", "pixel_auroc", "aupro@0.3", "aupro@0.1", "aupro@0.05",
@@ -450,6 +496,10 @@ def evaluate(
             pixel metrics lack either anomalous or defect-free pixels.
     """
     limit_values = [_check_limit(limit) for limit in limits]
+    if protocol not in ("exact", "reference"):
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; expected 'exact' or 'reference'")
+    if protocol == "reference" and num_thresholds is None:
+        num_thresholds = REFERENCE_NUM_THRESHOLDS
     y = np.asarray(labels)
     mask_list = list(masks)
     map_list = _as_image_list(maps, "maps")
@@ -476,10 +526,15 @@ def evaluate(
         raise ValueError("no image has a ground-truth mask; pixel metrics are undefined")
 
     pairs = _paired_images(kept_masks, kept_maps, kept_indices)
+    pro_pairs = pairs
+    if protocol == "reference":
+        pixel_maps, pro_maps = reference_protocol_maps([a for _, a in pairs], kept_indices)
+        pro_pairs = [(m, a) for (m, _), a in zip(pairs, pro_maps)]
+        pairs = [(m, a) for (m, _), a in zip(pairs, pixel_maps)]
     result["pixel_auroc"] = _auroc_from_scores(
         np.concatenate([a[m] for m, a in pairs]), np.concatenate([a[~m] for m, a in pairs])
     )
-    fpr, pro = _pro_curve(pairs, num_thresholds)
+    fpr, pro = _pro_curve(pro_pairs, num_thresholds)
     for limit in limit_values:
         result[_limit_key(limit)] = _integrate(fpr, pro, limit)
     return result

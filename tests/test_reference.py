@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mafr
+import mafr.metrics
 from mafr.convert import convert_reference_checkpoints
 from mafr.datasets.synthetic import generate_sample
 from mafr.extractors.pointops import idw_weights, three_nn_interpolate
@@ -294,3 +295,42 @@ def test_reference_preset_trains_on_raw_features_with_the_reference_loss():
     # every part trains (no calibration hold-out), one step per part per epoch at batch 1
     assert det.fit_info_["n_train"] == 2 and det.fit_info_["steps"] == 2
     assert det.fit_info_["calibration_on_training_parts"] is True
+
+
+# ---------------------------------------------------------------- evaluation protocol
+def test_reference_protocol_rescales_each_map_hand_value():
+    # good image: all 4 (mean 4 -> / 2 = 2); anomalous image [1, 1, 3, 3] with defect on the 3s
+    # (mean 2 -> / sqrt 2: the defect becomes 2.12 and outranks the good image's 2).
+    labels, scores = [0, 1], [0.0, 1.0]
+    maps = [np.full((1, 4), 4.0), np.array([[1.0, 1.0, 3.0, 3.0]])]
+    masks = [None, np.array([[0, 0, 1, 1]])]
+    exact = mafr.metrics.evaluate(labels, scores, masks, maps)
+    ref = mafr.metrics.evaluate(labels, scores, masks, maps, protocol="reference")
+    assert exact["pixel_auroc"] == pytest.approx(2 / 6)  # 3 beats only the two 1s
+    assert ref["pixel_auroc"] == pytest.approx(1.0)
+    assert ref["image_auroc"] == exact["image_auroc"] == 1.0
+
+
+def test_reference_protocol_equals_rescaled_maps_with_99_ranks():
+    rng = np.random.default_rng(5)
+    maps = [rng.random((24, 24)) * rng.uniform(0.5, 4) for _ in range(6)]
+    masks = [None, None] + [rng.random((24, 24)) > 0.93 for _ in range(4)]
+    for m in maps[:3]:
+        m[:4] = 0.0  # zeros (no 3D data) change the non-zero mean, not the mean's count
+    labels, scores = [0, 0, 1, 1, 1, 1], rng.random(6)
+    got = mafr.metrics.evaluate(labels, scores, masks, maps, protocol="reference")
+    full = [np.zeros((24, 24), bool) if m is None else m for m in masks]
+    pix = [m / np.sqrt(m.mean()) for m in maps]
+    pro = [m / m[m != 0].mean() for m in maps]
+    assert got["pixel_auroc"] == pytest.approx(mafr.metrics.pixel_auroc(full, pix))
+    for limit in (0.3, 0.01):
+        assert got[f"aupro@{limit:g}"] == pytest.approx(mafr.metrics.aupro(full, pro, limit, num_thresholds=99))
+
+
+def test_reference_protocol_rejects_all_zero_maps_and_unknown_protocols():
+    maps = [np.ones((2, 2)), np.zeros((2, 2))]
+    masks = [None, np.array([[0, 1], [0, 0]])]
+    with pytest.raises(ValueError, match=r"maps\[1\] has mean 0"):
+        mafr.metrics.evaluate([0, 1], [0, 1], masks, maps, protocol="reference")
+    with pytest.raises(ValueError, match="unknown evaluation protocol"):
+        mafr.metrics.evaluate([0, 1], [0, 1], masks, [np.ones((2, 2))] * 2, protocol="paper")
