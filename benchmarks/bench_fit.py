@@ -8,9 +8,15 @@
    closer to the reference (a finer grid, more steps). Target: the defaults lose no more than
    0.01 mean I-AUROC and 0.02 mean AUPRO@30% against the slowest setting.
 
-Prints one JSON line; exits 1 when a target is missed.
+3. ``--compare-precision``: the same 10-part fit in fp32 and in bf16 (autocast), one after the
+   other in this run, and the offline preset's mean I-AUROC on the generated benchmark with fp32
+   and bf16 training. Targets: bf16 fit <= 0.6 x the fp32 fit; I-AUROC within 0.01 of fp32.
 
-    python benchmarks/bench_fit.py [--categories dome,puck,ring,block] [--data data/generated]
+``--device cuda`` runs everything on the GPU (``--device auto``: CUDA when available) and adds
+parts per second. Prints one JSON line; exits 1 when a target is missed.
+
+    python benchmarks/bench_fit.py [--device cpu] [--categories dome,puck,ring,block] [--data data/generated]
+    python benchmarks/bench_fit.py --compare-precision --skip-accuracy --skip-memory
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ torch.set_num_threads(int(sys.argv[1]))
 import mafr
 from mafr.datasets.synthetic import generate_sample
 parts = [generate_sample("dome", seed=s) for s in range(10)]
-det = mafr.MAFRDetector(mafr.MAFRConfig(extractor_weights="random")).fit(parts, progress=False)
+det = mafr.MAFRDetector(mafr.MAFRConfig(extractor_weights="random"), device=sys.argv[2]).fit(parts, progress=False)
 probe = generate_sample("dome", "crack", seed=99)
 det.predict(probe.rgb, probe.xyz)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -46,26 +52,51 @@ SETTINGS = [
 ]
 
 
-def fit_time_full_size(threads: int) -> dict:
+def fit_time_full_size(threads: int, device: str = "cpu", precision: str = "fp32") -> dict:
     import mafr
     from mafr.datasets.synthetic import generate_sample
 
     parts = [generate_sample("dome", seed=s) for s in range(10)]
+    det = mafr.MAFRDetector(mafr.MAFRConfig(extractor_weights="random"), device=device, precision=precision)
     t0 = time.perf_counter()
-    det = mafr.MAFRDetector(mafr.MAFRConfig(extractor_weights="random")).fit(parts, progress=False)
+    det.fit(parts, progress=False)  # returns after the last loss is read back: nothing left queued
     total = time.perf_counter() - t0
     return {
         "fit10_s": round(total, 2),
         "fit10_extract_s": det.fit_info_["extract_seconds"],
+        "fit10_train_s": det.fit_info_["train_seconds"],
         "fit10_train_steps": det.fit_info_["steps"],
+        "fit10_parts_per_s": round(10 / total, 3),
     }
 
 
-def peak_memory(threads: int) -> float:
+def peak_memory(threads: int, device: str = "cpu") -> float:
     out = subprocess.run(
-        [sys.executable, "-c", _MEMORY_CHILD, str(threads)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _MEMORY_CHILD, str(threads), device], capture_output=True, text=True, check=True
     )
     return int(out.stdout.strip().splitlines()[-1]) / GIB
+
+
+def precision_accuracy(data: Path, categories: list[str], device: str) -> dict:
+    """Offline preset, 10 good parts per category: mean I-AUROC with fp32 and with bf16 training."""
+    import mafr
+    from mafr.datasets import MVTec3D, write_dataset
+    from mafr.evaluation import evaluate_detector
+
+    if not all((data / c).is_dir() for c in categories):
+        write_dataset(data, categories=categories, seed=0)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        aurocs, fit_s = [], 0.0
+        for category in categories:
+            det = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline"), device=device, precision=precision)
+            t0 = time.perf_counter()
+            det.fit(list(MVTec3D(data, category, "train"))[:10], seed=0, progress=False)
+            fit_s += time.perf_counter() - t0
+            aurocs.append(evaluate_detector(det, list(MVTec3D(data, category, "test")), progress=False)["image_auroc"])
+        out[precision] = {"image_auroc": round(sum(aurocs) / len(aurocs), 4), "per_category": [round(a, 4) for a in aurocs],
+                          "mean_fit_s": round(fit_s / len(categories), 2)}
+    return out
 
 
 def accuracy_curve(data: Path, categories: list[str]) -> list[dict]:
@@ -102,13 +133,31 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path("data/generated"))
     parser.add_argument("--categories", default="dome,puck,ring,block")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true", help="do not measure peak memory (a second process)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    parser.add_argument("--compare-precision", action="store_true", help="also fit in bf16 and compare with fp32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from mafr.runtime import resolve_device
 
-    result = {"benchmark": "fit", "threads": args.threads}
-    result.update(fit_time_full_size(args.threads))
-    result["peak_rss_gib"] = round(peak_memory(args.threads), 3)
-    ok = result["fit10_s"] <= 180 and result["peak_rss_gib"] <= 3.0
+    device = str(resolve_device(args.device))
+    result = {"benchmark": "fit", "threads": args.threads, "device": device}
+    if device.startswith("cuda"):
+        result["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    result.update(fit_time_full_size(args.threads, device))
+    ok = result["fit10_s"] <= (20 if device.startswith("cuda") else 180)
+    if not args.skip_memory:
+        result["peak_rss_gib"] = round(peak_memory(args.threads, device), 3)
+        ok = ok and result["peak_rss_gib"] <= 3.0
+    if args.compare_precision:
+        bf16 = fit_time_full_size(args.threads, device, "bf16")
+        result["bf16"] = bf16
+        result["bf16_over_fp32_fit"] = round(bf16["fit10_s"] / result["fit10_s"], 3)
+        result["bf16_over_fp32_train"] = round(bf16["fit10_train_s"] / result["fit10_train_s"], 3)
+        acc = precision_accuracy(args.data, args.categories.split(","), device)
+        result["precision_accuracy"] = acc
+        result["bf16_image_auroc_delta"] = round(acc["bf16"]["image_auroc"] - acc["fp32"]["image_auroc"], 4)
+        ok = ok and result["bf16_over_fp32_fit"] <= 0.6 and abs(result["bf16_image_auroc_delta"]) <= 0.01
     if not args.skip_accuracy:
         curve = accuracy_curve(args.data, args.categories.split(","))
         result["accuracy_vs_fit_time"] = curve
@@ -117,8 +166,10 @@ def main() -> int:
         result["default_aupro30_loss"] = round(best["aupro@0.3"] - curve[0]["aupro@0.3"], 4)
         ok = ok and result["default_image_auroc_loss"] <= 0.01 and result["default_aupro30_loss"] <= 0.02
     result["targets"] = {
-        "fit10_s": "<= 180",
+        "fit10_s": "<= 20 (GPU)" if device.startswith("cuda") else "<= 180",
         "peak_rss_gib": "<= 3.0",
+        "bf16_over_fp32_fit": "<= 0.6 (--compare-precision)",
+        "bf16_image_auroc_delta": "within +-0.01 (--compare-precision)",
         "default_image_auroc_loss": "<= 0.01",
         "default_aupro30_loss": "<= 0.02",
     }

@@ -290,7 +290,7 @@ def _evaluation_splits(args: argparse.Namespace, out: _Out) -> tuple[Callable, l
 
 
 def _cmd_evaluate(args: argparse.Namespace, out: _Out) -> int:
-    from .evaluation import markdown_table, run_benchmark
+    from .evaluation import markdown_table, protocol_note, run_benchmark
 
     config = _load_config(args, default_preset="offline" if args.dataset == "generated" else "paper")
     load_split, cats, train_split, test_split = _evaluation_splits(args, out)
@@ -298,12 +298,14 @@ def _cmd_evaluate(args: argparse.Namespace, out: _Out) -> int:
     out.log(f"evaluating a {config.preset} detector on {args.dataset}: {', '.join(cats)} -> {out_dir}")
     rows = run_benchmark(
         load_split, cats, config, out_dir, shots=args.shots, seed=args.seed, train_split=train_split,
-        test_split=test_split, progress=not out.quiet, log=out.log,
+        test_split=test_split, progress=not out.quiet, log=out.log, protocol=args.protocol,
     )
     scalars = [{k: v for k, v in r.items() if not isinstance(v, (list, dict)) and k != "key"} for r in rows]
     out.result(
-        markdown_table(rows).rstrip() + f"\n\nwritten to {out_dir / 'results.md'} and {out_dir / 'results.json'}",
-        {"out_dir": out_dir, "dataset": args.dataset, "preset": config.preset, "shots": args.shots, "rows": scalars},
+        markdown_table(rows).rstrip() + "\n\n" + protocol_note(args.protocol)
+        + f"\nwritten to {out_dir / 'results.md'} and {out_dir / 'results.json'}",
+        {"out_dir": out_dir, "dataset": args.dataset, "preset": config.preset, "shots": args.shots,
+         "protocol": args.protocol, "rows": scalars},
     )
     return EXIT_OK
 
@@ -571,11 +573,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", nargs="+", action="extend", metavar="C", help="categories (default: all present)")
     p.add_argument("--shots", type=int, metavar="N", help="fit on the first N training parts of each category")
     p.add_argument("--out", metavar="DIR", help="results folder (default: mafr-eval-<dataset>)")
+    p.add_argument("--protocol", choices=("exact", "reference"), default="exact",
+                   help="exact: maps as predicted, exact PRO curve (default); reference: the reference "
+                        "evaluation's per-map rescaling and 99-threshold AUPRO, comparable with the paper "
+                        "(docs/method.md)")
     _config_options(p, "offline for generated, else paper", "seed of the fits (and of generated data)")
     _compute_options(p, device=False)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = _sub(subs, "preprocess", "SPEC preprocessing of an MVTec 3D-AD style dataset",
+    p = _sub(subs, "preprocess", "MVTec 3D-AD preprocessing (docs/method.md) of a dataset",
              "Write a preprocessed copy of an MVTec 3D-AD style dataset: table plane removed (RANSAC on\n"
              "the border), padded to a square, largest cluster kept; masks padded to match.",
              "  mafr preprocess mvtec3d mvtec3d_preprocessed --category bagel cookie", [common])
