@@ -4,6 +4,11 @@ split, and report I-AUROC, P-AUROC and AUPRO in a table (Markdown + JSON).
 Pixel metrics are computed at ``eval_size x eval_size`` (224, as the reference code does):
 anomaly maps are resized bilinearly, ground-truth masks with nearest neighbour.
 Results are written per category as they finish, so an interrupted run resumes where it stopped.
+
+``protocol="reference"`` scores as the reference evaluation does (docs/method.md, "Evaluation"):
+the detector's fused maps at the network's resolution (224 x 224, the maps the reference scores,
+not maps brought to the input size and back), ground truth padded and resized the same way, and
+the per-map rescaling of :func:`mafr.metrics.evaluate`. Every result names its protocol.
 """
 
 from __future__ import annotations
@@ -44,6 +49,23 @@ def _resize_mask(m: np.ndarray, size: int) -> np.ndarray:
     return resize_nearest(np.asarray(m) > 0, size, size)
 
 
+def _network_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Ground truth on the network's square input: padded bottom/right like the image, then
+    nearest-neighbour resized."""
+    m = np.asarray(mask) > 0
+    side = max(m.shape)
+    padded = np.zeros((side, side), dtype=bool)
+    padded[: m.shape[0], : m.shape[1]] = m
+    return resize_nearest(padded, size, size)
+
+
+def _network_maps(detector: MAFRDetector, chunk: Sequence[Sample]) -> tuple[list[float], list[np.ndarray]]:
+    """Image scores and fused maps at the network's resolution, as the reference evaluates them."""
+    detector._check_fitted(require_threshold=False)
+    fused, _, _, scores = detector._score_features(detector.extract_features(chunk))
+    return [float(s) for s in scores], [m.float().cpu().numpy() for m in fused]
+
+
 def evaluate_detector(
     detector: MAFRDetector,
     test: Sequence[Sample],
@@ -51,13 +73,28 @@ def evaluate_detector(
     eval_size: int = 224,
     batch_size: int = 8,
     progress: bool = True,
+    protocol: metrics.Protocol = "exact",
 ) -> dict[str, Any]:
     """Score ``test`` (samples with ``label`` and, for pixel metrics, ``mask``) with a fitted
-    detector; returns the metrics plus ``predict_ms`` per sample and per-sample scores."""
+    detector; returns the metrics plus ``predict_ms`` per sample, per-sample scores and the
+    ``protocol`` used (``"exact"``, or ``"reference"``: see the module docstring; ``eval_size``
+    is then the network's input size)."""
+    if protocol not in ("exact", "reference"):
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; expected 'exact' or 'reference'")
     labels, scores, masks, maps = [], [], [], []
     t0 = time.perf_counter()
     for start in _progress(range(0, len(test), batch_size), total=-(-len(test) // batch_size), desc="mafr: scoring", enable=progress):
         chunk = test[start : start + batch_size]
+        if protocol == "reference":
+            size = detector.config.rgb.image_size
+            for sample, score, amap in zip(chunk, *_network_maps(detector, chunk)):
+                if sample.label is None:
+                    raise ValueError(f"test sample {sample.name or start} has no label")
+                labels.append(int(sample.label))
+                scores.append(score)
+                maps.append(amap)
+                masks.append(None if sample.mask is None else _network_mask(sample.mask, size))
+            continue
         for sample, res in zip(chunk, detector.predict_batch(chunk, batch_size=batch_size)):
             if sample.label is None:
                 raise ValueError(f"test sample {sample.name or start} has no label")
@@ -69,7 +106,8 @@ def evaluate_detector(
             else:
                 masks.append(None)
     elapsed = time.perf_counter() - t0
-    result = metrics.evaluate(labels, scores, masks, maps)
+    result: dict[str, Any] = dict(metrics.evaluate(labels, scores, masks, maps, protocol=protocol))
+    result["protocol"] = protocol
     result["predict_ms"] = 1000.0 * elapsed / max(1, len(test))
     result["n_test"] = len(test)
     result["scores"] = [float(s) for s in scores]
@@ -94,12 +132,16 @@ def run_benchmark(
     test_split: str = "test",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    protocol: metrics.Protocol = "exact",
 ) -> list[dict[str, Any]]:
     """Fit and score each category; one JSON per category in ``out_dir/rows`` (reused when the
-    config, shots and seed match), and ``results.md`` / ``results.json`` with a mean row."""
+    config, shots, seed and protocol match), and ``results.md`` / ``results.json`` with a mean
+    row and the protocol that produced the numbers."""
     out_dir = Path(out_dir)
     (out_dir / "rows").mkdir(parents=True, exist_ok=True)
     key = _config_key(config, shots, seed)
+    if protocol != "exact":
+        key = f"{key}-{protocol}"  # the exact protocol keeps the keys of earlier runs
     rows = []
     for category in categories:
         row_path = out_dir / "rows" / f"{category}.json"
@@ -118,15 +160,23 @@ def run_benchmark(
         t0 = time.perf_counter()
         detector = MAFRDetector(config).fit(train, seed=seed, progress=progress)
         fit_seconds = time.perf_counter() - t0
-        result = evaluate_detector(detector, test, progress=progress)
+        result = evaluate_detector(detector, test, progress=progress, protocol=protocol)
         row = {"category": category, "key": key, "fit_seconds": fit_seconds, "n_train": len(train), **result}
         row_path.write_text(json.dumps(row, indent=1))
-        log(f"{category}: I-AUROC {row['image_auroc']:.3f}  AUPRO@30% {row['aupro@0.3']:.3f}  fit {fit_seconds:.0f} s")
+        log(f"{category}: I-AUROC {row['image_auroc']:.3f}  AUPRO@30% {row['aupro@0.3']:.3f}  fit {fit_seconds:.0f} s  ({protocol} protocol)")
         rows.append(row)
     table = with_mean(rows)
-    (out_dir / "results.json").write_text(json.dumps({"config": config.to_json_dict(), "shots": shots, "seed": seed, "rows": table}, indent=1))
-    (out_dir / "results.md").write_text(markdown_table(table))
+    (out_dir / "results.json").write_text(json.dumps({"config": config.to_json_dict(), "shots": shots, "seed": seed, "protocol": protocol, "rows": table}, indent=1))
+    (out_dir / "results.md").write_text(markdown_table(table) + "\n" + protocol_note(protocol) + "\n")
     return table
+
+
+def protocol_note(protocol: str) -> str:
+    """One line saying which evaluation protocol produced a table's pixel metrics."""
+    if protocol == "reference":
+        return ("Protocol: reference (P-AUROC on each map / sqrt(its mean), AUPRO on each map / its non-zero "
+                "mean with 99 thresholds, maps at the network's resolution; comparable with the paper's table).")
+    return "Protocol: exact (maps as predicted, exact PRO curve; not the paper's per-map rescaling)."
 
 
 def with_mean(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

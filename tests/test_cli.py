@@ -64,7 +64,7 @@ def test_predict_pair_subprocess_json_exit_code_and_panel(ws):
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1
     rec = json.loads(lines[0])
-    assert set(rec) == {"name", "rgb", "xyz", "score", "threshold", "is_anomalous", "panel"}
+    assert set(rec) == {"name", "rgb", "xyz", "score", "threshold", "is_anomalous", "flags", "panel"}
     assert rec["name"] == "000" and rec["rgb"] == str(rgb) and rec["xyz"] == str(xyz)
     det = mafr.MAFRDetector.from_pretrained(ws["det"])
     expected = det.predict(rgb, xyz)
@@ -130,7 +130,9 @@ def test_evaluate_generated_writes_tables_and_resumes(ws, tmp_path, capsys):
     assert first.err == ""
     md = (out / "results.md").read_text()
     assert md in first.out
-    assert [line.split("|")[1].strip() for line in md.splitlines()[2:]] == ["puck", "**mean**"]
+    table = [line for line in md.splitlines()[2:] if line.startswith("|")]
+    assert [line.split("|")[1].strip() for line in table] == ["puck", "**mean**"]
+    assert "Protocol: exact" in md
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["category"] for r in rows] == ["puck", "mean"] and rows[0]["n_test"] == 7
     for r in rows:
@@ -145,6 +147,24 @@ def test_evaluate_generated_writes_tables_and_resumes(ws, tmp_path, capsys):
     assert row_file.stat().st_mtime_ns == mtime
     report = json.loads(second.out)
     assert report["rows"][0]["image_auroc"] == rows[0]["image_auroc"] and "scores" not in report["rows"][0]
+
+
+def test_evaluate_reference_protocol_says_so_and_keeps_its_own_rows(ws, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--dataset", "generated", "--root", str(ws["root"]), "--category", "puck",
+            "--config", str(ws["cfg"]), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert "Protocol: exact" in capsys.readouterr().out
+    assert main(args + ["--protocol", "reference", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "reusing" not in captured.err  # an exact-protocol row is not a reference-protocol row
+    report = json.loads(captured.out)
+    assert report["protocol"] == "reference" and report["rows"][0]["protocol"] == "reference"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["protocol"] == "reference"
+    assert "Protocol: reference" in (out / "results.md").read_text()
+    for key in ("image_auroc", "pixel_auroc", "aupro@0.3"):
+        assert 0.0 <= saved["rows"][0][key] <= 1.0
 
 
 def test_evaluate_generated_creates_missing_data_with_documented_defaults(tmp_path, monkeypatch, capsys):
