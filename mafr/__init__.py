@@ -9,7 +9,19 @@
 __version__ = "0.1.0"
 
 from .config import CONFIG_VERSION, MAFRConfig  # noqa: E402
-from .detector import MAFRDetector, NotFittedError  # noqa: E402
+from .detector import MAFRDetector  # noqa: E402
+from .errors import (  # noqa: E402
+    CorruptModelError,
+    DegenerateInputWarning,
+    InputNotFoundError,
+    InputTypeError,
+    InvalidInputError,
+    MAFRError,
+    ModelNotFoundError,
+    NotFittedError,
+    UnreadableFileError,
+    UntrustedConfigError,
+)
 from .extractors.rgb import WeightsUnavailableError  # noqa: E402
 from .types import AnomalyResult, DepthMap, PointCloud, Sample  # noqa: E402
 
@@ -20,7 +32,16 @@ __all__ = [
     "PointCloud",
     "DepthMap",
     "AnomalyResult",
+    "MAFRError",
+    "InvalidInputError",
+    "InputTypeError",
+    "UnreadableFileError",
+    "InputNotFoundError",
+    "CorruptModelError",
+    "ModelNotFoundError",
+    "UntrustedConfigError",
     "NotFittedError",
+    "DegenerateInputWarning",
     "WeightsUnavailableError",
     "CONFIG_VERSION",
     "__version__",

@@ -124,7 +124,9 @@ def verify_checksums(directory: Path, recorded: Any, where: str) -> set[str]:
         if root not in path.parents:
             raise CorruptModelError(f"{where}: config.json names a file outside the detector: {name!r}", path=where)
         if not path.is_file():
-            raise CorruptModelError(f"{directory / name}: listed in config.json but missing; the detector is incomplete", path=path)
+            from .errors import ModelNotFoundError
+
+            raise ModelNotFoundError(f"{directory / name}: listed in config.json but missing; the detector is incomplete", path=path)
         if sha256(path) != digest:
             raise CorruptModelError(
                 f"{directory / name}: checksum does not match the one config.json records; the file was changed, "

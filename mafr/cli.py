@@ -313,7 +313,8 @@ def _cmd_evaluate(args: argparse.Namespace, out: _Out) -> int:
 def _cmd_preprocess(args: argparse.Namespace, out: _Out) -> int:
     from .datasets import preprocess_dataset
 
-    dst = preprocess_dataset(args.src, args.dst, args.category or None, seed=args.seed, progress=not out.quiet)
+    dst = preprocess_dataset(args.src, args.dst, args.category or None, seed=args.seed, progress=not out.quiet,
+                             mask_background=args.mask_background)
     n = sum(1 for _ in Path(dst).glob("*/*/*/xyz/*.tiff"))
     out.result(f"wrote {n} preprocessed parts to {dst}", {"dst": dst, "n_parts": n})
     return EXIT_OK
@@ -583,12 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "preprocess", "MVTec 3D-AD preprocessing (docs/method.md) of a dataset",
              "Write a preprocessed copy of an MVTec 3D-AD style dataset: table plane removed (RANSAC on\n"
-             "the border), padded to a square, largest cluster kept; masks padded to match.",
+             "the border), padded to a square, largest cluster kept; masks padded to match. RGB images\n"
+             "are only padded, as the reference leaves them, unless --mask-background.",
              "  mafr preprocess mvtec3d mvtec3d_preprocessed --category bagel cookie", [common])
     p.add_argument("src", metavar="SRC", help="dataset root (category folders inside)")
     p.add_argument("dst", metavar="DST", help="output root (must differ from SRC)")
     p.add_argument("--category", nargs="+", action="extend", metavar="C", help="categories (default: all)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="RANSAC seed")
+    p.add_argument("--mask-background", action="store_true",
+                   help="also blacken the RGB pixels whose points were removed (off: the reference keeps RGB as is)")
     p.set_defaults(func=_cmd_preprocess)
 
     p = _sub(subs, "generate", "write synthetic parts in the MVTec 3D-AD layout",

@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,6 +87,27 @@ def _batches(n: int, batch: int, gen: torch.Generator):
 
 # Lives in errors.py with the other typed errors; re-exported here for older imports.
 NotFittedError = _errors.NotFittedError
+# Extractors are built on first use; two threads predicting at once must not both build one
+# (random weights are seeded through torch's global RNG, which threads share).
+_BUILD_LOCK = threading.Lock()
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise _errors.InputTypeError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
+    if not 0 <= int(seed) < 2**63:
+        raise _errors.InvalidInputError(f"seed must be in [0, 2**63), got {seed}")
+    return int(seed)
+
+
+def _describe(item: Any) -> str:
+    """A part's name or file names for error messages; 'arrays' when it has neither."""
+    name = getattr(item, "name", None)
+    if name:
+        return str(name)
+    rgb, xyz = (item.rgb, item.xyz) if hasattr(item, "rgb") else (item if isinstance(item, (tuple, list)) and len(item) == 2 else (None, None))
+    files = [str(x) for x in (rgb, xyz) if isinstance(x, (str, os.PathLike))]
+    return " + ".join(files) if files else "arrays"
 
 
 def _with_threads(method):
@@ -194,15 +216,17 @@ class MAFRDetector(
     @property
     def rgb_extractor(self) -> torch.nn.Module:
         """The frozen RGB extractor (built on first use)."""
-        if self._rgb_extractor is None:
-            self._rgb_extractor = build_rgb_extractor(self.config).eval().to(self.device)
+        with _BUILD_LOCK:
+            if self._rgb_extractor is None:
+                self._rgb_extractor = build_rgb_extractor(self.config).eval().to(self.device)
         return self._rgb_extractor
 
     @property
     def point_extractor(self) -> torch.nn.Module:
         """The frozen 3D extractor (built on first use)."""
-        if self._point_extractor is None:
-            self._point_extractor = build_point_extractor(self.config).eval().to(self.device)
+        with _BUILD_LOCK:
+            if self._point_extractor is None:
+                self._point_extractor = build_point_extractor(self.config).eval().to(self.device)
         return self._point_extractor
 
     def to(self, device: Union[str, torch.device]) -> "MAFRDetector":
@@ -327,6 +351,10 @@ class MAFRDetector(
         (``config.train.calibration_fraction``, at least one part when there are 3 or more) is held
         out to calibrate the decision threshold; see ``docs/concepts.md`` for the rule.
         """
+        # Arguments are checked before any feature is extracted (minutes on a large fit set).
+        seed = _check_seed(seed)
+        if not isinstance(progress, (bool, np.bool_)):
+            raise _errors.InputTypeError(f"progress must be True or False, got {progress!r}")
         if isinstance(samples, (str, bytes)) or not hasattr(samples, "__iter__"):
             raise TypeError(f"fit expects an iterable of samples (mafr.Sample or (rgb, xyz) tuples), got {type(samples).__name__}")
         items = [as_sample(s) for s in samples]
@@ -347,8 +375,13 @@ class MAFRDetector(
         (see ``benchmarks/ablations.py``)."""
         items = [as_sample(s) for s in samples]
         feats: list[_Features] = []
-        for item in _progress(items, desc="mafr: extracting features", enable=progress):
-            feats.extend(self._extract([self._prepare(item)]))
+        for i, item in enumerate(_progress(items, desc="mafr: extracting features", enable=progress)):
+            try:
+                prep = self._prepare(item)
+            except _errors.MAFRError as err:
+                # Say which part of a long fit set is bad, not just what is wrong with it.
+                raise type(err)(f"part {i + 1} of {len(items)} ({_describe(item)}): {err}", path=err.path) from err
+            feats.extend(self._extract([prep]))
         return feats
 
     def _fit_features(self, feats: Sequence[_Features], *, seed: int = 0, progress: bool = False) -> "MAFRDetector":

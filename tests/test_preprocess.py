@@ -1,4 +1,5 @@
-"""SPEC preprocessing without open3d: plane removal, square padding, largest cluster."""
+"""MVTec 3D-AD preprocessing without open3d (docs/method.md): plane removal, square padding,
+largest cluster."""
 
 from __future__ import annotations
 
@@ -146,11 +147,15 @@ def test_preprocess_sample_runs_the_three_steps(scene):
     part = _valid(none.xyz)
     assert (_valid(xyz[inner]) & part).sum() > 0.95 * part.sum()
     assert not (_valid(xyz[inner]) & ~part).any()
-    removed = _valid(plane.xyz) & ~_valid(xyz[inner])
-    assert (rgb[inner][removed] == 0).all()  # like the reference: removed points go black
-    kept = _valid(xyz[inner])
-    np.testing.assert_array_equal(rgb[inner][kept], plane.rgb[kept])
+    # like the reference, the photograph is only padded, never blackened
+    np.testing.assert_array_equal(rgb[inner], plane.rgb)
     assert not rgb[:38].any() and not xyz[:38].any()
+    masked, xyz2 = preprocess_sample(plane.rgb, plane.xyz, seed=0, mask_background=True)
+    np.testing.assert_array_equal(xyz2, xyz)
+    removed = _valid(plane.xyz) & ~_valid(xyz[inner])
+    assert removed.any() and (masked[inner][removed] == 0).all()  # asked for: removed points go black
+    kept = _valid(xyz[inner])
+    np.testing.assert_array_equal(masked[inner][kept], plane.rgb[kept])
 
 
 def test_preprocess_dataset_writes_the_same_layout(tmp_path):

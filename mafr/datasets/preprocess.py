@@ -1,15 +1,21 @@
-"""SPEC.md's MVTec 3D-AD preprocessing (plane removal, square padding, largest cluster) in numpy.
+"""The MVTec 3D-AD preprocessing (plane removal, square padding, largest cluster) in numpy
+(docs/method.md, "Preprocessing").
 
 The reference scripts (open3d based; the BTF/M3DM ``preprocessing.py`` the CFM code base uses):
 
 1. fit a plane with RANSAC (50 points a sample, 1000 iterations, inlier distance 0.004) to the
    valid points of the 10-pixel frame of the organized cloud and zero every point within 0.005
-   of it; the RGB pixels of the removed points are blackened too;
+   of it;
 2. zero-pad image and cloud to a square whose side is the larger side rounded up to a multiple
    of 100, the content centred (``a = (side - h) // 2`` rows above, the rest below; same for
    columns);
-3. DBSCAN (eps 0.006, min 30 points) and keep the largest cluster, blackening the RGB pixels of
-   the discarded points.
+3. DBSCAN (eps 0.006, min 30 points) and keep the largest cluster.
+
+The reference's ``processing/preprocess_mvtec.py`` rewrites only the point cloud: its RGB
+write-back is commented out, so DINO sees the original photograph. Here the RGB is padded with
+the cloud (so the two stay aligned on any image size; MVTec's 800 x 800 images need no padding)
+and otherwise left as it is, unless ``mask_background=True`` blackens the pixels whose points
+steps 1 and 3 removed (what the BTF/M3DM scripts do).
 
 Here step 3 is connected components on the pixel grid (neighbours within ``window`` pixels that
 are both valid and closer than ``eps`` in 3D): no open3d, and on organized scans the two agree
@@ -236,23 +242,26 @@ def keep_largest_component(
 
 
 def preprocess_sample(
-    rgb: np.ndarray, xyz: np.ndarray, seed: int = 0
+    rgb: np.ndarray, xyz: np.ndarray, seed: int = 0, *, mask_background: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC preprocessing of one sample: plane removal, square padding, largest cluster.
+    """Preprocessing of one sample: plane removal, square padding, largest cluster.
 
-    Returns new ``(rgb, xyz)`` arrays (uint8-compatible H' x W' x 3, float H' x W' x 3); as in
-    the reference, RGB pixels whose points were removed by steps 1 and 3 are set to black.
-    Pad ground-truth masks with :func:`pad_array_to_square` to keep them aligned.
+    Returns new ``(rgb, xyz)`` arrays (uint8-compatible H' x W' x 3, float H' x W' x 3). The RGB
+    is only padded, as the reference leaves it; ``mask_background=True`` also sets the pixels
+    whose points steps 1 and 3 removed to black. Pad ground-truth masks with
+    :func:`pad_array_to_square` to keep them aligned.
     """
     xyz = _check_xyz(xyz)
     rgb = _check_rgb(rgb, xyz.shape[:2])
     before = _valid(xyz)
     planeless = remove_background_plane(xyz, seed=seed)
-    rgb = np.where((before & ~_valid(planeless))[..., None], 0, rgb).astype(rgb.dtype)
+    if mask_background:
+        rgb = np.where((before & ~_valid(planeless))[..., None], 0, rgb).astype(rgb.dtype)
     rgb, planeless = pad_to_square(rgb, planeless)
     cleaned = keep_largest_component(planeless)
-    dropped = _valid(planeless) & ~_valid(cleaned)
-    rgb = np.where(dropped[..., None], 0, rgb).astype(rgb.dtype)
+    if mask_background:
+        dropped = _valid(planeless) & ~_valid(cleaned)
+        rgb = np.where(dropped[..., None], 0, rgb).astype(rgb.dtype)
     return rgb, cleaned
 
 
@@ -262,10 +271,13 @@ def preprocess_dataset(
     categories: Optional[Iterable[str]] = None,
     seed: int = 0,
     progress: bool = True,
+    *,
+    mask_background: bool = False,
 ) -> Path:
     """Write a preprocessed copy of an MVTec 3D-AD style dataset and return ``dst_root``.
 
-    Every ``<category>/<split>/<type>/{rgb,xyz}`` pair goes through :func:`preprocess_sample`;
+    Every ``<category>/<split>/<type>/{rgb,xyz}`` pair goes through :func:`preprocess_sample`
+    (RGB kept as it is unless ``mask_background=True``);
     ``gt`` masks are padded the same way (0/255 PNG). Other files of a category folder (e.g.
     ``calibration/``) are copied unchanged. ``dst_root`` must differ from ``src_root``.
     """
@@ -300,7 +312,7 @@ def preprocess_dataset(
                         rgb = np.asarray(img.convert("RGB"))
                     xyz = load_xyz_tiff(xyz_path)
                     try:
-                        rgb_out, xyz_out = preprocess_sample(rgb, xyz, seed=seed)
+                        rgb_out, xyz_out = preprocess_sample(rgb, xyz, seed=seed, mask_background=mask_background)
                     except ValueError as err:
                         raise ValueError(f"{xyz_path}: {err}") from err
                     for sub in ("rgb", "xyz"):
