@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional, Sequence
 RGB_SUFFIXES = (".png", ".jpg", ".jpeg")
 XYZ_SUFFIXES = (".tiff", ".tif", ".npy")
 EXIT_OK, EXIT_ANOMALOUS, EXIT_USAGE = 0, 1, 2
+#: Every error exits 2, never 1 ("anomalous"): a script must not read a crash as a verdict.
+EXIT_ERROR = EXIT_USAGE
 
 PAIRING = """\
 Parts on disk: an RGB image NAME.png|.jpg|.jpeg and its organized point cloud NAME.tiff|.tif|.npy
@@ -162,7 +164,7 @@ def _load_config(args: argparse.Namespace, default_preset: str = "paper"):
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object (a MAFRConfig), got {type(data).__name__}")
         # A saved detector's config.json works too: drop what save_pretrained adds.
-        data = {k: v for k, v in data.items() if k not in ("mafr_version", "fit", "metrics")}
+        data = {k: v for k, v in data.items() if k not in ("mafr_version", "fit", "metrics", "checksums")}
     else:
         data = {"preset": args.preset or default_preset}
     if getattr(args, "extractor_weights", None):
@@ -236,7 +238,7 @@ def _cmd_predict(args: argparse.Namespace, out: _Out) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     parts = parse_inputs(args.inputs)
-    det = MAFRDetector.from_pretrained(str(detector_dir(args.detector)), device=args.device, precision=args.precision)
+    det = MAFRDetector.from_pretrained(str(detector_dir(args.detector)), trust_config=args.trust_config, device=args.device, precision=args.precision)
     overlay = Path(args.overlay) if args.overlay else None
     if overlay is not None:
         overlay.mkdir(parents=True, exist_ok=True)
@@ -254,7 +256,10 @@ def _cmd_predict(args: argparse.Namespace, out: _Out) -> int:
                 "score": res.score,
                 "threshold": res.threshold,
                 "is_anomalous": bool(res.is_anomalous),
+                "flags": list(res.flags),
             }
+            if res.flags:
+                out.log(f"mafr: {part.name}: judged, but flagged {', '.join(res.flags)} (see docs/api.md, 'Errors')")
             if overlay is not None:
                 panel = overlay / f"{part.name}_panel.png"
                 res.to_panel().save(panel)
@@ -383,13 +388,18 @@ def describe_detector(directory: Path) -> dict[str, Any]:
     """What a saved detector holds, read from its files without building any extractor."""
     from safetensors import safe_open
 
+    from ._integrity import read_config
     from .detector import CONFIG_NAME, WEIGHTS_NAME, _decode_config
+    from .errors import CorruptModelError
 
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a directory written by MAFRDetector.save_pretrained")
-    raw = json.loads(config_path.read_text())
-    cfg = _decode_config(raw)
+    raw = read_config(directory, CONFIG_NAME, str(directory))
+    try:
+        cfg = _decode_config(raw)
+    except ValueError as err:
+        raise CorruptModelError(f"{config_path} is not a valid mafr config: {_error_message(err)}", path=config_path) from err
     threshold, dims, n_params, fmt = None, {}, 0, None
     if weights_path.is_file():
         with safe_open(str(weights_path), framework="pt") as f:
@@ -546,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "predict", "score parts with a saved detector",
              "Score parts with a saved detector. Writes one JSON line per part to stdout:\n"
-             '  {"name", "rgb", "xyz", "score", "threshold", "is_anomalous"[, "panel"]}\n'
+             '  {"name", "rgb", "xyz", "score", "threshold", "is_anomalous", "flags"[, "panel"]}\n'
              "(threshold is null when the detector has none, e.g. a converted reference checkpoint).\n\n"
              "INPUTS are `RGB XYZ` file pairs and/or folders.\n" + PAIRING + "\n\n"
              "Exit status: 0 if every part is good, 1 if any part is anomalous, 2 on an error.",
@@ -557,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", metavar="DIR",
                    help="write a panel per part to DIR/<name>_panel.png (RGB, depth, 2D, 3D and fused maps, decision)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="parts per feature-extraction batch (default: 8)")
+    p.add_argument("--trust-config", action="store_true",
+                   help="accept a detector whose config names extractors, timm keywords or weight files outside "
+                        "mafr's allow-list (only for detectors from authors you trust)")
     _compute_options(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -710,6 +723,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("mafr: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # fail closed: anything unforeseen is an error, not a verdict
+        if os.environ.get("MAFR_DEBUG") == "1":
+            raise
+        print(f"mafr: error: {type(err).__name__}: {_error_message(err)} (MAFR_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
