@@ -1,4 +1,4 @@
-"""The fusion autoencoder: one fusion encoder, two decoders with CBAM (SPEC.md, "Fusion autoencoder").
+"""The fusion autoencoder: one fusion encoder, two decoders with CBAM (docs/method.md, "Model").
 
 Tensors are channels-last, ``(B, H, W, C)``: every layer but CBAM's spatial convolution is
 per-position, and ``nn.Linear`` on the last axis avoids permutes on the hot path. Layer names

@@ -5,7 +5,7 @@ Two steps live here:
 1. Geometry -> organized map: an unorganized :class:`~mafr.types.PointCloud` is projected onto
    the RGB pixel grid with a z-buffer (the paper's point-to-pixel projection); a depth map is
    back-projected through the pinhole intrinsics.
-2. Features -> grid (SPEC.md, "Aligning 3D features to pixels"): each valid point takes the
+2. Features -> grid (docs/method.md, "Aligning 3D features to pixels"): each valid point takes the
    inverse-distance-weighted features of its 3 nearest PointMAE centres, is scattered to its
    pixel, and the map is 3 x 3 average pooled and adaptively pooled back, then to the
    autoencoder's grid.
@@ -91,7 +91,7 @@ def scatter_to_pixels(features: torch.Tensor, pixel_index: torch.Tensor, size: i
 
 
 def pool_to_grid(pixel_map: torch.Tensor, grid: int) -> torch.Tensor:
-    """SPEC pooling of a ``(C, S, S)`` per-pixel 3D feature map: 3 x 3 average pooling (stride 1),
+    """Reference pooling of a ``(C, S, S)`` per-pixel 3D feature map: 3 x 3 average pooling (stride 1),
     adaptive average pooling back to S x S, then to ``grid x grid`` when the grid is coarser."""
     size = pixel_map.shape[-1]
     x = F.avg_pool2d(pixel_map.unsqueeze(0), 3, stride=1)

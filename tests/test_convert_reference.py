@@ -1,5 +1,5 @@
 """Converting the MAFR reference code's checkpoint trio: exact weights, and an output that matches
-an independent forward pass written here from SPEC.md ("Fusion autoencoder")."""
+an independent forward pass written here from docs/method.md ("Model")."""
 
 import json
 import math

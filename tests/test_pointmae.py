@@ -141,7 +141,7 @@ def ref_mini_pointnet(sd: dict[str, torch.Tensor], groups: torch.Tensor) -> torc
 def ref_forward(
     sd: dict[str, torch.Tensor], cfg: dict, points: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC.md's description of the 3D extractor, written out for one cloud."""
+    """docs/method.md's description of the 3D extractor, written out for one cloud."""
     p = points[0]
     centres = p[ref_fps(p, cfg["num_groups"])]
     d = ((centres[:, None] - p[None]) ** 2).sum(-1)
