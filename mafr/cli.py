@@ -230,6 +230,33 @@ def _cmd_fit(args: argparse.Namespace, out: _Out) -> int:
     return EXIT_OK
 
 
+def _cmd_update(args: argparse.Namespace, out: _Out) -> int:
+    from .detector import MAFRDetector
+
+    parts = _fit_parts(Path(args.data))
+    source = detector_dir(args.detector)
+    out_dir = Path(args.out_dir) if args.out_dir else source
+    det = MAFRDetector.from_pretrained(str(source), trust_config=args.trust_config, device=args.device, precision=args.precision)
+    before = det.threshold_
+    out.log(f"updating {source} with {len(parts)} new good parts from {args.data}")
+    det.update(parts, seed=args.seed, progress=not out.quiet)
+    det.save_pretrained(out_dir)
+    event = det.fit_info_["history"][-1]
+    summary = {
+        "out_dir": str(out_dir), "n_parts": event["parts"], "n_train": event["n_train"],
+        "n_calibration": event["n_calibration"], "threshold_before": before, "threshold": det.threshold_,
+        "seconds": event["seconds"], "n_updates": det.fit_info_["n_updates"],
+        "n_parts_total": det.fit_info_["n_parts_total"], "replay_parts": det.fit_info_["replay_parts"],
+    }
+    out.result(
+        f"updated with {event['parts']} good parts ({event['n_train']} trained on, {event['n_calibration']} held out) in "
+        f"{event['seconds']:.1f} s; threshold {before:.4f} -> {det.threshold_:.4f}; "
+        f"{summary['n_parts_total']} parts in all; saved to {out_dir}",
+        summary,
+    )
+    return EXIT_OK
+
+
 def _cmd_predict(args: argparse.Namespace, out: _Out) -> int:
     from huggingface_hub.utils import tqdm
 
@@ -428,6 +455,7 @@ def describe_detector(directory: Path) -> dict[str, Any]:
                                 "group_size": cfg.points.group_size if cfg.points.kind == "pointmae" else None},
             "grid_size": cfg.grid_size,
             "cbam": cfg.model.cbam,
+            "attention": cfg.model.attention,
             "fusion": cfg.scoring.fusion,
         },
         "autoencoder": {"rgb_channels": dims.get("rgb"), "xyz_channels": dims.get("xyz"),
@@ -452,7 +480,7 @@ def _info_text(d: dict[str, Any]) -> str:
              f"  preset         {c['preset']}", f"  RGB extractor  {rgb_text}", f"  3D extractor   {pts_text}",
              f"  grid           {c['grid_size']} x {c['grid_size']}",
              f"  autoencoder    {ae['rgb_channels']} + {ae['xyz_channels']} channels -> latent {ae['latent']}, "
-             f"CBAM {c['cbam']}, {ae['parameters']:,} parameters",
+             f"attention {c.get('attention', 'cbam')} ({c['cbam']}), {ae['parameters']:,} parameters",
              f"  fusion         {c['fusion']}", "fit"]
     if "converted_from" in fit:
         lines.append(f"  converted from {', '.join(fit['converted_from'])}")
@@ -461,6 +489,14 @@ def _info_text(d: dict[str, Any]) -> str:
                else "calibrated on the training parts")
         lines.append(f"  parts          {fit['n_samples']} ({fit.get('n_train')} training, {cal})")
         lines.append(f"  steps, seed    {fit.get('steps')}, {fit.get('seed')}; {fit.get('fit_seconds')} s")
+    for i, e in enumerate(fit.get("history") or [], 1):
+        if i == 1:
+            lines.append(f"history        {fit.get('n_parts_total', '?')} parts in all, {fit.get('replay_parts', 0)} in the replay store")
+        t = e.get("threshold")
+        lines.append(f"  {i}. {e.get('event', '?'):<7} {e.get('time', '?')}  {e.get('parts', '?')} parts "
+                     f"({e.get('n_train', '?')} trained on, {e.get('n_calibration', '?')} held out), "
+                     f"{e.get('steps', '?')} steps, {e.get('seconds', '?')} s"
+                     + (f", threshold {t:.4f}" if isinstance(t, float) else ""))
     threshold = d["threshold"]
     lines.append(f"  threshold      {threshold:.4f}" if threshold is not None and math.isfinite(threshold) else
                  f"  threshold      {threshold} ({fit.get('threshold_note', 'not set')})")
@@ -670,6 +706,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of the file (default: the published checkpoint's)")
     q.add_argument("--cache-dir", metavar="DIR", help="cache folder; the encoder goes to DIR/pointmae")
     q.set_defaults(func=_cmd_download_pointmae)
+
+    p = _sub(subs, "update", "add new good parts to a saved detector (no full refit)",
+             "Update a saved detector with new good parts (e.g. after a new batch of material or a re-lit\n"
+             "station) without a full refit and without forgetting: fine-tunes briefly on the new parts\n"
+             "mixed with parts replayed from the detector's store, pools the normalisation statistics and\n"
+             "re-calibrates the threshold (docs/concepts.md, \"Updating a fitted detector\"). Saves over\n"
+             "DETECTOR unless --out-dir is given; `mafr info` shows the fit history.\n\n"
+             "DATA is a category folder (train/good split) or a folder of good parts.\n" + PAIRING,
+             "  mafr update detector new_batch/\n  mafr update detector new_batch/ --out-dir detector_v2 --json", [common])
+    p.add_argument("detector", metavar="DETECTOR", help="saved detector directory or Hugging Face repo id")
+    p.add_argument("data", metavar="DATA_DIR", help="folder of new good parts (or category folder)")
+    p.add_argument("--out-dir", metavar="DIR", help="save the updated detector here (default: over DETECTOR)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the update (held-out split, batches)")
+    p.add_argument("--trust-config", action="store_true",
+                   help="accept a detector whose config is outside mafr's allow-list (see mafr predict --help)")
+    _compute_options(p)
+    p.set_defaults(func=_cmd_update)
 
     p = _sub(subs, "info", "show what a saved detector contains",
              "Show a saved detector: configuration (preset, extractors and where their weights come\n"

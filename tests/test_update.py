@@ -155,3 +155,27 @@ def test_update_errors_name_the_cause(fitted):
     assert len(no_store.replay_) == 0
     with pytest.raises(errors.NoReplayStoreError, match="refit"):
         no_store.update(_parts([9]))
+
+
+def test_cli_update_saves_and_info_shows_the_history(fitted, tmp_path, capsys):
+    import json
+
+    from mafr.cli import main
+    from mafr.datasets import write_dataset
+
+    fitted.save_pretrained(tmp_path / "det")
+    root = write_dataset(tmp_path / "data", categories=["dome"], n_train=3, n_validation=0, n_test_good=0,
+                         n_test_per_defect=0, size=64, seed=7)
+    capsys.readouterr()
+    assert main(["update", str(tmp_path / "det"), str(root / "dome"), "--out-dir", str(tmp_path / "v2"),
+                 "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_parts"] == 3 and summary["n_updates"] == 1 and summary["n_parts_total"] == 9
+    updated = mafr.MAFRDetector.from_pretrained(tmp_path / "v2")
+    assert updated.threshold_ == summary["threshold"]
+    assert [e["event"] for e in mafr.MAFRDetector.from_pretrained(tmp_path / "det").fit_info_["history"]] == ["fit"]
+    assert main(["info", str(tmp_path / "v2")]) == 0
+    text = capsys.readouterr().out
+    assert "history" in text and "1. fit" in text and "2. update" in text and "3 parts (2 trained on, 1 held out)" in text
+    # A detector that is not there: one error line, exit status 2.
+    assert main(["update", str(tmp_path / "nowhere"), str(root / "dome"), "--quiet"]) == 2
