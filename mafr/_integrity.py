@@ -372,9 +372,10 @@ def check_result(maps: np.ndarray, score: float, threshold: float, model_tensors
         return
     bad = int((~np.isfinite(maps)).sum())
     what = f"a non-finite score ({score}) or {bad} non-finite map value(s)"
-    corrupt = [k for k, t in model_tensors().items() if k != "threshold" and t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if corrupt:
-        raise CorruptModelError(f"the detector produced {what}; its tensors {corrupt[:5]} hold NaN/inf: the detector is corrupt")
+    try:
+        verify_tensors(model_tensors(), "the detector in memory")
+    except CorruptModelError as err:
+        raise CorruptModelError(f"the detector produced {what}: {err}") from err
     raise InvalidInputError(
         f"the detector produced {what} for this part although the detector itself is finite; the input's "
         "values are far outside what it was fitted on (units? metres expected for xyz)"

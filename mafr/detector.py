@@ -297,7 +297,7 @@ class MAFRDetector(
         n_valid = int(prep.valid.sum())
         need = self._min_points()
         if n_valid < need:
-            raise ValueError(
+            raise _errors.InvalidInputError(
                 f"too few valid 3D points: {n_valid} at the network's {size} x {size} input, but PointMAE grouping "
                 f"needs at least {need} ({self.config.points.num_groups} groups of {self.config.points.group_size} "
                 "points); the part covers too little of the image or most points are missing"
