@@ -203,6 +203,35 @@ def save_files(
         remove(tmp)
 
 
+#: Keys of config.json that describe the fit rather than define the detector.
+_NOT_CONFIG = ("mafr_version", "fit", "metrics", CHECKSUMS_KEY)
+#: safetensors metadata key holding :func:`config_digest` of the config saved with the weights.
+CONFIG_DIGEST_KEY = "mafr_config_sha256"
+
+
+def config_digest(data: Mapping[str, Any]) -> str:
+    """sha256 of the defining part of ``config.json`` as written (so fields added by a later
+    mafr do not change it). Stored in the weights' metadata: a config.json edited or damaged after
+    the save no longer matches its weights."""
+    import json
+
+    body = {k: v for k, v in data.items() if k not in _NOT_CONFIG}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
+def check_config_digest(weights_path: Path, raw: Mapping[str, Any]) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(weights_path), framework="pt") as f:
+        recorded = (f.metadata() or {}).get(CONFIG_DIGEST_KEY)
+    if recorded is not None and recorded != config_digest(raw):
+        raise CorruptModelError(
+            f"{weights_path.parent / 'config.json'} does not match the config {weights_path.name} was saved with; "
+            "it was edited or damaged after the save (a changed setting would change every score)",
+            path=weights_path.parent / "config.json",
+        )
+
+
 def read_config(directory: Path, config_name: str, where: str) -> dict:
     """``config.json`` as a dict, or a :class:`CorruptModelError` saying what is wrong with it."""
     import json

@@ -766,7 +766,9 @@ class MAFRDetector(
         tensors = self.state_tensors()
         # Never write a detector that would not load back (NaN weights, a NaN threshold...).
         _integrity.verify_tensors(tensors, "the detector being saved")
-        meta = {"format": "pt", "mafr_format_version": str(CONFIG_VERSION)}
+        config_json = self._config_json()
+        meta = {"format": "pt", "mafr_format_version": str(CONFIG_VERSION),
+                _integrity.CONFIG_DIGEST_KEY: _integrity.config_digest(config_json)}
         writers = {WEIGHTS_NAME: lambda p: save_file(tensors, str(p), metadata=meta)}
         if getattr(self, "_include_extractors", False):
             if isinstance(self.rgb_extractor, RGBExtractor):
@@ -775,7 +777,7 @@ class MAFRDetector(
             if isinstance(self.point_extractor, PointMAEEncoder):
                 writers[POINT_WEIGHTS_DIR] = self.point_extractor.save_pretrained
         _integrity.save_files(
-            Path(save_directory), writers, self._config_json(), config_name=CONFIG_NAME,
+            Path(save_directory), writers, config_json, config_name=CONFIG_NAME,
             card=lambda: str(self.generate_model_card()),
             owned=(WEIGHTS_NAME, RGB_WEIGHTS_NAME, POINT_WEIGHTS_DIR, "README.md"),
         )
@@ -922,6 +924,7 @@ class MAFRDetector(
         det.metrics_ = dict(raw.get("metrics") or {})
         tensors = _integrity.load_tensors(weights_path, where)
         _integrity.verify_tensors(tensors, str(weights_path))
+        _integrity.check_config_digest(weights_path, raw)
         if not trust_config:  # the dims need timm's model table, reached only for allowed names
             from .convert import _extractor_dims
 

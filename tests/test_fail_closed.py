@@ -132,6 +132,9 @@ def test_weights_of_the_wrong_shape_are_corrupt(saved, capsys):
     cfg = json.loads((saved / "config.json").read_text())
     cfg["model"]["latent_dim"] = 7  # the weights were fitted with another latent width
     (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(mafr.CorruptModelError, match="does not match the config"):
+        mafr.MAFRDetector.from_pretrained(saved)
+    _rewrite(saved, lambda t: None)  # drop the config digest: the shapes themselves must not fit
     with pytest.raises(mafr.CorruptModelError, match="do not fit the config"):
         mafr.MAFRDetector.from_pretrained(saved)
     code, err = _cli(["info", str(saved)], capsys)  # info reads but does not build: still fine
@@ -279,11 +282,23 @@ def test_config_reaching_outside_the_model_needs_trust(saved):
     (saved / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(mafr.UntrustedConfigError, match="points.weights"):
         mafr.MAFRDetector.from_pretrained(saved)
-    cfg["points"]["weights"] = None
-    cfg["rgb"]["timm_kwargs"]["mlp_ratio"] = 2.0  # allowed keyword; the architecture changes...
+
+    kwargs = {"embed_dim": 32, "depth": 2, "num_heads": 2, "drop_rate": 0.0}  # drop_rate: not allow-listed
+    own = mafr.MAFRDetector(tiny_config(rgb={"timm_kwargs": kwargs}, train={"steps": 2}))
+    own.fit([generate_sample("dome", None, seed=s, size=64) for s in range(2)], progress=False)
+    own.save_pretrained(saved.parent / "own")
+    with pytest.raises(mafr.UntrustedConfigError, match="drop_rate"):
+        mafr.MAFRDetector.from_pretrained(saved.parent / "own")
+    det = mafr.MAFRDetector.from_pretrained(saved.parent / "own", trust_config=True)
+    assert det.config.rgb.timm_kwargs["drop_rate"] == 0.0
+
+
+def test_config_edited_after_the_save_does_not_match_its_weights(saved):
+    cfg = json.loads((saved / "config.json").read_text())
+    cfg["scoring"]["box5_passes"] = 0  # valid, same shapes, different scores
     (saved / "config.json").write_text(json.dumps(cfg))
-    det = mafr.MAFRDetector.from_pretrained(saved, trust_config=True)  # ...and trust skips the check
-    assert det.config.rgb.timm_kwargs["mlp_ratio"] == 2.0
+    with pytest.raises(mafr.CorruptModelError, match="does not match the config"):
+        mafr.MAFRDetector.from_pretrained(saved)
 
 
 @pytest.mark.parametrize("kind", ["png", "tiff"])
