@@ -746,12 +746,15 @@ def _error_message(err: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the exception's formatting
 
 
-def _set_threads(threads: Optional[int]) -> None:
-    import torch
+def _cli_threads(args: argparse.Namespace):
+    """torch's thread count for a computing command (restored after it, for callers of main())."""
+    import contextlib
 
-    from .runtime import check_threads, default_cli_threads
+    if not hasattr(args, "threads"):
+        return contextlib.nullcontext()
+    from .runtime import check_threads, default_cli_threads, num_threads
 
-    torch.set_num_threads(default_cli_threads() if threads is None else check_threads(threads))
+    return num_threads(default_cli_threads() if args.threads is None else check_threads(args.threads))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -765,9 +768,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .extractors.rgb import WeightsUnavailableError
 
     try:
-        if hasattr(args, "threads"):
-            _set_threads(args.threads)
-        return args.func(args, out)
+        with _cli_threads(args):
+            return args.func(args, out)
     except (ValueError, TypeError, OSError, NotFittedError, WeightsUnavailableError) as err:
         if os.environ.get("MAFR_DEBUG") == "1":
             raise

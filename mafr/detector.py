@@ -332,9 +332,15 @@ class MAFRDetector(
         return out
 
     def _normalise(self, feats: _Features) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.device
+        # Replayed parts live on the CPU (they are saved); extracted ones are already on dev (no copy).
+        feats = _Features(feats.rgb.to(dev), feats.xyz.to(dev), feats.valid_grid.to(dev), feats.valid_pixels)
         if self.config.model.feature_norm == "none":
             # The reference feeds raw features; its 3D map is already zero where no point lies.
             return feats.rgb, feats.xyz * feats.valid_grid.unsqueeze(-1)
+        if self.stats_["rgb_mean"].device != dev:
+            # fit and update derive them from moments kept on the CPU: moved once, not per call.
+            self.stats_ = {k: v.to(dev) for k, v in self.stats_.items()}
         s = self.stats_
         rgb = (feats.rgb - s["rgb_mean"]) / s["rgb_std"]
         # Positions without 3D stay exactly zero: "no measurement" must not look like a feature.
@@ -549,7 +555,7 @@ class MAFRDetector(
         xyz = torch.cat([f.xyz[f.valid_grid] for f in feats])
         if xyz.shape[0] < 2:
             xyz = torch.cat([f.xyz.reshape(-1, f.xyz.shape[-1]) for f in feats])
-        return moments_of(rgb, xyz)
+        return {k: v.cpu() for k, v in moments_of(rgb, xyz).items()}  # stored with the replay parts
 
     @staticmethod
     def _stats_from_moments(m: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -671,7 +677,7 @@ class MAFRDetector(
         return score_maps(
             residual_map(rgb, out_rgb),
             residual_map(xyz, out_xyz),
-            torch.stack([f.valid_pixels for f in feats]),
+            torch.stack([f.valid_pixels for f in feats]).to(self.device),
             mode=sc.fusion,
             box5_passes=sc.box5_passes,
             box7_passes=sc.box7_passes,

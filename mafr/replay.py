@@ -209,10 +209,11 @@ def pool_moments(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict
 
 
 def stack_parts(parts: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(rgb, xyz, valid_grid, valid_pixels)`` stacked from detector feature records."""
+    """``(rgb, xyz, valid_grid, valid_pixels)`` stacked from detector feature records, on the CPU
+    (the store is saved, and packed with numpy) whatever device extracted them."""
     return (
-        torch.stack([p.rgb for p in parts]).float(),
-        torch.stack([p.xyz for p in parts]).float(),
-        torch.stack([p.valid_grid for p in parts]).bool(),
-        torch.stack([p.valid_pixels for p in parts]).bool(),
+        torch.stack([p.rgb for p in parts]).float().cpu(),
+        torch.stack([p.xyz for p in parts]).float().cpu(),
+        torch.stack([p.valid_grid for p in parts]).bool().cpu(),
+        torch.stack([p.valid_pixels for p in parts]).bool().cpu(),
     )

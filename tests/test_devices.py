@@ -191,3 +191,30 @@ def test_cuda_mixed_precision(precision, tmp_path):
             det.to("cpu")
     else:
         assert det.to("cpu").predict(probe.rgb, probe.xyz).anomaly_map.shape == (64, 64)
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_threads_are_checked_and_restored(tmp_path, capsys):
+    from mafr.cli import main
+
+    before = torch.get_num_threads()
+    rc = main(["fit", str(tmp_path / "none"), str(tmp_path / "out"), "--threads", "0", "--quiet"])
+    assert rc == 2 and "threads must be a positive int" in capsys.readouterr().err
+    rc = main(["predict", str(tmp_path / "no-detector"), "--threads", str(before % 2 + 1), "--quiet",
+               str(tmp_path / "a.png"), str(tmp_path / "a.tiff")])
+    assert rc == 2 and torch.get_num_threads() == before
+
+
+def test_cli_unknown_device_is_one_error_line(tmp_path, capsys):
+    from mafr.cli import main
+
+    from PIL import Image
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    part = generate_sample("dome", seed=0, size=64)
+    Image.fromarray(part.rgb).save(parts / "p.png")
+    np.save(parts / "p.npy", part.xyz)
+    rc = main(["fit", str(parts), str(tmp_path / "out"), "--preset", "offline", "--device", "tpu", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "device must be" in err[0]
