@@ -77,6 +77,48 @@ def peak_memory(threads: int, device: str = "cpu") -> float:
     return int(out.stdout.strip().splitlines()[-1]) / GIB
 
 
+def interleaved_precision(device: str, rounds: int = 3, steps: int = 10) -> dict:
+    """fp32 and bf16 timed alternately, so a change in machine load hits both: training steps of
+    the paper-size autoencoder (768 + 1152 channels, grid 28, batch 2) on fixed random features, and
+    feature extraction of 2 parts with the paper extractors (random weights)."""
+    import statistics
+
+    import mafr
+    from mafr.datasets.synthetic import generate_sample
+    from mafr.detector import _Features
+
+    gen = torch.Generator().manual_seed(0)
+    feats = [
+        _Features(torch.randn(28, 28, 768, generator=gen), torch.randn(28, 28, 1152, generator=gen),
+                  torch.ones(28, 28, dtype=torch.bool), torch.ones(224, 224, dtype=torch.bool))
+        for _ in range(10)
+    ]
+    feats = [_Features(f.rgb.to(device), f.xyz.to(device), f.valid_grid.to(device), f.valid_pixels.to(device)) for f in feats]
+    cfg = mafr.MAFRConfig(extractor_weights="random", train={"steps": steps, "early_stop_patience": None})
+    dets = {p: mafr.MAFRDetector(cfg, device=device, precision=p) for p in ("fp32", "bf16")}
+    parts = [generate_sample("dome", seed=s) for s in range(2)]
+    train = {p: [] for p in dets}
+    extract = {p: [] for p in dets}
+    for p, det in dets.items():  # warm-up: build extractors, oneDNN kernels
+        det.extract_features(parts[:1])
+        det._fit_features(feats[:3], progress=False)
+    for _ in range(rounds):
+        for p, det in dets.items():
+            t0 = time.perf_counter()
+            det._fit_features(feats, progress=False)
+            train[p].append((time.perf_counter() - t0) / steps)
+            t0 = time.perf_counter()
+            det.extract_features(parts)
+            extract[p].append((time.perf_counter() - t0) / len(parts))
+    med = {k: {p: statistics.median(v) for p, v in d.items()} for k, d in (("train", train), ("extract", extract))}
+    return {
+        "train_step_s": {p: round(v, 3) for p, v in med["train"].items()},
+        "extract_per_part_s": {p: round(v, 3) for p, v in med["extract"].items()},
+        "bf16_over_fp32_train_step": round(med["train"]["bf16"] / med["train"]["fp32"], 3),
+        "bf16_over_fp32_extract": round(med["extract"]["bf16"] / med["extract"]["fp32"], 3),
+    }
+
+
 def _auroc(scores: list[float], labels: list[int]) -> float:
     """Image AUROC as the Mann-Whitney statistic (ties count half)."""
     pos = [s for s, y in zip(scores, labels) if y]
@@ -166,6 +208,8 @@ def main() -> int:
         ok = ok and result["peak_rss_gib"] <= 3.0
     if args.compare_precision:
         _log(fp32=result)
+        result["interleaved"] = interleaved_precision(device)
+        _log(interleaved=result["interleaved"])
         bf16 = fit_time_full_size(args.threads, device, "bf16")
         _log(bf16=bf16)
         result["bf16"] = bf16
