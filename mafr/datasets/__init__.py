@@ -1,4 +1,4 @@
-"""Datasets: MVTec 3D-AD and Eyecandies readers, a synthetic generator, SPEC preprocessing."""
+"""Datasets: MVTec 3D-AD and Eyecandies readers, a synthetic generator with a tuning and a report set, preprocessing."""
 
 from .eyecandies import EYECANDIES_CATEGORIES, Eyecandies, eyecandies_intrinsics
 from .mvtec3d import MVTec3D, categories, load_xyz_tiff
@@ -9,10 +9,23 @@ from .preprocess import (
     preprocess_sample,
     remove_background_plane,
 )
-from .synthetic import CATEGORIES, DEFECTS, camera_intrinsics, generate_sample, write_dataset
+from .synthetic import (
+    BENCHMARK_SPLITS,
+    CATEGORIES,
+    DEFECT_SPECS,
+    DEFECTS,
+    DefectSpec,
+    camera_intrinsics,
+    generate_sample,
+    write_benchmark,
+    write_dataset,
+)
 
 __all__ = [
+    "BENCHMARK_SPLITS",
     "CATEGORIES",
+    "DEFECT_SPECS",
+    "DefectSpec",
     "DEFECTS",
     "EYECANDIES_CATEGORIES",
     "Eyecandies",
@@ -27,5 +40,6 @@ __all__ = [
     "preprocess_dataset",
     "preprocess_sample",
     "remove_background_plane",
+    "write_benchmark",
     "write_dataset",
 ]
