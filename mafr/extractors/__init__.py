@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .offline import ColorGradientExtractor, FPFHExtractor
+from .offline import ColorGradientExtractor, FPFHExtractor, OrganizedGeometryExtractor, SurfaceDeviationExtractor
 from .pointmae import PointMAEConfig, PointMAEEncoder
 from .rgb import RGBExtractor, WeightsUnavailableError
 
@@ -22,6 +22,8 @@ __all__ = [
     "PointMAEConfig",
     "ColorGradientExtractor",
     "FPFHExtractor",
+    "SurfaceDeviationExtractor",
+    "OrganizedGeometryExtractor",
     "WeightsUnavailableError",
     "build_rgb_extractor",
     "build_point_extractor",
@@ -64,10 +66,13 @@ def _pointmae_config(config) -> PointMAEConfig:
 
 
 def build_point_extractor(config) -> nn.Module:
-    """3D extractor described by ``config``: a :class:`PointMAEEncoder` or an :class:`FPFHExtractor`."""
+    """3D extractor described by ``config``: a :class:`PointMAEEncoder`, or a weight-free
+    :class:`SurfaceDeviationExtractor` / :class:`FPFHExtractor` (plus deviation channels)."""
     p = config.points
+    if p.kind == "deviation":
+        return SurfaceDeviationExtractor(p.deviation_scales)
     if p.kind == "fpfh":
-        return FPFHExtractor()
+        return OrganizedGeometryExtractor(p.deviation_scales) if p.deviation_scales else FPFHExtractor()
     wanted = _pointmae_config(config)
     weights = p.weights or config.extractor_weights
     if weights == "random":

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FPFHExtractor", "ColorGradientExtractor"]
+__all__ = ["FPFHExtractor", "ColorGradientExtractor", "SurfaceDeviationExtractor", "OrganizedGeometryExtractor"]
 
 # ImageNet statistics shared with the ViT path (timm / torchvision defaults).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -97,6 +97,9 @@ class FPFHExtractor(nn.Module):
         bins: bins per angular feature (11 as in PCL / Open3D's FPFH-33).
         min_neighbors: minimum SPFH neighbours for a valid pixel to get a feature.
     """
+
+    #: Reads the organized (H, W, 3) cloud and a validity mask, not a list of points.
+    organized = True
 
     def __init__(
         self,
@@ -521,3 +524,129 @@ class ColorGradientExtractor(nn.Module):
             hist = hist / torch.sqrt((hist * hist).sum(1, keepdim=True) + self.eps**2)
             feats += [m + centre, std, hist, gmag]
         return torch.cat(feats, dim=1).float().contiguous()
+
+
+class SurfaceDeviationExtractor(nn.Module):
+    """Multi-scale deviation of an organized cloud from its own smooth local surface.
+
+    FPFH sees the *angles* between neighbouring normals inside a 7 x 7 window; a bump or dent a
+    few tenths of a millimetre high and a centimetre wide tilts normals by a degree or two, below
+    its bins. This descriptor measures the deviation itself. At every valid pixel and for each
+    scale ``s`` (pixels), a quadric ``z(u, v)`` is fitted by weighted least squares to the depth of
+    the valid pixels around it (Gaussian weights of standard deviation ``s``, truncated at
+    ``2.5 s``); the feature is the fitted surface minus the measured depth at that pixel, in
+    millimetres, positive towards the camera (a bump) and negative away (a dent). A quadric
+    follows domes, cylinders and fillets wider than the window, so on a good part the deviation is
+    sensor noise, while any relief narrower than about the window stands out by its height.
+    Averaging over the autoencoder's grid cell (8 x 8 pixels) brings 0.2 mm of per-pixel noise to
+    a few hundredths of a millimetre, so sub-millimetre defects are well above it. Several scales
+    cover defects of several widths (the default ``(3, 6, 12)`` at 224 px, 0.75 mm per pixel, fits
+    over about 5, 10 and 20 mm). The local curvature ``d2z/du2 + d2z/dv2`` of the largest scale is
+    appended so that the autoencoder knows what shape the deviation sits on.
+
+    Output: ``(B, len(scales) + 1, H, W)`` float32, zeros where there is no measurement.
+    Deterministic on CPU; no parameters. ``stride`` fits on a coarser grid (2: the mean of each
+    2 x 2 block of valid pixels), 8x less work for the same windows in millimetres.
+    """
+
+    #: Reads the organized (H, W, 3) cloud and a validity mask, not a list of points.
+    organized = True
+
+    def __init__(self, scales: tuple[float, ...] = (3.0, 6.0, 12.0), *, truncate: float = 2.5,
+                 stride: int = 2) -> None:
+        super().__init__()
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride must be a positive integer, got {stride!r}")
+        self.stride = stride
+        scales = tuple(float(s) for s in scales)
+        if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+            raise ValueError(f"scales must be positive pixel widths, got {scales!r}")
+        self.scales = scales
+        self.truncate = float(truncate)
+        self.out_dim: int = len(scales) + 1
+        # Exponents (i, j) of u^i v^j: quadric terms and the products the normal equations need.
+        self._terms = [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
+
+    def extra_repr(self) -> str:
+        return f"scales={self.scales}, out_dim={self.out_dim}"
+
+    def _kernels(self, scale: float, device) -> tuple[int, list[Tensor]]:
+        """1-D kernels ``w(t) * t^p`` for p = 0..4, and the half width."""
+        half = max(1, int(math.ceil(self.truncate * scale)))
+        t = torch.arange(-half, half + 1, dtype=torch.float32, device=device)
+        w = torch.exp(-0.5 * (t / scale) ** 2)
+        # Coordinates in units of the scale keep the normal equations well conditioned.
+        ts = t / scale
+        return half, [w * ts**p for p in range(5)]
+
+    @torch.no_grad()
+    def forward(self, xyz: Tensor, valid: Tensor) -> Tensor:
+        """``xyz`` ``(B, H, W, 3)`` organized points in metres, ``valid`` ``(B, H, W)`` bool ->
+        ``(B, out_dim, H, W)`` deviations (mm) and curvature (1/mm^2 in pixel units, at the
+        largest scale)."""
+        FPFHExtractor._validate(xyz, valid)
+        B, H, W, _ = xyz.shape
+        f = self.stride
+        # Fitting on a 2x coarser grid (mean of the valid pixels of each 2 x 2 block) is 8x less
+        # work for the same windows in millimetres, and the grid cell still averages 16 fits.
+        z64 = torch.where(valid, xyz[..., 2].double(), 0.0).unsqueeze(1)
+        m64 = valid.double().unsqueeze(1)
+        Hp, Wp = -(-H // f) * f, -(-W // f) * f
+        zs = F.avg_pool2d(F.pad(z64, (0, Wp - W, 0, Hp - H)), f)
+        ms = F.avg_pool2d(F.pad(m64, (0, Wp - W, 0, Hp - H)), f)
+        vs = ms > 0
+        # Depth relative to each sample's mean, in mm: the window sums then stay within float32's
+        # precision (z itself is ~500 mm, the signal a tenth of a millimetre).
+        z = torch.where(vs, zs / ms.clamp_min(1e-12), 0.0)
+        mean_z = z.sum((2, 3), keepdim=True) / vs.sum((2, 3), keepdim=True).clamp_min(1)
+        z = ((z - mean_z) * vs * 1000.0).float()
+        m = vs.float()
+        out = []
+        for scale in self.scales:
+            half, k = self._kernels(scale / f, xyz.device)
+            K = 2 * half + 1
+            # Separable window sums of u^i v^j * {m, z}: one pass along rows with the 5 power
+            # kernels, one along columns (conv2d correlates: offsets are neighbour - centre).
+            row_w = torch.stack(k).view(5, 1, 1, K)
+            col_w = torch.stack(k).view(5, 1, K, 1)
+            rows = F.conv2d(F.pad(torch.cat([m, z]), (half, half, 0, 0)), row_w)  # (2B, 5, h, w)
+            h, w = rows.shape[-2:]
+            both = F.conv2d(F.pad(rows.reshape(-1, 1, h, w), (0, 0, half, half)), col_w)
+            both = both.view(2, B, 5, 5, h, w)  # [m or z, batch, i (u power), j (v power)]
+            mom, zm = both[0], both[1]
+            A = torch.stack(
+                [torch.stack([mom[:, ip + iq, jp + jq] for iq, jq in self._terms], dim=-1)
+                 for ip, jp in self._terms], dim=-2)  # (B, h, w, 6, 6)
+            rhs = torch.stack([zm[:, i, j] for i, j in self._terms], dim=-1)  # (B, h, w, 6)
+            sel = (vs[:, 0] & (mom[:, 0, 0] > 0)).nonzero(as_tuple=True)
+            As, bs = A[sel].double(), rhs[sel].double()
+            # A tiny ridge keeps windows with too few or collinear points solvable; their fit
+            # degrades to a lower-order one instead of failing.
+            ridge = 1e-6 * As.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(1e-12)
+            coef = torch.linalg.solve(As + torch.diag_embed(ridge.expand(-1, 6)), bs.unsqueeze(-1))[..., 0]
+            dev = torch.zeros(B, h, w, dtype=torch.float64, device=xyz.device)
+            dev[sel] = coef[:, 0] - z[:, 0][sel].double()  # fitted minus measured: + towards camera
+            out.append(dev)
+            curvature = torch.zeros_like(dev)
+            curvature[sel] = 2.0 * (coef[:, 3] + coef[:, 5]) / scale**2  # per pixel^2 at full size
+        out.append(curvature)
+        feats = torch.stack(out, dim=1)
+        feats = feats.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)[:, :, :H, :W]
+        return (feats * valid.unsqueeze(1)).float().contiguous()
+
+
+class OrganizedGeometryExtractor(nn.Module):
+    """FPFH (angles between normals) and :class:`SurfaceDeviationExtractor` (relief against the
+    local surface) side by side: what the offline preset uses for 3D. ``(B, 33 + S + 1, H, W)``."""
+
+    organized = True
+
+    def __init__(self, deviation_scales: tuple[float, ...] = (3.0, 6.0, 12.0)) -> None:
+        super().__init__()
+        self.fpfh = FPFHExtractor()
+        self.deviation = SurfaceDeviationExtractor(deviation_scales)
+        self.out_dim: int = self.fpfh.out_dim + self.deviation.out_dim
+
+    @torch.no_grad()
+    def forward(self, xyz: Tensor, valid: Tensor) -> Tensor:
+        return torch.cat([self.fpfh(xyz, valid), self.deviation(xyz, valid)], dim=1)
