@@ -48,7 +48,10 @@ class RGBConfig(_Strict):
 class PointConfig(_Strict):
     """3D extractor."""
 
-    kind: Literal["pointmae", "fpfh"] = "pointmae"
+    #: ``"pointmae"``: the paper's encoder; ``"deviation"``: weight-free multi-scale deviation from
+    #: the local surface (``extractors.offline.SurfaceDeviationExtractor``), what the offline
+    #: preset uses; ``"fpfh"``: weight-free FPFH histograms.
+    kind: Literal["pointmae", "fpfh", "deviation"] = "pointmae"
     #: ``None`` follows ``MAFRConfig.extractor_weights``; else a local directory/file with
     #: converted PointMAE safetensors, or a Hugging Face repo id holding them.
     weights: Optional[str] = None
@@ -64,6 +67,10 @@ class PointConfig(_Strict):
     #: Close sensor dropouts a few pixels wide before extraction (iterations of
     #: ``projection.fill_small_holes``); 0 keeps the map as measured (the reference).
     fill_holes: int = Field(4, ge=0)
+    #: Gaussian widths (pixels at the network input) of the surface-deviation channels: the whole
+    #: descriptor with ``kind="deviation"``, added to the histograms with ``kind="fpfh"`` (empty:
+    #: FPFH alone). See docs/ablations.md for the choice.
+    deviation_scales: tuple[float, ...] = (3.0, 6.0, 12.0)
     #: Point -> pixel interpolation weights ``1 / (d**idw_power + 1e-8)`` over the 3 nearest
     #: centres: 1 (pointnet2's ``three_interpolate``) or 2 (the reference's squared distance).
     idw_power: Literal[1, 2] = 1
@@ -122,16 +129,35 @@ class TrainConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
-    fusion: Literal["product", "sum", "max", "rgb", "xyz"] = "product"
+    #: How the 2D and 3D maps combine (docs/concepts.md, "Fusion"). ``"product"`` is the paper's
+    #: rule; ``"calibrated"`` first expresses each modality's residual in units of what good
+    #: parts show (per distance from the part's edge), then combines them so that a defect seen
+    #: by one modality alone is kept. Choice measured in docs/ablations.md.
+    fusion: Literal["product", "sum", "max", "rgb", "xyz", "calibrated"] = "product"
+    #: ``"ratio"``: the paper's ``max / sqrt(mean of non-zero)`` of the fused map; ``"max"``: its
+    #: peak (in units of "normal" with calibrated fusion).
+    score: Literal["ratio", "max"] = "ratio"
     box5_passes: int = Field(5, ge=0)
     box7_passes: int = Field(3, ge=0)
     #: ``"reference"``: zero-padded box filters and the image score on the smoothed map before it
     #: is masked again (the reference's maps and scores); ``"mafr"`` masks first.
     maps: Literal["mafr", "reference"] = "mafr"
-    #: Threshold = mean + k * std of calibration scores (and never below their maximum when
-    #: ``threshold_at_least_max``).
+    #: How the image threshold is set from the held-out good parts' scores (docs/concepts.md,
+    #: "Decisions"): ``"sigma"``: mean + ``threshold_sigma`` * std (never below their maximum when
+    #: ``threshold_at_least_max``); ``"false_alarm_rate"``: the score a good part exceeds with
+    #: probability ``target_false_alarm_rate`` under a log-normal fitted to those scores.
+    threshold_rule: Literal["sigma", "false_alarm_rate"] = "false_alarm_rate"
     threshold_sigma: float = Field(3.0, ge=0)
     threshold_at_least_max: bool = True
+    target_false_alarm_rate: float = Field(0.02, gt=0.0, lt=0.5)
+    #: Floor on the spread (std of log-scores) of that log-normal: two or three calibration parts
+    #: can agree by chance, and a too-narrow fit would flag every slightly unusual good part.
+    log_spread_floor: float = Field(0.05, ge=0.0)
+    #: ``defect_mask``: pixels whose fused map exceeds ``mask_level`` times the highest value
+    #: any held-out good part reached (so no good calibration pixel is marked), and at least
+    #: ``mask_relative`` of the part's own peak (keeps the mask on the defect, not its halo).
+    mask_level: float = Field(1.0, gt=0.0)
+    mask_relative: float = Field(0.7, ge=0.0, le=1.0)
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -151,11 +177,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
             # on separate good parts gives one (docs/method.md, "Training").
             "calibration_fraction": 0.0,
         },
-        "scoring": {"maps": "reference"},
+        "scoring": {"maps": "reference", "fusion": "product", "score": "ratio", "threshold_rule": "sigma"},
     },
     "offline": {
         "rgb": {"kind": "offline"},
-        "points": {"kind": "fpfh"},
+        "points": {"kind": "deviation"},
+        "scoring": {"fusion": "calibrated"},
     },
 }
 

@@ -353,7 +353,7 @@ def _extractor_dims(config) -> tuple[Optional[int], Optional[int]]:
         except Exception:  # an exotic timm model: skip the check rather than refuse to convert
             rgb_dim = None
     p = config.points
-    xyz_dim = build_point_extractor(config).out_dim if p.kind == "fpfh" else p.embed_dim * len(p.out_indices)
+    xyz_dim = build_point_extractor(config).out_dim if p.kind != "pointmae" else p.embed_dim * len(p.out_indices)
     return rgb_dim, xyz_dim
 
 

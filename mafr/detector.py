@@ -23,13 +23,12 @@ from huggingface_hub import ModelCard, ModelHubMixin
 
 from . import __version__
 from .config import CONFIG_VERSION, MAFRConfig
-from .extractors import FPFHExtractor, PointMAEEncoder, RGBExtractor, build_point_extractor, build_rgb_extractor
+from .extractors import PointMAEEncoder, RGBExtractor, build_point_extractor, build_rgb_extractor
 from .extractors.pointops import idw_weights, three_nn_interpolate
 from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
 from . import _integrity
 from . import errors as _errors
 from . import runtime as _runtime
-from . import errors as _errors
 from .io import as_sample, load_sample, resize_nearest
 from .losses import restoration_loss
 from .model import FusionAutoencoder
@@ -42,7 +41,15 @@ from .projection import (
     upsample_rgb,
     valid_grid_mask,
 )
-from .scoring import residual_map, score_maps
+from .scoring import (
+    box_smooth,
+    edge_distance,
+    edge_scales,
+    modality_scales,
+    residual_map,
+    score_maps,
+    upsampled_maps,
+)
 from .types import AnomalyResult
 
 WEIGHTS_NAME = "model.safetensors"
@@ -82,7 +89,6 @@ def _batches(n: int, batch: int, gen: torch.Generator):
             perm, cursor = torch.randperm(n, generator=gen), 0
         yield perm[cursor : cursor + batch]
         cursor += batch
-
 
 
 # Lives in errors.py with the other typed errors; re-exported here for older imports.
@@ -211,6 +217,11 @@ class MAFRDetector(
         self.metrics_: dict[str, Any] = {}
         #: Compact copy of fit features that :meth:`update` replays (``None``: cannot update).
         self.replay_: Optional[ReplayStore] = None
+        #: What held-out good parts look like through this detector (docs/concepts.md,
+        #: "Decisions"): ``edge_2d`` / ``edge_3d`` (residual levels by distance from the part's
+        #: edge) and ``modality`` (map levels) for calibrated fusion, ``pixel_threshold`` for
+        #: ``defect_mask``. Saved as ``calibration.*``.
+        self.calibration_: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ extractors
     @property
@@ -292,7 +303,7 @@ class MAFRDetector(
         """3D features on the autoencoder's grid, ``(C, grid, grid)``."""
         extractor = self.point_extractor
         size, grid = prep.valid.shape[-1], self.config.grid_size
-        if isinstance(extractor, FPFHExtractor):
+        if getattr(extractor, "organized", False):
             return pool_to_grid(extractor(prep.xyz.unsqueeze(0), prep.valid.unsqueeze(0))[0], grid)
         n_valid = int(prep.valid.sum())
         need = self._min_points()
@@ -414,8 +425,7 @@ class MAFRDetector(
         # With fewer than 3 parts nothing can be held out: calibrate on the training parts
         # themselves (optimistic; the docs say so) rather than refuse to work.
         cal = [feats[i] for i in cal_idx] if cal_idx else train
-        cal_scores = [float(self._score_features([f])[3][0]) for f in cal]
-        self.threshold_ = self._threshold_from(cal_scores)
+        cal_scores = self._calibrate_on(cal)
         held_out = torch.zeros(n, dtype=torch.bool)
         held_out[cal_idx] = True
         self.replay_ = ReplayStore.build(
@@ -498,9 +508,8 @@ class MAFRDetector(
         on_training_parts = not cal
         if on_training_parts:
             cal = old_train + new_train
-        scores = self.score_features(cal)
         before = self.threshold_
-        self.threshold_ = self._threshold_from(scores)
+        scores = self._calibrate_on(cal)
         held_out = torch.tensor([i in cal_idx for i in range(n)], dtype=torch.bool)
         self.replay_ = store.merged(
             ReplayStore(*stack_parts(new), held_out, moments), budget_bytes=self._replay_budget(), seed=seed
@@ -533,8 +542,7 @@ class MAFRDetector(
         items = [as_sample(s) for s in samples]
         if not items:
             raise ValueError("calibrate needs at least one good sample; got none")
-        scores = self.score_features(self.extract_features(items, progress=progress))
-        self.threshold_ = self._threshold_from(scores)
+        scores = self._calibrate_on(self.extract_features(items, progress=progress))
         self.fit_info_ = {**self.fit_info_, "calibration_scores": scores, "n_calibration": len(scores), "calibrated_separately": True}
         return self
 
@@ -652,9 +660,41 @@ class MAFRDetector(
                 break
         return history
 
+    @torch.inference_mode()
+    def _calibrate_on(self, feats: Sequence[_Features]) -> list[float]:
+        """Calibrate everything that depends on what good parts look like through the fitted
+        autoencoder, from held-out good parts: the fusion's units (calibrated fusion), the image
+        threshold and the pixel threshold of ``defect_mask``. Returns the parts' scores."""
+        feats = list(feats)
+        if not feats:
+            raise ValueError("calibration needs at least one good part; got none")
+        sc = self.config.scoring
+        self.calibration_ = {}
+        res2, res3, valid_pixels, valid_grid = self._residual_grids(feats)
+        if sc.fusion == "calibrated":
+            e2 = edge_scales(res2, valid_grid)
+            e3 = edge_scales(res3, valid_grid)
+            dist = edge_distance(valid_grid, len(e2) - 1)
+            m2, m3, valid = upsampled_maps(res2 / e2[dist], res3 / e3[dist], valid_pixels)
+            self.calibration_.update(edge_2d=e2.cpu(), edge_3d=e3.cpu(), modality=modality_scales(
+                box_smooth(m2, sc.box5_passes, sc.box7_passes), box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid,
+                valid).cpu())
+        fused, _, _, scores = self._maps_from_residuals(res2, res3, valid_pixels, valid_grid)
+        self.calibration_["pixel_threshold"] = fused.amax().reshape(1).double().cpu()
+        scores = [float(v) for v in scores]
+        self.threshold_ = self._threshold_from(scores)
+        return scores
+
     def _threshold_from(self, scores: Sequence[float]) -> float:
         sc = self.config.scoring
         arr = np.asarray(scores, dtype=np.float64)
+        if sc.threshold_rule == "false_alarm_rate":
+            from statistics import NormalDist
+
+            logs = np.log(np.clip(arr, 1e-12, None))
+            spread = max(float(logs.std(ddof=1)) if logs.size > 1 else 0.0, sc.log_spread_floor)
+            z = NormalDist().inv_cdf(1.0 - sc.target_false_alarm_rate)
+            return float(np.exp(logs.mean() + z * spread))
         mean = float(arr.mean())
         # A floor on the spread: one or two calibration parts give no usable std.
         std = max(float(arr.std()), 0.1 * abs(mean))
@@ -665,7 +705,8 @@ class MAFRDetector(
 
     # ------------------------------------------------------------------ predict
     @torch.inference_mode()
-    def _score_features(self, feats: Sequence[_Features]):
+    def _residual_grids(self, feats: Sequence[_Features]):
+        """Restoration errors ``(B, g, g)`` of each modality, pixel and grid validity."""
         ae = self.autoencoder_
         pairs = [self._normalise(f) for f in feats]
         rgb = torch.stack([p[0] for p in pairs])
@@ -673,17 +714,40 @@ class MAFRDetector(
         with self._autocast():
             out_rgb, out_xyz = ae(rgb, xyz)
         out_rgb, out_xyz = out_rgb.float(), out_xyz.float()
+        valid_pixels = torch.stack([f.valid_pixels for f in feats]).to(self.device)
+        valid_grid = torch.stack([f.valid_grid for f in feats]).to(self.device)
+        return residual_map(rgb, out_rgb), residual_map(xyz, out_xyz), valid_pixels, valid_grid
+
+    def _maps_from_residuals(self, res2, res3, valid_pixels, valid_grid):
         sc = self.config.scoring
+        scales = None
+        if sc.fusion == "calibrated":
+            cal = self.calibration_
+            if not {"edge_2d", "edge_3d", "modality"} <= set(cal):
+                raise NotFittedError(
+                    "fusion='calibrated' needs the detector calibrated on good parts: call .fit(), or "
+                    ".calibrate(good_parts) on a converted detector"
+                )
+            dev = res2.device
+            e2, e3 = cal["edge_2d"].to(dev), cal["edge_3d"].to(dev)
+            dist = edge_distance(valid_grid, len(e2) - 1)
+            res2, res3, scales = res2 / e2[dist], res3 / e3[dist], cal["modality"].to(dev)
         return score_maps(
-            residual_map(rgb, out_rgb),
-            residual_map(xyz, out_xyz),
-            torch.stack([f.valid_pixels for f in feats]).to(self.device),
+            res2,
+            res3,
+            valid_pixels,
             mode=sc.fusion,
             box5_passes=sc.box5_passes,
             box7_passes=sc.box7_passes,
             reference=sc.maps == "reference",
-            valid_grid=torch.stack([f.valid_grid for f in feats]),
+            valid_grid=valid_grid,
+            scales=scales,
+            score=sc.score,
         )
+
+    @torch.inference_mode()
+    def _score_features(self, feats: Sequence[_Features]):
+        return self._maps_from_residuals(*self._residual_grids(feats))
 
     def _to_input_resolution(self, maps: torch.Tensor, prep: _Prepared) -> np.ndarray:
         """``(k, S, S)`` network-resolution maps -> ``(k, H, W)`` float32 at the input RGB's size."""
@@ -707,11 +771,15 @@ class MAFRDetector(
             flags = list(prep.flags)
             if self.threshold_ == math.inf:
                 flags.append("no_threshold")
+            is_anomalous = score > self.threshold_
+            pixel_threshold, defect_mask = self._defect_mask(maps[0], is_anomalous)
             results.append(
                 AnomalyResult(
                     score=score,
-                    is_anomalous=score > self.threshold_,
+                    is_anomalous=is_anomalous,
                     threshold=float(self.threshold_),
+                    defect_mask=defect_mask,
+                    pixel_threshold=pixel_threshold,
                     anomaly_map=np.clip(maps[0], 0, None),
                     map_2d=np.clip(maps[1], 0, None),
                     map_3d=np.clip(maps[2], 0, None),
@@ -722,6 +790,16 @@ class MAFRDetector(
                 )
             )
         return results
+
+    def _defect_mask(self, fused: np.ndarray, is_anomalous: bool) -> tuple[Optional[float], Optional[np.ndarray]]:
+        """Pixel threshold and mask of ``fused`` (input resolution); see ``ScoringConfig.mask_level``."""
+        if "pixel_threshold" not in self.calibration_:
+            return None, None
+        sc = self.config.scoring
+        level = float(self.calibration_["pixel_threshold"][0]) * sc.mask_level
+        if not is_anomalous:
+            return level, np.zeros(fused.shape, dtype=bool)
+        return level, fused > max(level, sc.mask_relative * float(fused.max()))
 
     @_with_threads
     def predict(self, rgb: Any, xyz: Any) -> AnomalyResult:
@@ -754,6 +832,7 @@ class MAFRDetector(
         tensors = {f"autoencoder.{k}": v.detach().cpu().contiguous() for k, v in self.autoencoder_.state_dict().items()}
         tensors.update({f"stats.{k}": v.cpu().contiguous() for k, v in self.stats_.items()})
         tensors["threshold"] = torch.tensor([self.threshold_], dtype=torch.float64)
+        tensors.update({f"calibration.{k}": v.detach().cpu().contiguous() for k, v in self.calibration_.items()})
         if self.replay_ is not None:
             tensors.update(self.replay_.to_tensors())
         return tensors
@@ -950,6 +1029,13 @@ class MAFRDetector(
         det.autoencoder_.eval()
         det.threshold_ = float(tensors["threshold"][0])
         det.replay_ = ReplayStore.from_tensors(tensors, str(weights_path))
+        det.calibration_ = {k[len("calibration.") :]: v for k, v in tensors.items() if k.startswith("calibration.")}
+        if det.config.scoring.fusion == "calibrated" and not {"edge_2d", "edge_3d", "modality"} <= set(det.calibration_):
+            raise _errors.CorruptModelError(
+                f"{weights_path}: the config asks for calibrated fusion but the calibration tensors "
+                "(calibration.edge_2d, calibration.edge_3d, calibration.modality) are missing",
+                path=str(weights_path),
+            )
         return det.to(det.device)  # loaded on the CPU; a saved detector names no device
 
     # ------------------------------------------------------------------ model card

@@ -8,6 +8,12 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+#: How the weight-free 3D extractors are described in cards and ``mafr info``.
+WEIGHT_FREE_3D = {
+    "deviation": "weight-free multi-scale surface deviation",
+    "fpfh": "weight-free FPFH",
+}
+
 THRESHOLD_RULE = (
     "A share of the fit set (`train.calibration_fraction`, at least one part when 3 or more are "
     "given) is held out of training. The threshold is `mean + k * std` of the held-out parts' "
@@ -29,7 +35,7 @@ def model_card(detector) -> ModelCard:
     rgb_src = "weight-free colour/gradient statistics" if cfg.rgb.kind == "offline" else (
         f"timm `{cfg.rgb.model_name}` ({cfg.rgb.weights or cfg.extractor_weights} weights)"
     )
-    pts_src = "weight-free FPFH" if cfg.points.kind == "fpfh" else (
+    pts_src = WEIGHT_FREE_3D[cfg.points.kind] if cfg.points.kind in WEIGHT_FREE_3D else (
         f"PointMAE ({cfg.points.weights or cfg.extractor_weights} weights), "
         f"{cfg.points.num_groups} groups x {cfg.points.group_size} points"
     )

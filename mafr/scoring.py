@@ -17,7 +17,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
-FusionMode = Literal["product", "sum", "max", "rgb", "xyz"]
+FusionMode = Literal["product", "sum", "max", "rgb", "xyz", "calibrated"]
 
 
 def residual_map(target: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
@@ -25,7 +25,21 @@ def residual_map(target: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
     return (restored - target).norm(dim=-1)
 
 
-def fuse(map_2d: torch.Tensor, map_3d: torch.Tensor, mode: FusionMode = "product") -> torch.Tensor:
+def fuse(
+    map_2d: torch.Tensor,
+    map_3d: torch.Tensor,
+    mode: FusionMode = "product",
+    scales: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Combine the 2D and 3D residual maps (docs/concepts.md, "Fusion").
+
+    ``"calibrated"`` divides each map by ``scales`` (``(2,)``: the level the 2D and the 3D map
+    reach on good parts, from :func:`modality_scales`), so both speak in units of "normal", and
+    adds them: a strong deviation seen by one modality alone survives (the product drops it when
+    the other map is near zero), noise that stays within each modality's normal level stays
+    small, and a defect seen by both counts twice. (On the tuning set, ``a + b`` beat
+    ``a + b + ab`` and ``max(a, b)``: docs/ablations.md.)
+    """
     if mode == "product":
         return map_2d * map_3d
     if mode == "sum":
@@ -36,7 +50,54 @@ def fuse(map_2d: torch.Tensor, map_3d: torch.Tensor, mode: FusionMode = "product
         return map_2d.clone()
     if mode == "xyz":
         return map_3d.clone()
-    raise ValueError(f"unknown fusion mode {mode!r}; expected one of product, sum, max, rgb, xyz")
+    if mode == "calibrated":
+        if scales is None:
+            raise ValueError("fusion 'calibrated' needs the per-modality scales calibrated on good parts")
+        return map_2d / scales[0] + map_3d / scales[1]
+    raise ValueError(f"unknown fusion mode {mode!r}; expected one of product, sum, max, rgb, xyz, calibrated")
+
+
+def edge_distance(valid_grid: torch.Tensor, cap: int = 3) -> torch.Tensor:
+    """``(B, g, g)`` bool -> long: grid cells from each position to the nearest position without
+    3D (Chebyshev distance, 0 at the part's edge and outside it), capped at ``cap``."""
+    dist = torch.zeros(valid_grid.shape, dtype=torch.long, device=valid_grid.device)
+    inside = valid_grid.clone()
+    for _ in range(cap):
+        inside = -F.max_pool2d(-inside.float().unsqueeze(1), 3, stride=1, padding=1).squeeze(1) > 0
+        dist += inside.long()
+    return dist
+
+
+def edge_scales(residual: torch.Tensor, valid_grid: torch.Tensor, cap: int = 3,
+                quantile: float = 0.9) -> torch.Tensor:
+    """``(cap + 1,)``: the ``quantile`` of good parts' grid residuals at each distance from the
+    part's edge (:func:`edge_distance`). Restoration is hardest along outlines, where pose and
+    background change what a cell sees; dividing by these levels makes "unusual for where it is"
+    the unit, so an edge no longer outshines a defect in the middle of the part."""
+    dist = edge_distance(valid_grid, cap)
+    out = []
+    for k in range(cap + 1):
+        values = residual[valid_grid & (dist == k)].float()
+        if values.numel() == 0:  # a thin part has no cell that deep: use the deepest level seen
+            values = residual[valid_grid].float() if not out else out[-1].reshape(1)
+        if values.numel() == 0:
+            raise ValueError("no position with 3D data in the calibration parts: cannot calibrate the maps")
+        out.append(torch.quantile(values, quantile).clamp_min(1e-12))
+    return torch.stack(out)
+
+
+def modality_scales(map_2d: torch.Tensor, map_3d: torch.Tensor, valid: torch.Tensor,
+                    quantile: float = 0.99) -> torch.Tensor:
+    """``(2,)``: the ``quantile`` of the smoothed 2D and 3D maps over the valid pixels of good
+    parts, the unit in which :func:`fuse` ``"calibrated"`` expresses each modality. Every
+    sixteenth pixel is used: neighbouring smoothed pixels carry the same information."""
+    out = []
+    for m in (map_2d, map_3d):
+        values = m[valid].flatten()[::16].float()
+        if values.numel() == 0:
+            raise ValueError("no valid pixel in the calibration parts: cannot calibrate the maps")
+        out.append(torch.quantile(values, quantile).clamp_min(1e-12))
+    return torch.stack(out)
 
 
 def box_smooth(
@@ -63,6 +124,29 @@ def image_score(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(mean_nz > 0, peak / mean_nz.clamp(min=1e-12).sqrt(), torch.zeros_like(peak))
 
 
+def upsampled_maps(
+    res_2d: torch.Tensor,
+    res_3d: torch.Tensor,
+    valid_pixels: torch.Tensor,
+    *,
+    reference: bool = False,
+    valid_grid: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grid residuals ``(B, g, g)`` -> 2D and 3D maps at the network input's size ``(B, S, S)``
+    (bilinear; the 3D map zero where there is no 3D data) and the validity used for that."""
+    size = valid_pixels.shape[-1]
+    up = F.interpolate(torch.stack([res_2d, res_3d], 1), size=(size, size), mode="bilinear", align_corners=False)
+    if reference:
+        if valid_grid is None:
+            raise ValueError("score_maps(reference=True) needs valid_grid, the (B, g, g) mask of non-zero 3D features")
+        # The reference's mask is "3D feature all zero" on its feature grid; its 3 x 3 + adaptive
+        # pooling shifts that set by up to a pixel against a plain dilation of the valid pixels.
+        valid = F.interpolate(valid_grid.float().unsqueeze(1), size=(size, size), mode="nearest").squeeze(1) > 0
+    else:
+        valid = F.max_pool2d(valid_pixels.float().unsqueeze(1), 3, stride=1, padding=1).squeeze(1) > 0
+    return up[:, 0], up[:, 1] * valid, valid
+
+
 def score_maps(
     res_2d: torch.Tensor,
     res_3d: torch.Tensor,
@@ -73,6 +157,8 @@ def score_maps(
     box7_passes: int = 3,
     reference: bool = False,
     valid_grid: Optional[torch.Tensor] = None,
+    scales: Optional[torch.Tensor] = None,
+    score: str = "ratio",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Grid residuals ``(B, g, g)`` + pixel validity ``(B, S, S)`` -> fused map, 2D map, 3D map
     (each ``(B, S, S)``, smoothed) and image scores ``(B,)``.
@@ -81,26 +167,17 @@ def score_maps(
     ``reference=True``: the positions zeroed are those whose 3D feature is all zero
     (``valid_grid``, ``(B, g, g)``, brought to ``S`` by nearest neighbour; required), the box
     filters pad with counted zeros, and the fused map is not masked again after smoothing (the
-    reference's maps and scores, docs/method.md).
+    reference's maps and scores, docs/method.md). ``scales``: see :func:`fuse`. ``score``:
+    ``"ratio"`` (the paper's ``max / sqrt(mean of non-zero)``, :func:`image_score`) or ``"max"``
+    (the peak of the fused map; with calibrated fusion it is already in units of "normal").
     """
-    size = valid_pixels.shape[-1]
-    up = F.interpolate(torch.stack([res_2d, res_3d], 1), size=(size, size), mode="bilinear", align_corners=False)
-    m2d, m3d = up[:, 0], up[:, 1]
-    if reference:
-        if valid_grid is None:
-            raise ValueError("score_maps(reference=True) needs valid_grid, the (B, g, g) mask of non-zero 3D features")
-        # The reference's mask is "3D feature all zero" on its feature grid; its 3 x 3 + adaptive
-        # pooling shifts that set by up to a pixel against a plain dilation of the valid pixels.
-        valid = F.interpolate(valid_grid.float().unsqueeze(1), size=(size, size), mode="nearest").squeeze(1) > 0
-    else:
-        valid = F.max_pool2d(valid_pixels.float().unsqueeze(1), 3, stride=1, padding=1).squeeze(1) > 0
-    m3d = m3d * valid
-    fused = fuse(m2d, m3d, mode) * valid
+    m2d, m3d, valid = upsampled_maps(res_2d, res_3d, valid_pixels, reference=reference, valid_grid=valid_grid)
+    fused = fuse(m2d, m3d, mode, scales) * valid
     fused = box_smooth(fused, box5_passes, box7_passes, count_padding=reference)
     if not reference:
         # Smoothing bleeds into invalid pixels; keep the "no 3D -> 0" rule of docs/method.md.
         fused = fused * valid
-    scores = image_score(fused)
+    scores = image_score(fused) if score == "ratio" else fused.flatten(1).amax(1)
     m2d = box_smooth(m2d, box5_passes, box7_passes, count_padding=reference)
     m3d = box_smooth(m3d, box5_passes, box7_passes, count_padding=reference) * valid
     return fused, m2d, m3d, scores

@@ -103,22 +103,33 @@ class AnomalyResult(BaseModel):
     #: ``"no_threshold"`` (the detector has none; nothing is flagged anomalous). Each but the last
     #: also raised a :class:`mafr.DegenerateInputWarning`. See docs/api.md, "Errors".
     flags: tuple[str, ...] = ()
+    #: Pixels judged defective (H x W bool at the input resolution): where the fused map exceeds
+    #: the pixel threshold calibrated on good parts (``pixel_threshold``). Empty when the part
+    #: is judged good, so the mask and ``is_anomalous`` never disagree. See docs/concepts.md,
+    #: "Decisions".
+    defect_mask: Optional[np.ndarray] = Field(None, repr=False)
+    #: The anomaly-map level above which a pixel counts as defective (``None``: not calibrated,
+    #: e.g. a detector converted from the reference code; then ``defect_mask`` is ``None``).
+    pixel_threshold: Optional[float] = None
 
-    def to_image(self, alpha: float = 0.5, vmax: Optional[float] = None):
-        """The anomaly map as a heatmap blended over the RGB image (a PIL image).
+    def to_image(self, alpha: float = 0.5, vmax: Optional[float] = None, outline: bool = True):
+        """The anomaly map as a heatmap blended over the RGB image (a PIL image), with the
+        outline of ``defect_mask`` drawn in cyan when ``outline``.
 
         ``vmax`` fixes the top of the colour scale, e.g. to compare several parts on one scale;
         by default each map is scaled to its own maximum.
         """
         from .viz import overlay
 
-        return overlay(self.rgb, self.anomaly_map, alpha=alpha, vmax=vmax)
+        return overlay(self.rgb, self.anomaly_map, alpha=alpha, vmax=vmax,
+                       outline=self.defect_mask if outline else None)
 
-    def save_overlay(self, path: PathLike, alpha: float = 0.5, vmax: Optional[float] = None) -> Path:
+    def save_overlay(self, path: PathLike, alpha: float = 0.5, vmax: Optional[float] = None,
+                     outline: bool = True) -> Path:
         """Write :meth:`to_image` as a PNG (or any format Pillow infers from the suffix)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.to_image(alpha=alpha, vmax=vmax).save(path)
+        self.to_image(alpha=alpha, vmax=vmax, outline=outline).save(path)
         return path
 
     def to_panel(self):
@@ -135,5 +146,8 @@ class AnomalyResult(BaseModel):
             "threshold": float(self.threshold),
             "map_max": float(self.anomaly_map.max()) if self.anomaly_map.size else 0.0,
             "valid_fraction": float(self.valid_mask.mean()) if self.valid_mask.size else 0.0,
+            "defect_fraction": (float(self.defect_mask.mean()) if self.defect_mask is not None and self.defect_mask.size
+                                else None),
+            "pixel_threshold": None if self.pixel_threshold is None else float(self.pixel_threshold),
             "flags": list(self.flags),
         }

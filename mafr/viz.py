@@ -33,17 +33,38 @@ def colorize(values: np.ndarray, vmin: float = 0.0, vmax: Optional[float] = None
     return _LUT[idx.round().astype(np.int64)]
 
 
-def overlay(rgb: Optional[np.ndarray], anomaly_map: np.ndarray, alpha: float = 0.5, vmax: Optional[float] = None) -> Image.Image:
-    """Heatmap of ``anomaly_map`` blended over ``rgb`` (or alone when no image is known)."""
+#: Colour of the defect-mask outline: cyan is far from every colour of the inferno map.
+OUTLINE_COLOUR = (0, 255, 255)
+
+
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of ``mask`` that touch a pixel outside it (4-neighbourhood), ``width`` pixels deep."""
+    inner = np.asarray(mask, dtype=bool)
+    for _ in range(max(1, width)):
+        padded = np.pad(inner, 1)
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return np.asarray(mask, dtype=bool) & ~inner
+
+
+def overlay(rgb: Optional[np.ndarray], anomaly_map: np.ndarray, alpha: float = 0.5, vmax: Optional[float] = None,
+            outline: Optional[np.ndarray] = None) -> Image.Image:
+    """Heatmap of ``anomaly_map`` blended over ``rgb`` (or alone when no image is known), with the
+    outline of the boolean mask ``outline`` drawn on top."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     heat = colorize(anomaly_map, vmax=vmax)
     if rgb is None:
-        return Image.fromarray(heat)
-    if rgb.shape[:2] != anomaly_map.shape:
-        raise ValueError(f"image {rgb.shape[:2]} and map {anomaly_map.shape} differ in size")
-    blend = (1 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)
-    return Image.fromarray(blend.round().clip(0, 255).astype(np.uint8))
+        out = heat.copy()
+    else:
+        if rgb.shape[:2] != anomaly_map.shape:
+            raise ValueError(f"image {rgb.shape[:2]} and map {anomaly_map.shape} differ in size")
+        blend = (1 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)
+        out = blend.round().clip(0, 255).astype(np.uint8)
+    if outline is not None and np.any(outline):
+        if outline.shape != anomaly_map.shape:
+            raise ValueError(f"outline mask {outline.shape} and map {anomaly_map.shape} differ in size")
+        out[mask_outline(outline, width=max(1, min(out.shape[:2]) // 200))] = OUTLINE_COLOUR
+    return Image.fromarray(out)
 
 
 def _depth_image(depth: Optional[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -97,7 +118,8 @@ def result_panel(result, tile_height: int = 224) -> Image.Image:
         ("depth", _depth_image(result.depth, shape)),
         ("2D map", colorize(result.map_2d)),
         ("3D map", colorize(result.map_3d)),
-        ("fused map", np.asarray(overlay(result.rgb, result.anomaly_map, 0.6, vmax=vmax))),
+        ("fused map + defect outline", np.asarray(overlay(result.rgb, result.anomaly_map, 0.6, vmax=vmax,
+                                                         outline=getattr(result, "defect_mask", None)))),
     ]
     images = [(title, _tile(arr, tile_height)) for title, arr in tiles]
     bar = colour_bar(0.0, vmax, tile_height)
