@@ -301,12 +301,15 @@ def _evaluation_splits(args: argparse.Namespace, out: _Out) -> tuple[Callable, l
 
     root = Path(args.root)
     if args.dataset == "generated":
-        cats = args.category or list(datasets.CATEGORIES)
+        split_cats, data_seed = datasets.BENCHMARK_SPLITS[args.split]
+        cats = args.category or list(split_cats)
         missing = [c for c in cats if not (root / c).is_dir()]
         if missing:
-            out.log(f"generating {', '.join(missing)} under {root} (10 train, 8 good + 4 per defect test, 224 px)")
-            datasets.write_dataset(root, missing, n_train=10, n_validation=0, n_test_good=8, n_test_per_defect=4,
-                                   size=224, seed=args.seed)
+            size = datasets.synthetic.DEFAULT_SIZE
+            out.log(f"generating {', '.join(missing)} under {root} ({args.split} set: 10 train, 12 good + 6 per "
+                    f"defect type test, {size} px)")
+            datasets.write_dataset(root, missing, n_train=10, n_validation=0, n_test_good=12, n_test_per_defect=6,
+                                   size=size, seed=data_seed)
         return (lambda c, s: datasets.MVTec3D(root, c, s)), cats, "train", "test"
     if args.dataset == "mvtec3d":
         cats = args.category or datasets.categories(root)
@@ -322,7 +325,7 @@ def _evaluation_splits(args: argparse.Namespace, out: _Out) -> tuple[Callable, l
 
 
 def _cmd_evaluate(args: argparse.Namespace, out: _Out) -> int:
-    from .evaluation import markdown_table, protocol_note, run_benchmark
+    from .evaluation import run_benchmark
 
     config = _load_config(args, default_preset="offline" if args.dataset == "generated" else "paper")
     load_split, cats, train_split, test_split = _evaluation_splits(args, out)
@@ -334,8 +337,8 @@ def _cmd_evaluate(args: argparse.Namespace, out: _Out) -> int:
     )
     scalars = [{k: v for k, v in r.items() if not isinstance(v, (list, dict)) and k != "key"} for r in rows]
     out.result(
-        markdown_table(rows).rstrip() + "\n\n" + protocol_note(args.protocol)
-        + f"\nwritten to {out_dir / 'results.md'} and {out_dir / 'results.json'}",
+        (out_dir / "results.md").read_text().rstrip()
+        + f"\n\nwritten to {out_dir / 'results.md'} and {out_dir / 'results.json'}",
         {"out_dir": out_dir, "dataset": args.dataset, "preset": config.preset, "shots": args.shots,
          "protocol": args.protocol, "rows": scalars},
     )
@@ -440,7 +443,7 @@ def describe_detector(directory: Path) -> dict[str, Any]:
             if "threshold" in f.keys():
                 threshold = float(f.get_tensor("threshold")[0])
     rgb_weights = "none (weight-free)" if cfg.rgb.kind == "offline" else (cfg.rgb.weights or cfg.extractor_weights)
-    pts_weights = "none (weight-free)" if cfg.points.kind == "fpfh" else (cfg.points.weights or cfg.extractor_weights)
+    pts_weights = "none (weight-free)" if cfg.points.kind != "pointmae" else (cfg.points.weights or cfg.extractor_weights)
     card = directory / "README.md"
     return {
         "path": directory,
@@ -471,10 +474,12 @@ def describe_detector(directory: Path) -> dict[str, Any]:
 
 
 def _info_text(d: dict[str, Any]) -> str:
+    from .hub import WEIGHT_FREE_3D as _WEIGHT_FREE_3D
+
     c, ae, fit = d["config"], d["autoencoder"], d["fit"]
     rgb, pts = c["rgb_extractor"], c["point_extractor"]
     rgb_text = "weight-free colour/gradient statistics" if rgb["kind"] == "offline" else f"timm {rgb['model_name']} (weights: {rgb['weights']})"
-    pts_text = "weight-free FPFH" if pts["kind"] == "fpfh" else (
+    pts_text = _WEIGHT_FREE_3D[pts["kind"]] if pts["kind"] in _WEIGHT_FREE_3D else (
         f"PointMAE, {pts['groups']} groups x {pts['group_size']} points (weights: {pts['weights']})")
     lines = [f"MAFR detector  {d['path']}", f"  mafr version   {d['mafr_version']} (format {d['format_version']})", "configuration",
              f"  preset         {c['preset']}", f"  RGB extractor  {rgb_text}", f"  3D extractor   {pts_text}",
@@ -623,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", nargs="+", action="extend", metavar="C", help="categories (default: all present)")
     p.add_argument("--shots", type=int, metavar="N", help="fit on the first N training parts of each category")
     p.add_argument("--out", metavar="DIR", help="results folder (default: mafr-eval-<dataset>)")
+    p.add_argument("--split", choices=("report", "tuning"), default="report",
+                   help="generated data: the report set (default; the figures in docs/) or the tuning set "
+                        "(where defaults are chosen); each has its own categories and data seed")
     p.add_argument("--protocol", choices=("exact", "reference"), default="exact",
                    help="exact: maps as predicted, exact PRO curve (default); reference: the reference "
                         "evaluation's per-map rescaling and 99-threshold AUPRO, comparable with the paper "

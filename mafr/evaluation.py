@@ -32,6 +32,10 @@ from .types import Sample
 COLUMNS = (
     ("category", "category"),
     ("image_auroc", "I-AUROC"),
+    ("worst_type_auroc", "worst type I-AUROC"),
+    ("recall", "recall"),
+    ("false_alarm_rate", "false alarms"),
+    ("mask_iou", "mask IoU"),
     ("pixel_auroc", "P-AUROC"),
     ("aupro@0.3", "AUPRO@30%"),
     ("aupro@0.01", "AUPRO@1%"),
@@ -82,6 +86,8 @@ def evaluate_detector(
     if protocol not in ("exact", "reference"):
         raise ValueError(f"unknown evaluation protocol {protocol!r}; expected 'exact' or 'reference'")
     labels, scores, masks, maps = [], [], [], []
+    decisions: list[Optional[bool]] = []
+    ious: list[Optional[float]] = []
     t0 = time.perf_counter()
     for start in _progress(range(0, len(test), batch_size), total=-(-len(test) // batch_size), desc="mafr: scoring", enable=progress):
         chunk = test[start : start + batch_size]
@@ -94,17 +100,23 @@ def evaluate_detector(
                 scores.append(score)
                 maps.append(amap)
                 masks.append(None if sample.mask is None else _network_mask(sample.mask, size))
+                decisions.append(None if detector.threshold_ is None else bool(score > detector.threshold_))
+                ious.append(None)
             continue
         for sample, res in zip(chunk, detector.predict_batch(chunk, batch_size=batch_size)):
             if sample.label is None:
                 raise ValueError(f"test sample {sample.name or start} has no label")
             labels.append(int(sample.label))
             scores.append(res.score)
+            decisions.append(bool(res.is_anomalous))
             maps.append(_resize_map(res.anomaly_map, eval_size))
             if sample.mask is not None:
                 masks.append(_resize_mask(sample.mask, eval_size))
+                scored = sample.label == 1 and res.defect_mask is not None
+                ious.append(mask_iou(res.defect_mask, sample.mask) if scored else None)
             else:
                 masks.append(None)
+                ious.append(None)
     elapsed = time.perf_counter() - t0
     result: dict[str, Any] = dict(metrics.evaluate(labels, scores, masks, maps, protocol=protocol))
     result["protocol"] = protocol
@@ -112,7 +124,86 @@ def evaluate_detector(
     result["n_test"] = len(test)
     result["scores"] = [float(s) for s in scores]
     result["labels"] = labels
+    result["decisions"] = decisions
+    result.update(decision_metrics(labels, decisions, ious))
+    types = [s.defect_type or ("good" if s.label == 0 else "defective") for s in test]
+    result["defect_types"] = types
+    result["per_type"] = per_type_metrics(labels, types, scores, decisions, ious, masks, maps, protocol)
     return result
+
+
+def mask_iou(predicted: np.ndarray, truth: Any) -> float:
+    """Intersection over union of two boolean masks (resized to ``predicted``'s shape)."""
+    truth = np.asarray(truth) > 0
+    if truth.shape != predicted.shape:
+        truth = resize_nearest(truth, *predicted.shape)
+    union = np.logical_or(predicted, truth).sum()
+    return float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
+
+
+def decision_metrics(labels: Sequence[int], decisions: Sequence[Optional[bool]],
+                     ious: Sequence[Optional[float]] = ()) -> dict[str, Optional[float]]:
+    """Recall (defective parts flagged), false-alarm rate (good parts flagged) at the detector's
+    own decision, and the mean ``defect_mask`` IoU over defective parts."""
+    y = np.asarray(labels)
+    d = np.asarray([bool(x) if x is not None else False for x in decisions])
+    known = np.asarray([x is not None for x in decisions], dtype=bool)
+    out: dict[str, Optional[float]] = {"recall": None, "false_alarm_rate": None, "mask_iou": None}
+    if known.any() and (y[known] == 1).any():
+        out["recall"] = float(d[known & (y == 1)].mean())
+    if known.any() and (y[known] == 0).any():
+        out["false_alarm_rate"] = float(d[known & (y == 0)].mean())
+    iou = [v for v in ious if v is not None]
+    if iou:
+        out["mask_iou"] = float(np.mean(iou))
+    return out
+
+
+def per_type_metrics(labels, types, scores, decisions, ious, masks, maps, protocol="exact") -> dict[str, dict[str, Any]]:
+    """For each defect type: I-AUROC and AUPRO@30% of that type against the good parts, recall
+    at the decision and mean mask IoU. A mean over types hides the type a detector cannot see."""
+    y = np.asarray(labels)
+    t = np.asarray(types)
+    good = y == 0
+    out: dict[str, dict[str, Any]] = {}
+    for kind in sorted(set(t[y == 1])):
+        sel = good | (t == kind)
+        idx = np.nonzero(sel)[0]
+        row: dict[str, Any] = {"n": int((t == kind).sum())}
+        if good.any():
+            row["image_auroc"] = metrics.image_auroc(y[sel], np.asarray(scores)[sel])
+            with_masks = [i for i in idx if masks[i] is not None or y[i] == 0]
+            try:
+                pix = metrics.evaluate(y[with_masks], np.asarray(scores)[with_masks],
+                                       [masks[i] for i in with_masks], [maps[i] for i in with_masks],
+                                       limits=(0.3,), protocol=protocol)
+                row["aupro@0.3"] = pix["aupro@0.3"]
+            except ValueError:  # no ground truth for this type
+                row["aupro@0.3"] = None
+        dm = decision_metrics(y[sel], [decisions[i] for i in idx], [ious[i] for i in idx])
+        row["recall"], row["mask_iou"] = dm["recall"], dm["mask_iou"]
+        out[str(kind)] = row
+    return out
+
+
+def per_type_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one line per category and defect type (I-AUROC, AUPRO@30%, recall, mask IoU),
+    then each category's false-alarm rate on good parts."""
+    lines = ["| category | defect type | n | I-AUROC | AUPRO@30% | recall at decision | mask IoU |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+
+    def f(v):
+        return "" if v is None else f"{v:.3f}"
+
+    for r in rows:
+        if r.get("category") == "mean" or "per_type" not in r:
+            continue
+        for kind, m in r["per_type"].items():
+            lines.append(f"| {r['category']} | {kind} | {m['n']} | {f(m.get('image_auroc'))} | "
+                         f"{f(m.get('aupro@0.3'))} | {f(m.get('recall'))} | {f(m.get('mask_iou'))} |")
+        lines.append(f"| {r['category']} | good (false alarms) | {r['labels'].count(0)} | | | "
+                     f"{f(r.get('false_alarm_rate'))} | |")
+    return "\n".join(lines) + "\n"
 
 
 def _config_key(config: MAFRConfig, shots: Optional[int], seed: int) -> str:
@@ -162,12 +253,21 @@ def run_benchmark(
         fit_seconds = time.perf_counter() - t0
         result = evaluate_detector(detector, test, progress=progress, protocol=protocol)
         row = {"category": category, "key": key, "fit_seconds": fit_seconds, "n_train": len(train), **result}
+        row["calibration_scores"] = list(detector.fit_info_.get("calibration_scores") or [])
+        row["threshold"] = detector.threshold_
+        aurocs = [m["image_auroc"] for m in result["per_type"].values() if m.get("image_auroc") is not None]
+        row["worst_type_auroc"] = min(aurocs) if aurocs else None
         row_path.write_text(json.dumps(row, indent=1))
         log(f"{category}: I-AUROC {row['image_auroc']:.3f}  AUPRO@30% {row['aupro@0.3']:.3f}  fit {fit_seconds:.0f} s  ({protocol} protocol)")
+        for kind, m in row["per_type"].items():
+            log(f"  {kind:>10}: I-AUROC {_fmt(m.get('image_auroc'))}  AUPRO@30% {_fmt(m.get('aupro@0.3'))}  "
+                f"recall {_fmt(m.get('recall'))}  mask IoU {_fmt(m.get('mask_iou'))}")
+        log(f"  false alarms on good parts: {_fmt(row.get('false_alarm_rate'))}")
         rows.append(row)
     table = with_mean(rows)
     (out_dir / "results.json").write_text(json.dumps({"config": config.to_json_dict(), "shots": shots, "seed": seed, "protocol": protocol, "rows": table}, indent=1))
-    (out_dir / "results.md").write_text(markdown_table(table) + "\n" + protocol_note(protocol) + "\n")
+    (out_dir / "results.md").write_text(markdown_table(table) + "\n" + protocol_note(protocol) + "\n\n"
+                                        + "Per defect type:\n\n" + per_type_table(rows))
     return table
 
 
@@ -179,13 +279,18 @@ def protocol_note(protocol: str) -> str:
     return "Protocol: exact (maps as predicted, exact PRO curve; not the paper's per-map rescaling)."
 
 
+def _fmt(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def with_mean(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = list(rows)
     if not rows:
         return rows
     mean = {"category": "mean"}
     for key, _ in COLUMNS[1:]:
-        mean[key] = float(np.mean([r[key] for r in rows]))
+        values = [r.get(key) for r in rows if r.get(key) is not None]
+        mean[key] = float(np.min(values) if key == "worst_type_auroc" else np.mean(values)) if values else None
     return rows + [mean]
 
 

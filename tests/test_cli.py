@@ -130,9 +130,13 @@ def test_evaluate_generated_writes_tables_and_resumes(ws, tmp_path, capsys):
     assert first.err == ""
     md = (out / "results.md").read_text()
     assert md in first.out
-    table = [line for line in md.splitlines()[2:] if line.startswith("|")]
+    summary, per_type = md.split("Per defect type:")
+    table = [line for line in summary.splitlines()[2:] if line.startswith("|")]
     assert [line.split("|")[1].strip() for line in table] == ["puck", "**mean**"]
     assert "Protocol: exact" in md
+    # One line per defect type present, and the false alarms on good parts.
+    kinds = [line.split("|")[2].strip() for line in per_type.splitlines()[3:] if line.startswith("|")]
+    assert set(kinds) >= {"crack", "good (false alarms)"}
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["category"] for r in rows] == ["puck", "mean"] and rows[0]["n_test"] == 7
     for r in rows:
@@ -177,11 +181,16 @@ def test_evaluate_generated_creates_missing_data_with_documented_defaults(tmp_pa
         raise ValueError("stop after recording")
 
     monkeypatch.setattr(mafr.datasets, "write_dataset", fake_write)
-    (tmp_path / "gen" / "dome").mkdir(parents=True)  # present: not regenerated
+    (tmp_path / "gen" / "puck").mkdir(parents=True)  # present: not regenerated
     code = main(["evaluate", "--dataset", "generated", "--root", str(tmp_path / "gen"), "--seed", "3", "--quiet"])
     assert code == 2 and capsys.readouterr().err == "mafr: error: stop after recording\n"
-    assert calls == [(tmp_path / "gen", ["puck", "ring", "block"],
-                      {"n_train": 10, "n_validation": 0, "n_test_good": 8, "n_test_per_defect": 4, "size": 224, "seed": 3})]
+    # The report set's categories and data seed; --seed seeds the fits, not the data.
+    assert calls == [(tmp_path / "gen", ["block", "cylinder", "disc"],
+                      {"n_train": 10, "n_validation": 0, "n_test_good": 12, "n_test_per_defect": 6, "size": 400,
+                       "seed": 0})]
+    calls.clear()
+    main(["evaluate", "--dataset", "generated", "--split", "tuning", "--root", str(tmp_path / "gen"), "--quiet"])
+    assert calls[0][1] == ["dome", "ring", "plate", "tile"] and calls[0][2]["seed"] == 1000
 
 
 def test_generate_and_preprocess(tmp_path, capsys):

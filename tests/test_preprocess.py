@@ -27,8 +27,8 @@ def _valid(xyz: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def scene():
     """The same part with the table measured and without it."""
-    plane, layers = generate_sample("dome", "bump", seed=21, background="plane", return_layers=True)
-    none = generate_sample("dome", "bump", seed=21, background="none")
+    plane, layers = generate_sample("dome", "bump", seed=21, size=224, background="plane", return_layers=True)
+    none = generate_sample("dome", "bump", seed=21, size=224, background="none")
     return plane, none, layers
 
 

@@ -1,0 +1,152 @@
+"""Per defect type, on the generated benchmark's report set (or its tuning set): which fusion
+rule, which weight-free 3D descriptor and which decoder attention find which defects, and what
+the default detector decides. The command that produced docs/ablations.md:
+
+    python benchmarks/defect_types.py --split report --root data/bench_report --out docs/ablations.json
+
+Defaults were chosen with ``--split tuning`` (other categories, other seeds); only report-set
+figures are published. Every variant is the offline preset fitted on the category's 10 good
+training parts (seed 0) and judged on 12 good and 6 defective parts per type; the variants that
+change only the fusion share one fitted autoencoder and are re-calibrated on the same held-out
+parts. Prints one JSON line per variant and category, then a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import mafr
+from mafr.datasets import BENCHMARK_SPLITS, DEFECTS, MVTec3D, write_benchmark
+from mafr.detector import _held_out_count
+from mafr.evaluation import evaluate_detector
+
+FUSIONS = ("product", "sum", "max", "rgb", "xyz", "calibrated")
+DESCRIPTORS = {
+    "deviation (default)": {"kind": "deviation"},
+    "FPFH + deviation": {"kind": "fpfh"},
+    "FPFH (v0.1)": {"kind": "fpfh", "deviation_scales": ()},
+}
+ATTENTION = ("cbam", "se", "none")
+#: The offline preset as released in 0.1: FPFH, product fusion, mean + 3 std threshold.
+V01 = {"points": {"kind": "fpfh", "deviation_scales": ()},
+       "scoring": {"fusion": "product", "threshold_rule": "sigma", "threshold_sigma": 3.0}}
+
+
+def _summary(result: dict) -> dict:
+    keep = ("image_auroc", "aupro@0.3", "recall", "false_alarm_rate", "mask_iou", "predict_ms")
+    out = {k: result.get(k) for k in keep}
+    out["per_type"] = result["per_type"]
+    return out
+
+
+def _recalibrate(det: mafr.MAFRDetector, train_feats, seed: int = 0) -> None:
+    """Held-out parts exactly as ``fit`` chose them, calibrated again for the current scoring."""
+    n = len(train_feats)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    held = sorted(order[: _held_out_count(n, det.config.train.calibration_fraction)])
+    det._calibrate_on([train_feats[i] for i in held])
+
+
+def run_category(root: Path, category: str, emit) -> None:
+    train = list(MVTec3D(root, category, "train"))
+    test = list(MVTec3D(root, category, "test"))
+
+    def fitted(**overrides):
+        det = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", **overrides))
+        t0 = time.perf_counter()
+        feats = det.extract_features(train)
+        det._fit_features(feats, seed=0)
+        return det, feats, time.perf_counter() - t0
+
+    det, feats, seconds = fitted()
+    for fusion in FUSIONS:
+        det.config.scoring.fusion = fusion
+        _recalibrate(det, feats)
+        emit({"study": "fusion", "variant": fusion, "category": category, **_summary(evaluate_detector(det, test, progress=False))})
+    for name, points in DESCRIPTORS.items():
+        if name.startswith("deviation"):
+            det.config.scoring.fusion = "calibrated"
+            _recalibrate(det, feats)
+            d, s = det, seconds
+        else:
+            d, _, s = fitted(points=points)
+        emit({"study": "descriptor", "variant": name, "category": category, "fit_seconds": s,
+              **_summary(evaluate_detector(d, test, progress=False))})
+    for attention in ATTENTION:
+        d, _, s = fitted(model={"attention": attention})
+        emit({"study": "attention", "variant": attention, "category": category, "fit_seconds": s,
+              **_summary(evaluate_detector(d, test, progress=False))})
+    d, _, s = fitted(**V01)
+    emit({"study": "release", "variant": "offline preset 0.1 (FPFH, product, mean + 3 std)", "category": category,
+          "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
+
+
+def markdown(records: list[dict], split: str) -> str:
+    kinds = list(DEFECTS)
+
+    def f(v):
+        return "" if v is None else f"{v:.3f}"
+
+    lines = []
+    for study, title in (("release", "Before: the 0.1 offline preset"), ("fusion", "Fusion rules (offline preset, deviation descriptor)"),
+                         ("descriptor", "3D descriptors (calibrated fusion)"), ("attention", "Decoder attention (offline preset defaults)")):
+        rows = [r for r in records if r["study"] == study]
+        variants = list(dict.fromkeys(r["variant"] for r in rows))
+        lines += [f"### {title}", "", "Mean over the " + split + " categories; the worst category in brackets.", "",
+                  "| variant | " + " | ".join(kinds) + " | mean I-AUROC | AUPRO@30% | recall | false alarms | mask IoU |",
+                  "|---|" + "---:|" * (len(kinds) + 5)]
+        for v in variants:
+            rs = [r for r in rows if r["variant"] == v]
+            cells = []
+            for k in kinds:
+                vals = [r["per_type"][k]["image_auroc"] for r in rs if k in r["per_type"]]
+                cells.append(f"{np.mean(vals):.3f} ({np.min(vals):.2f})")
+            agg = [np.mean([r[key] for r in rs if r.get(key) is not None]) if any(r.get(key) is not None for r in rs) else None
+                   for key in ("image_auroc", "aupro@0.3", "recall", "false_alarm_rate", "mask_iou")]
+            lines.append(f"| {v} | " + " | ".join(cells) + " | " + " | ".join(f(a) for a in agg) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--split", choices=tuple(BENCHMARK_SPLITS), default="report")
+    p.add_argument("--root", default=None, help="generated data (written when missing)")
+    p.add_argument("--out", default=None, help="JSON with every record; a .md next to it with the tables")
+    p.add_argument("--category", nargs="+", default=None)
+    args = p.parse_args(argv)
+    cats = args.category or list(BENCHMARK_SPLITS[args.split][0])
+    root = Path(args.root or f"data/bench_{args.split}")
+    missing = [c for c in cats if not (root / c).is_dir()]
+    if missing:
+        write_benchmark(root, args.split)
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    records: list[dict] = []
+
+    def emit(rec):
+        records.append(rec)
+        print(json.dumps({k: v for k, v in rec.items() if k != "per_type"}), flush=True)
+
+    for c in cats:
+        run_category(root, c, emit)
+    md = markdown(records, args.split)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"split": args.split, "records": records}, indent=1))
+        Path(args.out).with_suffix(".md").write_text(md)
+    default = [r for r in records if r["study"] == "fusion" and r["variant"] == "calibrated"]
+    worst = min(r["per_type"][k]["image_auroc"] for r in default for k in r["per_type"])
+    print(json.dumps({"split": args.split, "default_mean_image_auroc": float(np.mean([r["image_auroc"] for r in default])),
+                      "default_worst_type_image_auroc": worst}))
+    print(md, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""Calibrated fusion, edge calibration, the threshold rules, defect masks and the surface-
+deviation descriptor (issue: colour-only and shallow 3D defects)."""
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+import torch
+
+import mafr
+from mafr.datasets import generate_sample
+from mafr.extractors.offline import OrganizedGeometryExtractor, SurfaceDeviationExtractor
+from mafr.scoring import edge_distance, edge_scales, fuse, modality_scales
+from mafr.viz import OUTLINE_COLOUR, mask_outline, overlay
+
+
+def test_calibrated_fusion_keeps_a_deviation_seen_by_one_modality():
+    m2 = torch.tensor([[4.0, 1.0, 0.0]])  # a stain: strong in 2D only
+    m3 = torch.tensor([[0.0, 1.0, 4.0]])  # a dent: strong in 3D only
+    scales = torch.tensor([2.0, 2.0])
+    torch.testing.assert_close(fuse(m2, m3, "calibrated", scales), torch.tensor([[2.0, 1.0, 2.0]]))
+    assert fuse(m2, m3, "product")[0, 0] == 0  # what the paper's rule does to the stain
+    with pytest.raises(ValueError, match="scales"):
+        fuse(m2, m3, "calibrated")
+
+
+def test_edge_distance_counts_cells_to_the_outline():
+    valid = torch.zeros(1, 9, 9, dtype=torch.bool)
+    valid[0, 1:8, 1:8] = True
+    d = edge_distance(valid, cap=3)
+    assert d[0, 0, 0] == 0 and d[0, 1, 1] == 0  # outside, and on the outline
+    assert d[0, 2, 2] == 1 and d[0, 3, 4] == 2 and d[0, 4, 4] == 3
+
+
+def test_edge_scales_are_quantiles_per_distance():
+    valid = torch.zeros(1, 9, 9, dtype=torch.bool)
+    valid[0, 1:8, 1:8] = True
+    dist = edge_distance(valid, cap=3)
+    residual = dist.float() + 1.0  # 1 on the outline ... 4 in the centre
+    torch.testing.assert_close(edge_scales(residual, valid, cap=3, quantile=0.5), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    thin = torch.zeros(1, 9, 9, dtype=torch.bool)
+    thin[0, 4, 1:8] = True  # a one-cell-wide part has no deeper cells: deeper levels reuse the last
+    torch.testing.assert_close(edge_scales(torch.ones(1, 9, 9), thin, cap=2), torch.ones(3))
+    with pytest.raises(ValueError, match="no position with 3D"):
+        edge_scales(torch.ones(1, 9, 9), torch.zeros(1, 9, 9, dtype=torch.bool))
+
+
+def test_modality_scales_are_high_quantiles_of_good_maps():
+    valid = torch.ones(1, 32, 32, dtype=torch.bool)
+    m2 = torch.linspace(0, 1, 1024).reshape(1, 32, 32)
+    s = modality_scales(m2, 2 * m2, valid, quantile=0.5)
+    assert s[1] == pytest.approx(2 * s[0]) and 0.4 < s[0] < 0.6
+
+
+def _offline(**scoring):
+    return mafr.MAFRConfig(preset="offline", train={"steps": 30, "early_stop_patience": None}, scoring=scoring)
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    good = [generate_sample("puck", seed=s, size=128) for s in range(6)]
+    return mafr.MAFRDetector(_offline(fusion="calibrated", score="max")).fit(good, seed=0, progress=False)
+
+
+def test_calibration_is_fitted_saved_and_verified(calibrated, tmp_path):
+    cal = calibrated.calibration_
+    assert set(cal) == {"edge_2d", "edge_3d", "modality", "pixel_threshold"}
+    assert all(bool(torch.isfinite(v).all()) and bool((v > 0).all()) for v in cal.values())
+    part = generate_sample("puck", "hole", seed=40, size=128)
+    before = calibrated.predict(part.rgb, part.xyz)
+    calibrated.save_pretrained(tmp_path / "det")
+    again = mafr.MAFRDetector.from_pretrained(tmp_path / "det").predict(part.rgb, part.xyz)
+    assert again.score == before.score and np.array_equal(again.defect_mask, before.defect_mask)
+
+    # A detector whose config asks for calibrated fusion but whose calibration is gone is refused.
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "det" / "model.safetensors"
+    tensors = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("calibration.")}
+    stripped = calibrated.__class__(calibrated.config)
+    stripped.autoencoder_, stripped.stats_, stripped.threshold_ = calibrated.autoencoder_, calibrated.stats_, calibrated.threshold_
+    stripped.replay_ = calibrated.replay_
+    with pytest.raises(mafr.NotFittedError, match="calibrate"):
+        stripped.predict(part.rgb, part.xyz)
+    assert tensors  # the stripped file itself would fail its checksum first: tested in test_fail_closed
+
+
+def test_defect_mask_is_input_sized_and_consistent_with_the_decision(calibrated):
+    hole = generate_sample("puck", "hole", seed=41, size=128)
+    r = calibrated.predict(hole.rgb, hole.xyz)
+    assert r.defect_mask.shape == hole.rgb.shape[:2] and r.defect_mask.dtype == bool
+    assert r.is_anomalous and r.defect_mask.any()
+    assert (r.anomaly_map[r.defect_mask] > r.pixel_threshold).all()
+    inter = (r.defect_mask & hole.mask).sum()
+    assert inter / (r.defect_mask | hole.mask).sum() > 0.1  # on the hole, not elsewhere
+    good = generate_sample("puck", seed=42, size=128)
+    g = calibrated.predict(good.rgb, good.xyz)
+    if not g.is_anomalous:
+        assert not g.defect_mask.any()  # a part judged good has no defective pixel
+    # The overlay draws the outline of the mask.
+    img = np.asarray(r.to_image())
+    assert (img == np.array(OUTLINE_COLOUR, dtype=np.uint8)).all(-1).sum() > 0
+    assert not (np.asarray(r.to_image(outline=False)) == np.array(OUTLINE_COLOUR)).all(-1).any()
+
+
+def test_mask_outline_is_the_border_of_the_mask():
+    m = np.zeros((7, 7), dtype=bool)
+    m[2:5, 2:5] = True
+    out = mask_outline(m)
+    assert out.sum() == 8 and not out[3, 3] and out[2, 2]
+    with pytest.raises(ValueError, match="differ in size"):
+        overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4)), outline=np.ones((3, 3), bool))
+
+
+def test_false_alarm_rate_rule_is_the_log_normal_quantile():
+    det = mafr.MAFRDetector(_offline(threshold_rule="false_alarm_rate", target_false_alarm_rate=0.1, log_spread_floor=0.0))
+    scores = [1.0, 2.0, 4.0]
+    logs = np.log(scores)
+    expected = math.exp(logs.mean() + NormalDist().inv_cdf(0.9) * logs.std(ddof=1))
+    assert det._threshold_from(scores) == pytest.approx(expected)
+    # The floor on the spread: identical scores still leave room for an unusual good part.
+    floored = mafr.MAFRDetector(_offline(threshold_rule="false_alarm_rate", target_false_alarm_rate=0.1,
+                                         log_spread_floor=0.1))
+    assert floored._threshold_from([2.0, 2.0]) == pytest.approx(2.0 * math.exp(0.1 * NormalDist().inv_cdf(0.9)))
+    # A lower target false-alarm rate gives a higher threshold.
+    strict = mafr.MAFRDetector(_offline(threshold_rule="false_alarm_rate", target_false_alarm_rate=0.01,
+                                        log_spread_floor=0.1))
+    assert strict._threshold_from(scores) > floored._threshold_from(scores)
+    with pytest.raises(Exception, match="target_false_alarm_rate"):
+        _offline(target_false_alarm_rate=0.0)
+
+
+def _plane(h=64, w=64):
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    return u, v, 0.5 + 0.0002 * u - 0.0001 * v + 1.5e-6 * (u - 30) ** 2 + 1e-6 * (u - 30) * (v - 20)
+
+
+def _cloud(u, v, z):
+    xyz = np.stack([u * 0.0005, v * 0.0005, z], -1)
+    return torch.tensor(xyz, dtype=torch.float32)[None], torch.ones(1, *z.shape, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_surface_deviation_is_zero_on_a_quadric_and_signed_on_bumps_and_dents(stride):
+    u, v, z = _plane()
+    ex = SurfaceDeviationExtractor((3.0, 6.0), stride=stride)
+    flat = ex(*_cloud(u, v, z))[0]
+    assert flat.shape == (3, 64, 64) and float(flat[:2].abs().max()) < 0.01  # mm
+    g = 0.0005 * np.exp(-((u - 32) ** 2 + (v - 32) ** 2) / (2 * 3.0**2))  # 0.5 mm relief
+    bump = ex(*_cloud(u, v, z - g))[0]  # towards the camera
+    dent = ex(*_cloud(u, v, z + g))[0]
+    assert float(bump[1, 32, 32]) > 0.2 and float(dent[1, 32, 32]) < -0.2
+    assert float(bump[1, 5, 5]) == pytest.approx(0.0, abs=0.02)  # far from it: nothing
+
+
+def test_surface_deviation_ignores_invalid_pixels_and_validates():
+    u, v, z = _plane(32, 32)
+    xyz, valid = _cloud(u, v, z)
+    valid[0, 10:20, 10:20] = False
+    xyz[0, 10:20, 10:20] = 0.0  # a dropout: zeros must not read as a deep hole
+    out = SurfaceDeviationExtractor((3.0,), stride=1)(xyz, valid)[0]
+    assert float(out[:, 10:20, 10:20].abs().max()) == 0.0
+    assert float(out[0][valid[0]].abs().max()) < 0.02
+    with pytest.raises(ValueError, match="scales"):
+        SurfaceDeviationExtractor((0.0,))
+    with pytest.raises(ValueError, match="stride"):
+        SurfaceDeviationExtractor(stride=0)
+
+
+def test_offline_preset_uses_multi_scale_deviation_and_fpfh_can_join_it():
+    cfg = mafr.MAFRConfig(preset="offline")
+    ex = mafr.MAFRDetector(cfg).point_extractor
+    assert isinstance(ex, SurfaceDeviationExtractor) and ex.out_dim == len(cfg.points.deviation_scales) + 1
+    assert len(cfg.points.deviation_scales) >= 2  # more than one scale
+    both = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", points={"kind": "fpfh"})).point_extractor
+    assert isinstance(both, OrganizedGeometryExtractor) and both.out_dim == 33 + ex.out_dim
+    alone = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", points={"kind": "fpfh", "deviation_scales": ()}))
+    assert alone.point_extractor.out_dim == 33
