@@ -1,7 +1,7 @@
 """Ablations on the generated benchmark: fusion mode per defect type, each loss term alone and all
 together, and robustness to 3D-to-2D misalignment. One command regenerates the tables:
 
-    python benchmarks/ablations.py --out docs/ablations.md
+    python benchmarks/ablations.py --out docs/ablations-losses.md
 
 Extractor sets: ``offline`` (weight-free preset) and ``random`` (the paper's DINO ViT-B/8 +
 PointMAE architecture with random weights: what the architecture does before any pre-training).
@@ -21,7 +21,7 @@ import torch
 
 import mafr
 from mafr import metrics
-from mafr.datasets import DEFECTS, MVTec3D, write_dataset
+from mafr.datasets import BENCHMARK_SPLITS, DEFECTS, MVTec3D, write_benchmark
 from mafr.io import load_sample
 from mafr.types import Sample
 
@@ -116,7 +116,7 @@ def markdown(results: list[dict], command: str) -> str:
     ]
     for res in results:
         rows, name = res["rows"], res["extractors"]
-        label = "offline preset (FPFH + colour/gradient statistics)" if name == "offline" else (
+        label = "offline preset (surface deviation + colour/gradient statistics)" if name == "offline" else (
             "paper architecture (DINO ViT-B/8 + PointMAE) with random weights"
         )
         out += ["", f"## {label}", "", f"Categories: {', '.join(res['categories'])}.", "", "### Fusion mode per defect type", ""]
@@ -139,19 +139,20 @@ def markdown(results: list[dict], command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("data/generated"))
+    parser.add_argument("--data", type=Path, default=Path("data/bench_report"),
+                        help="the generated benchmark's report set (written here when missing)")
     parser.add_argument("--extractors", default="offline,random", help="comma list of: offline, random")
-    parser.add_argument("--categories", default="dome,puck,ring,block")
-    parser.add_argument("--random-categories", default="dome,puck", help="categories for the (slower) random-weight set")
+    parser.add_argument("--categories", default=",".join(BENCHMARK_SPLITS["report"][0]))
+    parser.add_argument("--random-categories", default="puck,disc", help="categories for the (slower) random-weight set")
     parser.add_argument("--shots", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=Path("docs/ablations.md"))
+    parser.add_argument("--out", type=Path, default=Path("docs/ablations-losses.md"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     cats = args.categories.split(",")
     if not all((args.data / c).is_dir() for c in cats):
-        write_dataset(args.data, categories=cats, seed=0)
+        write_benchmark(args.data, "report")
     results = []
     for extractors in args.extractors.split(","):
         use = cats if extractors == "offline" else args.random_categories.split(",")

@@ -15,7 +15,7 @@
 ``--device cuda`` runs everything on the GPU (``--device auto``: CUDA when available) and adds
 parts per second. Prints one JSON line; exits 1 when a target is missed.
 
-    python benchmarks/bench_fit.py [--device cpu] [--categories dome,puck,ring,block] [--data data/generated]
+    python benchmarks/bench_fit.py [--device cpu] [--categories puck,block,cylinder,disc] [--data data/bench_report]
     python benchmarks/bench_fit.py --compare-precision --skip-accuracy --skip-memory
 """
 
@@ -135,10 +135,10 @@ def _log(**fields) -> None:
 def precision_accuracy(data: Path, categories: list[str], device: str) -> dict:
     """Offline preset, 10 good parts per category: mean I-AUROC with fp32 and with bf16 training."""
     import mafr
-    from mafr.datasets import MVTec3D, write_dataset
+    from mafr.datasets import MVTec3D, write_benchmark
 
     if not all((data / c).is_dir() for c in categories):
-        write_dataset(data, categories=categories, seed=0)
+        write_benchmark(data, "report")
     out = {}
     for precision in ("fp32", "bf16"):
         aurocs, fit_s = [], 0.0
@@ -158,11 +158,11 @@ def precision_accuracy(data: Path, categories: list[str], device: str) -> dict:
 
 def accuracy_curve(data: Path, categories: list[str]) -> list[dict]:
     import mafr
-    from mafr.datasets import MVTec3D, write_dataset
+    from mafr.datasets import MVTec3D, write_benchmark
     from mafr.evaluation import evaluate_detector
 
     if not all((data / c).is_dir() for c in categories):
-        write_dataset(data, categories=categories, seed=0)
+        write_benchmark(data, "report")
     rows = []
     for name, overrides in SETTINGS:
         per_cat, fit_s = [], 0.0
@@ -187,8 +187,9 @@ def accuracy_curve(data: Path, categories: list[str]) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data", type=Path, default=Path("data/generated"))
-    parser.add_argument("--categories", default="dome,puck,ring,block")
+    parser.add_argument("--data", type=Path, default=Path("data/bench_report"),
+                        help="the generated benchmark's report set (written here when missing)")
+    parser.add_argument("--categories", default="puck,block,cylinder,disc")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-memory", action="store_true", help="do not measure peak memory (a second process)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")

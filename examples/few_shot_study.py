@@ -4,7 +4,7 @@ What it shows: ``mafr.evaluation.evaluate_detector`` on a labelled test set (I-A
 scores, AUPRO up to 30% false-positive rate on the maps), for detectors fitted on nested, seeded
 subsets of the good training parts (the 2-shot set contains the 1-shot part, and so on).
 Extractor weights: none. The ``"offline"`` preset uses weight-free colour/gradient statistics (RGB)
-and FPFH (3D). Data: synthetic parts written by ``mafr.datasets.write_dataset`` (MVTec 3D-AD
+and multi-scale surface deviation (3D). Data: synthetic parts written by ``mafr.datasets.write_dataset`` (MVTec 3D-AD
 layout), so the numbers describe this generator, not a real benchmark. With fewer than 3 parts the
 threshold is calibrated on the training parts themselves (optimistic; AUROC/AUPRO do not use it).
 

@@ -4,7 +4,7 @@ What it shows: the on-disk convention the `mafr` command line also uses (an RGB 
 ``NAME.png`` next to its organized point cloud ``NAME.tiff``, matched by file stem), fitting and
 saving with the Python API, reloading the saved detector, and scoring a whole folder.
 Extractor weights: none. The ``"offline"`` preset uses weight-free colour/gradient statistics (RGB)
-and FPFH (3D), so nothing is downloaded. The parts are synthetic (``mafr.datasets.generate_sample``).
+and multi-scale surface deviation (3D), so nothing is downloaded. The parts are synthetic (``mafr.datasets.generate_sample``).
 
     python examples/folder_of_parts.py [--out folder_of_parts_out] [--category puck]
 

@@ -31,7 +31,7 @@ def test_presets_fill_only_what_was_not_given():
     assert paper.points.idw_power == 1 and paper.model.feature_norm == "zscore"
     assert paper.train.loss_form == "mafr" and paper.scoring.maps == "mafr"
     off = MAFRConfig(preset="offline")
-    assert off.rgb.kind == "offline" and off.points.kind == "fpfh"
+    assert off.rgb.kind == "offline" and off.points.kind == "deviation" and off.scoring.fusion == "calibrated"
 
 
 def test_json_round_trip():

@@ -298,6 +298,16 @@ def test_calibrate_sets_threshold_by_the_documented_rule(tmp_path):
     good = _parts(seeds=range(300, 303))
     det.calibrate(good)
     scores = det.fit_info_["calibration_scores"]
+    # The default rule: a log-normal's 1 - target quantile (docs/concepts.md, section 8).
+    from statistics import NormalDist
+
+    logs = np.log(scores)
+    spread = max(np.std(logs, ddof=1), det.config.scoring.log_spread_floor)
+    z = NormalDist().inv_cdf(1 - det.config.scoring.target_false_alarm_rate)
+    assert det.threshold_ == pytest.approx(np.exp(np.mean(logs) + z * spread))
+    # The 0.1 rule, still available: mean + 3 std, never below the largest score.
+    det.config.scoring.threshold_rule = "sigma"
+    det.calibrate(good)
     mean, std = np.mean(scores), max(np.std(scores), 0.1 * abs(np.mean(scores)))
     assert det.threshold_ == pytest.approx(max(mean + 3.0 * std, max(scores)))
     with pytest.raises(ValueError, match="at least one good sample"):
