@@ -663,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-validation", type=int, default=4, metavar="N", help="good validation parts (default: 4)")
     p.add_argument("--n-test-good", type=int, default=8, metavar="N", help="good test parts (default: 8)")
     p.add_argument("--n-test-per-defect", type=int, default=4, metavar="N", help="test parts per defect type (default: 4)")
-    p.add_argument("--size", type=int, default=224, metavar="N", help="image side in pixels (default: 224)")
+    p.add_argument("--size", type=int, default=400, metavar="N", help="image side in pixels (default: 400)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the generated parts")
     p.set_defaults(func=_cmd_generate)
 
