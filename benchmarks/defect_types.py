@@ -24,7 +24,7 @@ import torch
 
 import mafr
 from mafr.datasets import BENCHMARK_SPLITS, DEFECTS, MVTec3D, write_benchmark
-from mafr.detector import _held_out_count
+from mafr.detector import _held_out_split
 from mafr.evaluation import evaluate_detector
 
 FUSIONS = ("product", "sum", "max", "rgb", "xyz", "calibrated")
@@ -48,9 +48,8 @@ def _summary(result: dict) -> dict:
 
 def _recalibrate(det: mafr.MAFRDetector, train_feats, seed: int = 0) -> None:
     """Held-out parts exactly as ``fit`` chose them, calibrated again for the current scoring."""
-    n = len(train_feats)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = sorted(order[: _held_out_count(n, det.config.train.calibration_fraction)])
+    held, _ = _held_out_split(len(train_feats), det.config.train.calibration_fraction,
+                              torch.Generator().manual_seed(seed))
     det._calibrate_on([train_feats[i] for i in held])
 
 

@@ -76,9 +76,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _held_out_count(n: int, fraction: float) -> int:
-    """How many of ``n`` new good parts are held out to calibrate (fit and update share the rule)."""
-    return 0 if n < 3 or fraction == 0 else max(1, round(fraction * n))
+def _held_out_split(n: int, fraction: float, gen: torch.Generator) -> tuple[list[int], list[int]]:
+    """``(calibration, training)`` indices of ``n`` new good parts: a seeded draw of
+    ``max(1, round(fraction * n))`` held out, none below 3 parts (fit and update share the rule;
+    ``gen`` then goes on to shuffle the training batches)."""
+    order = torch.randperm(n, generator=gen).tolist()
+    n_cal = 0 if n < 3 or fraction == 0 else max(1, round(fraction * n))
+    return sorted(order[:n_cal]), sorted(order[n_cal:])
 
 
 def _batches(n: int, batch: int, gen: torch.Generator):
@@ -408,10 +412,7 @@ class MAFRDetector(
         t0 = time.perf_counter()
         n = len(feats)
         gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(n, generator=gen).tolist()
-        fraction = self.config.train.calibration_fraction
-        n_cal = _held_out_count(n, fraction)
-        cal_idx, train_idx = sorted(order[:n_cal]), sorted(order[n_cal:])
+        cal_idx, train_idx = _held_out_split(n, self.config.train.calibration_fraction, gen)
         train = [feats[i] for i in train_idx]
         moments = self._feature_moments(train)
         self.stats_ = self._stats_from_moments(moments)
@@ -488,9 +489,7 @@ class MAFRDetector(
             )
         n = len(new)
         gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(n, generator=gen).tolist()
-        n_cal = _held_out_count(n, self.config.train.calibration_fraction)
-        cal_idx, train_idx = sorted(order[:n_cal]), sorted(order[n_cal:])
+        cal_idx, train_idx = _held_out_split(n, self.config.train.calibration_fraction, gen)
         new_train, new_cal = [new[i] for i in train_idx], [new[i] for i in cal_idx]
         stored = [
             _Features(store.rgb[i], store.xyz[i], store.valid_grid[i], store.valid_pixels[i]) for i in range(len(store))
@@ -672,11 +671,9 @@ class MAFRDetector(
         self.calibration_ = {}
         res2, res3, valid_pixels, valid_grid = self._residual_grids(feats)
         if sc.fusion == "calibrated":
-            e2 = edge_scales(res2, valid_grid)
-            e3 = edge_scales(res3, valid_grid)
-            dist = edge_distance(valid_grid, len(e2) - 1)
-            m2, m3, valid = upsampled_maps(res2 / e2[dist], res3 / e3[dist], valid_pixels)
-            self.calibration_.update(edge_2d=e2.cpu(), edge_3d=e3.cpu(), modality=modality_scales(
+            self.calibration_.update(edge_2d=edge_scales(res2, valid_grid).cpu(), edge_3d=edge_scales(res3, valid_grid).cpu())
+            m2, m3, valid = upsampled_maps(*self._edge_normalised(res2, res3, valid_grid), valid_pixels)
+            self.calibration_.update(modality=modality_scales(
                 box_smooth(m2, sc.box5_passes, sc.box7_passes), box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid,
                 valid).cpu())
         fused, _, _, scores = self._maps_from_residuals(res2, res3, valid_pixels, valid_grid)
@@ -718,20 +715,24 @@ class MAFRDetector(
         valid_grid = torch.stack([f.valid_grid for f in feats]).to(self.device)
         return residual_map(rgb, out_rgb), residual_map(xyz, out_xyz), valid_pixels, valid_grid
 
+    def _edge_normalised(self, res2, res3, valid_grid):
+        """Each modality's residual over the level good parts reach at the same distance from the
+        part's edge (``calibration_["edge_2d"]`` / ``["edge_3d"]``; docs/concepts.md, section 7)."""
+        e2, e3 = self.calibration_["edge_2d"].to(res2.device), self.calibration_["edge_3d"].to(res2.device)
+        dist = edge_distance(valid_grid, len(e2) - 1)
+        return res2 / e2[dist], res3 / e3[dist]
+
     def _maps_from_residuals(self, res2, res3, valid_pixels, valid_grid):
         sc = self.config.scoring
         scales = None
         if sc.fusion == "calibrated":
-            cal = self.calibration_
-            if not {"edge_2d", "edge_3d", "modality"} <= set(cal):
+            if not {"edge_2d", "edge_3d", "modality"} <= set(self.calibration_):
                 raise NotFittedError(
                     "fusion='calibrated' needs the detector calibrated on good parts: call .fit(), or "
                     ".calibrate(good_parts) on a converted detector"
                 )
-            dev = res2.device
-            e2, e3 = cal["edge_2d"].to(dev), cal["edge_3d"].to(dev)
-            dist = edge_distance(valid_grid, len(e2) - 1)
-            res2, res3, scales = res2 / e2[dist], res3 / e3[dist], cal["modality"].to(dev)
+            res2, res3 = self._edge_normalised(res2, res3, valid_grid)
+            scales = self.calibration_["modality"].to(res2.device)
         return score_maps(
             res2,
             res3,

@@ -119,7 +119,7 @@ def result_panel(result, tile_height: int = 224) -> Image.Image:
         ("2D map", colorize(result.map_2d)),
         ("3D map", colorize(result.map_3d)),
         ("fused map + defect outline", np.asarray(overlay(result.rgb, result.anomaly_map, 0.6, vmax=vmax,
-                                                         outline=getattr(result, "defect_mask", None)))),
+                                                         outline=result.defect_mask))),
     ]
     images = [(title, _tile(arr, tile_height)) for title, arr in tiles]
     bar = colour_bar(0.0, vmax, tile_height)

@@ -627,8 +627,9 @@ class SurfaceDeviationExtractor(nn.Module):
             dev = torch.zeros(B, h, w, dtype=torch.float64, device=xyz.device)
             dev[sel] = coef[:, 0] - z[:, 0][sel].double()  # fitted minus measured: + towards camera
             out.append(dev)
-            curvature = torch.zeros_like(dev)
-            curvature[sel] = 2.0 * (coef[:, 3] + coef[:, 5]) / scale**2  # per pixel^2 at full size
+        # Curvature of the largest scale's quadric (the loop's last fit), per pixel^2 at full size.
+        curvature = torch.zeros_like(out[-1])
+        curvature[sel] = 2.0 * (coef[:, 3] + coef[:, 5]) / self.scales[-1] ** 2
         out.append(curvature)
         feats = torch.stack(out, dim=1)
         feats = feats.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)[:, :, :H, :W]
@@ -637,7 +638,8 @@ class SurfaceDeviationExtractor(nn.Module):
 
 class OrganizedGeometryExtractor(nn.Module):
     """FPFH (angles between normals) and :class:`SurfaceDeviationExtractor` (relief against the
-    local surface) side by side: what the offline preset uses for 3D. ``(B, 33 + S + 1, H, W)``."""
+    local surface) side by side: ``points.kind="fpfh"`` with ``deviation_scales``.
+    ``(B, 33 + S + 1, H, W)``."""
 
     organized = True
 
