@@ -181,7 +181,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     },
     "offline": {
         "rgb": {"kind": "offline"},
-        "points": {"kind": "deviation"},
+        # The 3-pixel scale measured sensor noise, not relief (tuning set): docs/ablations.md.
+        "points": {"kind": "deviation", "deviation_scales": (6.0, 12.0)},
         "scoring": {"fusion": "calibrated"},
     },
 }

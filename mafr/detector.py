@@ -44,9 +44,9 @@ from .projection import (
 from .scoring import (
     box_smooth,
     edge_distance,
+    channel_normalised,
     edge_scales,
     modality_scales,
-    residual_map,
     score_maps,
     upsampled_maps,
 )
@@ -100,6 +100,26 @@ NotFittedError = _errors.NotFittedError
 # Extractors are built on first use; two threads predicting at once must not both build one
 # (random weights are seeded through torch's global RNG, which threads share).
 _BUILD_LOCK = threading.Lock()
+
+
+def _check_edge_levels(cal: dict[str, torch.Tensor], rgb_dim: int, xyz_dim: int, where: str) -> None:
+    """Calibrated fusion divides by these levels: a wrong shape or a non-positive level would
+    score every part wrongly, so a file that holds one is corrupt (fail closed)."""
+    e2, e3 = cal["edge_2d"], cal["edge_3d"]
+    per_channel = e2.dim() == 2 and e3.dim() == 2 and e2.shape[1] == rgb_dim and e3.shape[1] == xyz_dim
+    per_distance = e2.dim() == 1 and e3.dim() == 1  # detectors saved by mafr 0.2
+    if not (per_channel or per_distance) or e2.shape[0] != e3.shape[0] or e2.shape[0] < 1:
+        raise _errors.CorruptModelError(
+            f"{where}: calibration.edge_2d {tuple(e2.shape)} and calibration.edge_3d {tuple(e3.shape)} do not "
+            f"match the features (expected (k, {rgb_dim}) and (k, {xyz_dim}), or (k,) and (k,))",
+            path=where,
+        )
+    for name in ("edge_2d", "edge_3d", "modality"):
+        v = cal[name]
+        if not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
+            raise _errors.CorruptModelError(
+                f"{where}: calibration.{name} holds a non-finite or non-positive level", path=where
+            )
 
 
 def _check_seed(seed: Any) -> int:
@@ -669,14 +689,14 @@ class MAFRDetector(
             raise ValueError("calibration needs at least one good part; got none")
         sc = self.config.scoring
         self.calibration_ = {}
-        res2, res3, valid_pixels, valid_grid = self._residual_grids(feats)
+        err2, err3, valid_pixels, valid_grid = self._residual_grids(feats)
         if sc.fusion == "calibrated":
-            self.calibration_.update(edge_2d=edge_scales(res2, valid_grid).cpu(), edge_3d=edge_scales(res3, valid_grid).cpu())
-            m2, m3, valid = upsampled_maps(*self._edge_normalised(res2, res3, valid_grid), valid_pixels)
+            self.calibration_.update(edge_2d=edge_scales(err2, valid_grid).cpu(), edge_3d=edge_scales(err3, valid_grid).cpu())
+            m2, m3, valid = upsampled_maps(*self._edge_normalised(err2, err3, valid_grid), valid_pixels)
             self.calibration_.update(modality=modality_scales(
                 box_smooth(m2, sc.box5_passes, sc.box7_passes), box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid,
                 valid).cpu())
-        fused, _, _, scores = self._maps_from_residuals(res2, res3, valid_pixels, valid_grid)
+        fused, _, _, scores = self._maps_from_residuals(err2, err3, valid_pixels, valid_grid)
         self.calibration_["pixel_threshold"] = fused.amax().reshape(1).double().cpu()
         scores = [float(v) for v in scores]
         self.threshold_ = self._threshold_from(scores)
@@ -703,26 +723,32 @@ class MAFRDetector(
     # ------------------------------------------------------------------ predict
     @torch.inference_mode()
     def _residual_grids(self, feats: Sequence[_Features]):
-        """Restoration errors ``(B, g, g)`` of each modality, pixel and grid validity."""
+        """Signed restoration errors ``(B, g, g, C)`` of each modality, pixel and grid validity."""
         ae = self.autoencoder_
         pairs = [self._normalise(f) for f in feats]
         rgb = torch.stack([p[0] for p in pairs])
         xyz = torch.stack([p[1] for p in pairs])
         with self._autocast():
             out_rgb, out_xyz = ae(rgb, xyz)
-        out_rgb, out_xyz = out_rgb.float(), out_xyz.float()
         valid_pixels = torch.stack([f.valid_pixels for f in feats]).to(self.device)
         valid_grid = torch.stack([f.valid_grid for f in feats]).to(self.device)
-        return residual_map(rgb, out_rgb), residual_map(xyz, out_xyz), valid_pixels, valid_grid
+        return out_rgb.float() - rgb, out_xyz.float() - xyz, valid_pixels, valid_grid
 
-    def _edge_normalised(self, res2, res3, valid_grid):
-        """Each modality's residual over the level good parts reach at the same distance from the
-        part's edge (``calibration_["edge_2d"]`` / ``["edge_3d"]``; docs/concepts.md, section 7)."""
-        e2, e3 = self.calibration_["edge_2d"].to(res2.device), self.calibration_["edge_3d"].to(res2.device)
-        dist = edge_distance(valid_grid, len(e2) - 1)
-        return res2 / e2[dist], res3 / e3[dist]
+    def _edge_normalised(self, err2, err3, valid_grid):
+        """``(B, g, g)`` residual of each modality in units of what good held-out parts show at
+        the same distance from the part's edge (``calibration_["edge_2d"]`` / ``["edge_3d"]``;
+        docs/concepts.md, section 7): per channel, then the RMS over the channels that are evidence
+        (a 3D extractor's trailing ``context_channels``, such as curvature, are restored but not
+        scored). Detectors saved by mafr 0.2 hold one level per distance: the L2 norm over it."""
+        e2, e3 = self.calibration_["edge_2d"].to(err2.device), self.calibration_["edge_3d"].to(err2.device)
+        if e2.dim() == 1:
+            dist = edge_distance(valid_grid, len(e2) - 1)
+            return err2.norm(dim=-1) / e2[dist], err3.norm(dim=-1) / e3[dist]
+        context = getattr(self.point_extractor, "context_channels", 0)
+        evidence = err3.shape[-1] - context if 0 < context < err3.shape[-1] else None
+        return channel_normalised(err2, e2, valid_grid), channel_normalised(err3, e3, valid_grid, evidence)
 
-    def _maps_from_residuals(self, res2, res3, valid_pixels, valid_grid):
+    def _maps_from_residuals(self, err2, err3, valid_pixels, valid_grid):
         sc = self.config.scoring
         scales = None
         if sc.fusion == "calibrated":
@@ -731,8 +757,10 @@ class MAFRDetector(
                     "fusion='calibrated' needs the detector calibrated on good parts: call .fit(), or "
                     ".calibrate(good_parts) on a converted detector"
                 )
-            res2, res3 = self._edge_normalised(res2, res3, valid_grid)
+            res2, res3 = self._edge_normalised(err2, err3, valid_grid)
             scales = self.calibration_["modality"].to(res2.device)
+        else:
+            res2, res3 = err2.norm(dim=-1), err3.norm(dim=-1)
         return score_maps(
             res2,
             res3,
@@ -1037,6 +1065,8 @@ class MAFRDetector(
                 "(calibration.edge_2d, calibration.edge_3d, calibration.modality) are missing",
                 path=str(weights_path),
             )
+        if det.config.scoring.fusion == "calibrated":
+            _check_edge_levels(det.calibration_, rgb_dim, xyz_dim, str(weights_path))
         return det.to(det.device)  # loaded on the CPU; a saved detector names no device
 
     # ------------------------------------------------------------------ model card

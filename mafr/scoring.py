@@ -1,6 +1,7 @@
 """From restored features to anomaly maps and scores (docs/method.md, "Scoring").
 
-Residual per modality = L2 norm over channels of (restored - input) at each grid position; the
+Residual per modality = L2 norm over channels of (restored - input) at each grid position (with
+``fusion="calibrated"``: each channel first divided by its good-part level, :func:`channel_normalised`); the
 maps are brought to the network's input resolution, fused (a product by default: high only where
 both modalities fail to restore), zeroed where no 3D data exists, box-smoothed, and the image
 score is ``max(map) / sqrt(mean of its non-zero values)``.
@@ -35,10 +36,10 @@ def fuse(
 
     ``"calibrated"`` divides each map by ``scales`` (``(2,)``: the level the 2D and the 3D map
     reach on good parts, from :func:`modality_scales`), so both speak in units of "normal", and
-    adds them: a strong deviation seen by one modality alone survives (the product drops it when
-    the other map is near zero), noise that stays within each modality's normal level stays
-    small, and a defect seen by both counts twice. (On the tuning set, ``a + b`` beat
-    ``a + b + ab`` and ``max(a, b)``: docs/ablations.md.)
+    keeps the larger: a strong deviation seen by one modality alone survives (the product drops
+    it when the other map is near zero), and one modality's noise is not added to the other's
+    evidence. With per-channel calibrated residuals (:func:`channel_normalised`) the maximum beat
+    the sum ``a + b`` on the tuning set; docs/ablations.md has the figures.
     """
     if mode == "product":
         return map_2d * map_3d
@@ -53,7 +54,7 @@ def fuse(
     if mode == "calibrated":
         if scales is None:
             raise ValueError("fusion 'calibrated' needs the per-modality scales calibrated on good parts")
-        return map_2d / scales[0] + map_3d / scales[1]
+        return torch.maximum(map_2d / scales[0], map_3d / scales[1])
     raise ValueError(f"unknown fusion mode {mode!r}; expected one of product, sum, max, rgb, xyz, calibrated")
 
 
@@ -70,20 +71,38 @@ def edge_distance(valid_grid: torch.Tensor, cap: int = 3) -> torch.Tensor:
 
 def edge_scales(residual: torch.Tensor, valid_grid: torch.Tensor, cap: int = 3,
                 quantile: float = 0.9) -> torch.Tensor:
-    """``(cap + 1,)``: the ``quantile`` of good parts' grid residuals at each distance from the
-    part's edge (:func:`edge_distance`). Restoration is hardest along outlines, where pose and
-    background change what a cell sees; dividing by these levels makes "unusual for where it is"
-    the unit, so an edge no longer outshines a defect in the middle of the part."""
+    """The ``quantile`` of good parts' grid residuals at each distance from the part's edge
+    (:func:`edge_distance`): ``(cap + 1,)`` for residuals ``(B, g, g)``, ``(cap + 1, C)`` per
+    channel for ``(B, g, g, C)`` (of absolute values: give signed errors as they are).
+    Restoration is hardest along outlines, where pose and background change what a cell sees;
+    dividing by these levels makes "unusual for where it is" the unit, so an edge no longer
+    outshines a defect in the middle of the part."""
     dist = edge_distance(valid_grid, cap)
-    out = []
+    residual = residual.abs()
+    out: list[torch.Tensor] = []
     for k in range(cap + 1):
         values = residual[valid_grid & (dist == k)].float()
-        if values.numel() == 0:  # a thin part has no cell that deep: use the deepest level seen
-            values = residual[valid_grid].float() if not out else out[-1].reshape(1)
-        if values.numel() == 0:
+        if values.shape[0] == 0:  # a thin part has no cell that deep: use the deepest level seen
+            values = residual[valid_grid].float() if not out else out[-1].unsqueeze(0)
+        if values.shape[0] == 0:
             raise ValueError("no position with 3D data in the calibration parts: cannot calibrate the maps")
-        out.append(torch.quantile(values, quantile).clamp_min(1e-12))
+        out.append(torch.quantile(values, quantile, dim=0).clamp_min(1e-12))
     return torch.stack(out)
+
+
+def channel_normalised(errors: torch.Tensor, scales: torch.Tensor, valid_grid: torch.Tensor,
+                       channels: Optional[int] = None) -> torch.Tensor:
+    """Signed restoration errors ``(B, g, g, C)`` -> ``(B, g, g)``: each channel divided by its
+    good-part level at the cell's distance from the edge (``scales``, ``(cap + 1, C)`` from
+    :func:`edge_scales`), then the root mean square over the first ``channels`` channels (all by
+    default). Dividing per channel first keeps a quiet channel that carries a defect (a few
+    tenths of a millimetre of relief) from being drowned by channels that are noisy on every
+    part; the L2 norm of :func:`residual_map` weights each channel by its raw spread instead."""
+    dist = edge_distance(valid_grid, scales.shape[0] - 1)
+    z = errors / scales[dist]
+    if channels is not None:
+        z = z[..., :channels]
+    return z.pow(2).mean(-1).sqrt()
 
 
 def modality_scales(map_2d: torch.Tensor, map_3d: torch.Tensor, valid: torch.Tensor,

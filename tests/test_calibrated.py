@@ -11,7 +11,7 @@ import torch
 import mafr
 from mafr.datasets import generate_sample
 from mafr.extractors.offline import OrganizedGeometryExtractor, SurfaceDeviationExtractor
-from mafr.scoring import edge_distance, edge_scales, fuse, modality_scales
+from mafr.scoring import channel_normalised, edge_distance, edge_scales, fuse, modality_scales
 from mafr.viz import OUTLINE_COLOUR, mask_outline, overlay
 
 
@@ -19,7 +19,8 @@ def test_calibrated_fusion_keeps_a_deviation_seen_by_one_modality():
     m2 = torch.tensor([[4.0, 1.0, 0.0]])  # a stain: strong in 2D only
     m3 = torch.tensor([[0.0, 1.0, 4.0]])  # a dent: strong in 3D only
     scales = torch.tensor([2.0, 2.0])
-    torch.testing.assert_close(fuse(m2, m3, "calibrated", scales), torch.tensor([[2.0, 1.0, 2.0]]))
+    # Each in units of "normal", the larger kept: one modality's noise is not added to the other.
+    torch.testing.assert_close(fuse(m2, m3, "calibrated", scales), torch.tensor([[2.0, 0.5, 2.0]]))
     assert fuse(m2, m3, "product")[0, 0] == 0  # what the paper's rule does to the stain
     with pytest.raises(ValueError, match="scales"):
         fuse(m2, m3, "calibrated")
@@ -46,6 +47,30 @@ def test_edge_scales_are_quantiles_per_distance():
         edge_scales(torch.ones(1, 9, 9), torch.zeros(1, 9, 9, dtype=torch.bool))
 
 
+def test_edge_scales_per_channel_and_channel_normalised_residual():
+    valid = torch.zeros(1, 9, 9, dtype=torch.bool)
+    valid[0, 1:8, 1:8] = True
+    dist = edge_distance(valid, cap=3).float()
+    # Channel 0 is loud everywhere (noise on every part), channel 1 quiet: signed errors.
+    errors = torch.stack([-10.0 * (dist + 1.0), dist + 1.0], dim=-1)
+    levels = edge_scales(errors, valid, cap=3, quantile=0.5)
+    assert levels.shape == (4, 2)
+    torch.testing.assert_close(levels[:, 0], 10 * torch.tensor([1.0, 2.0, 3.0, 4.0]))  # of |error|
+    torch.testing.assert_close(levels[:, 1], torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    # A good part is at its own level in every channel, wherever the cell is: RMS 1.
+    good = channel_normalised(errors, levels, valid)
+    torch.testing.assert_close(good[valid], torch.ones(int(valid.sum())))
+    # A defect three times the quiet channel's level stands out although its raw error is a
+    # tenth of the loud channel's: the plain L2 norm would hardly change.
+    bad = errors.clone()
+    bad[0, 4, 4, 1] *= 3.0
+    z = channel_normalised(bad, levels, valid)
+    assert z[0, 4, 4] == pytest.approx(math.sqrt((1 + 9) / 2))
+    assert bad[0, 4, 4].norm() / errors[0, 4, 4].norm() < 1.05
+    # Only the first `channels` channels count (a 3D extractor's trailing context channels do not).
+    assert channel_normalised(bad, levels, valid, channels=1)[0, 4, 4] == pytest.approx(1.0)
+
+
 def test_modality_scales_are_high_quantiles_of_good_maps():
     valid = torch.ones(1, 32, 32, dtype=torch.bool)
     m2 = torch.linspace(0, 1, 1024).reshape(1, 32, 32)
@@ -66,6 +91,9 @@ def calibrated():
 def test_calibration_is_fitted_saved_and_verified(calibrated, tmp_path):
     cal = calibrated.calibration_
     assert set(cal) == {"edge_2d", "edge_3d", "modality", "pixel_threshold"}
+    # One level per channel and distance from the edge.
+    assert cal["edge_2d"].shape == (4, calibrated.stats_["rgb_mean"].shape[0])
+    assert cal["edge_3d"].shape == (4, calibrated.stats_["xyz_mean"].shape[0])
     assert all(bool(torch.isfinite(v).all()) and bool((v > 0).all()) for v in cal.values())
     part = generate_sample("puck", "hole", seed=40, size=128)
     before = calibrated.predict(part.rgb, part.xyz)
@@ -84,6 +112,41 @@ def test_calibration_is_fitted_saved_and_verified(calibrated, tmp_path):
     with pytest.raises(mafr.NotFittedError, match="calibrate"):
         stripped.predict(part.rgb, part.xyz)
     assert tensors  # the stripped file itself would fail its checksum first: tested in test_fail_closed
+
+
+def test_curvature_is_restored_but_not_scored(calibrated):
+    assert calibrated.point_extractor.context_channels == 1  # the curvature, the last channel
+    c2, c3 = calibrated.stats_["rgb_mean"].shape[0], calibrated.stats_["xyz_mean"].shape[0]
+    valid = torch.ones(1, 28, 28, dtype=torch.bool)
+    err3 = torch.zeros(1, 28, 28, c3)
+    err3[..., -1] = 1e3  # a huge curvature error alone
+    _, res3 = calibrated._edge_normalised(torch.zeros(1, 28, 28, c2), err3, valid)
+    assert float(res3.abs().max()) == 0.0
+    err3[..., 0] = 1e3  # the same error in a deviation channel counts
+    _, res3 = calibrated._edge_normalised(torch.zeros(1, 28, 28, c2), err3, valid)
+    assert float(res3.min()) > 0
+
+
+def test_edge_levels_of_the_wrong_shape_are_corrupt_and_old_ones_still_load(calibrated, tmp_path):
+    import shutil
+
+    from .test_fail_closed import _rewrite
+
+    part = generate_sample("puck", "hole", seed=40, size=128)
+    calibrated.save_pretrained(tmp_path / "det")
+    # mafr 0.2 saved one level per distance (of the L2 norm): such a detector still scores.
+    shutil.copytree(tmp_path / "det", tmp_path / "old")
+    _rewrite(tmp_path / "old", lambda t: t.update({k: t[k].norm(dim=1).contiguous()
+                                                   for k in ("calibration.edge_2d", "calibration.edge_3d")}))
+    old = mafr.MAFRDetector.from_pretrained(tmp_path / "old")
+    assert old.calibration_["edge_2d"].dim() == 1 and math.isfinite(old.predict(part.rgb, part.xyz).score)
+    shutil.copytree(tmp_path / "det", tmp_path / "narrow")
+    _rewrite(tmp_path / "narrow", lambda t: t.__setitem__("calibration.edge_2d", t["calibration.edge_2d"][:, :3].contiguous()))
+    with pytest.raises(mafr.CorruptModelError, match="edge_2d"):
+        mafr.MAFRDetector.from_pretrained(tmp_path / "narrow")
+    _rewrite(tmp_path / "det", lambda t: t["calibration.edge_3d"].view(-1).__setitem__(0, 0.0))
+    with pytest.raises(mafr.CorruptModelError, match="edge_3d"):
+        mafr.MAFRDetector.from_pretrained(tmp_path / "det")
 
 
 def test_defect_mask_is_input_sized_and_consistent_with_the_decision(calibrated):

@@ -551,6 +551,9 @@ class SurfaceDeviationExtractor(nn.Module):
 
     #: Reads the organized (H, W, 3) cloud and a validity mask, not a list of points.
     organized = True
+    #: Trailing channels that describe the shape rather than a deviation from it (the curvature):
+    #: the autoencoder restores them, calibrated fusion does not count their error as evidence.
+    context_channels = 1
 
     def __init__(self, scales: tuple[float, ...] = (3.0, 6.0, 12.0), *, truncate: float = 2.5,
                  stride: int = 2) -> None:
@@ -642,6 +645,7 @@ class OrganizedGeometryExtractor(nn.Module):
     ``(B, 33 + S + 1, H, W)``."""
 
     organized = True
+    context_channels = SurfaceDeviationExtractor.context_channels  # the curvature, last
 
     def __init__(self, deviation_scales: tuple[float, ...] = (3.0, 6.0, 12.0)) -> None:
         super().__init__()
