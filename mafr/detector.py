@@ -446,7 +446,7 @@ class MAFRDetector(
         # With fewer than 3 parts nothing can be held out: calibrate on the training parts
         # themselves (optimistic; the docs say so) rather than refuse to work.
         cal = [feats[i] for i in cal_idx] if cal_idx else train
-        cal_scores = self._calibrate_on(cal)
+        cal_scores = self._calibrate_on(cal, train if cal_idx else ())
         held_out = torch.zeros(n, dtype=torch.bool)
         held_out[cal_idx] = True
         self.replay_ = ReplayStore.build(
@@ -528,7 +528,7 @@ class MAFRDetector(
         if on_training_parts:
             cal = old_train + new_train
         before = self.threshold_
-        scores = self._calibrate_on(cal)
+        scores = self._calibrate_on(cal, () if on_training_parts else old_train + new_train)
         held_out = torch.tensor([i in cal_idx for i in range(n)], dtype=torch.bool)
         self.replay_ = store.merged(
             ReplayStore(*stack_parts(new), held_out, moments), budget_bytes=self._replay_budget(), seed=seed
@@ -680,10 +680,11 @@ class MAFRDetector(
         return history
 
     @torch.inference_mode()
-    def _calibrate_on(self, feats: Sequence[_Features]) -> list[float]:
+    def _calibrate_on(self, feats: Sequence[_Features], training: Sequence[_Features] = ()) -> list[float]:
         """Calibrate everything that depends on what good parts look like through the fitted
         autoencoder, from held-out good parts: the fusion's units (calibrated fusion), the image
-        threshold and the pixel threshold of ``defect_mask``. Returns the parts' scores."""
+        threshold and the pixel threshold of ``defect_mask``. Returns the parts' scores. With
+        ``scoring.threshold_parts="all"`` the ``training`` parts' scores join the threshold's."""
         feats = list(feats)
         if not feats:
             raise ValueError("calibration needs at least one good part; got none")
@@ -699,7 +700,12 @@ class MAFRDetector(
         fused, _, _, scores = self._maps_from_residuals(err2, err3, valid_pixels, valid_grid)
         self.calibration_["pixel_threshold"] = fused.amax().reshape(1).double().cpu()
         scores = [float(v) for v in scores]
-        self.threshold_ = self._threshold_from(scores)
+        pooled = list(scores)
+        if sc.threshold_parts == "all" and training:
+            training = list(training)
+            for start in range(0, len(training), 16):  # bounded memory for a large replay store
+                pooled += [float(v) for v in self._score_features(training[start : start + 16])[3]]
+        self.threshold_ = self._threshold_from(pooled)
         return scores
 
     def _threshold_from(self, scores: Sequence[float]) -> float:

@@ -114,6 +114,19 @@ def test_calibration_is_fitted_saved_and_verified(calibrated, tmp_path):
     assert tensors  # the stripped file itself would fail its checksum first: tested in test_fail_closed
 
 
+def test_offline_threshold_pools_every_fit_part(calibrated):
+    from mafr.detector import _held_out_split
+
+    assert calibrated.config.scoring.threshold_parts == "all"
+    good = [generate_sample("puck", seed=s, size=128) for s in range(6)]  # the fixture's fit set
+    scores = calibrated.score_features(calibrated.extract_features(good))
+    held, train = _held_out_split(6, calibrated.config.train.calibration_fraction, torch.Generator().manual_seed(0))
+    pooled = calibrated._threshold_from([scores[i] for i in held + train])
+    assert calibrated.threshold_ == pytest.approx(pooled, rel=1e-5)
+    assert calibrated.fit_info_["calibration_scores"] == pytest.approx([scores[i] for i in held], rel=1e-5)
+    assert calibrated._threshold_from([scores[i] for i in held]) != pytest.approx(pooled, rel=1e-3)
+
+
 def test_curvature_is_restored_but_not_scored(calibrated):
     assert calibrated.point_extractor.context_channels == 1  # the curvature, the last channel
     c2, c3 = calibrated.stats_["rgb_mean"].shape[0], calibrated.stats_["xyz_mean"].shape[0]
