@@ -41,6 +41,25 @@ def _median_time(fn, repeats: int, device: torch.device = torch.device("cpu")) -
     return statistics.median(times)
 
 
+def _breakdown(det, probe, device: torch.device, repeats: int) -> dict:
+    """Median seconds of each stage of one predict: loading and resizing the inputs, the RGB
+    extractor, the 3D path (grouping, PointMAE, centres -> grid), and the rest (autoencoder,
+    scoring, maps back at input size, fail-closed checks, the defect mask)."""
+    prep = det._prepare((probe.rgb, probe.xyz))
+    feats = det._extract([prep])
+
+    def rgb():
+        with torch.inference_mode(), det._autocast():
+            det.rgb_extractor(prep.image.unsqueeze(0))
+
+    return {
+        "prepare": round(_median_time(lambda: det._prepare((probe.rgb, probe.xyz)), repeats, device), 4),
+        "rgb_extractor": round(_median_time(rgb, repeats, device), 4),
+        "points_to_grid": round(_median_time(lambda: det._point_grid_features(prep), repeats, device), 4),
+        "autoencoder_scoring_maps": round(_median_time(lambda: det._results([prep], feats), repeats, device), 4),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -84,6 +103,7 @@ def main() -> int:
         predict_s.append(_median_time(predict_fast, 1, device))
     vit_t, pred_t = statistics.median(vit_s), statistics.median(predict_s)
 
+    stages = _breakdown(fast, probe, device, args.repeats)
     single = _median_time(lambda: [fast.predict(p.rgb, p.xyz) for p in probes], 1, device)
     batched = _median_time(lambda: fast.predict_batch(probes, batch_size=8), 1, device)
 
@@ -98,6 +118,7 @@ def main() -> int:
         "batch8_throughput_ratio": round(single / batched, 3),
         "parts_per_s_single": round(len(probes) / single, 3),
         "parts_per_s_batch8": round(len(probes) / batched, 3),
+        "stages_s": stages,
     }
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)

@@ -251,15 +251,17 @@ class MAFRDetector(
     @property
     def rgb_extractor(self) -> torch.nn.Module:
         """The frozen RGB extractor (built on first use)."""
-        with _BUILD_LOCK:
+        # First use is often inside an inference-mode method: parameters made there are inference
+        # tensors, which a later det.to(other device) turns into ones autocast cannot use.
+        with _BUILD_LOCK, torch.inference_mode(False):
             if self._rgb_extractor is None:
                 self._rgb_extractor = build_rgb_extractor(self.config).eval().to(self.device)
         return self._rgb_extractor
 
     @property
     def point_extractor(self) -> torch.nn.Module:
-        """The frozen 3D extractor (built on first use)."""
-        with _BUILD_LOCK:
+        """The frozen 3D extractor (built on first use; see rgb_extractor)."""
+        with _BUILD_LOCK, torch.inference_mode(False):
             if self._point_extractor is None:
                 self._point_extractor = build_point_extractor(self.config).eval().to(self.device)
         return self._point_extractor

@@ -118,7 +118,7 @@ def test_converted_weights_and_forward_match_reference(tmp_path, latent):
     trio = reference_trio(latent)
     write_trio(tmp_path / "ckpt" / CATEGORY, trio)  # the reference's <folder>/<category>/ layout
     out = convert_reference_checkpoints(tmp_path / "ckpt", tmp_path / "det", CATEGORY, config=_config())
-    det = mafr.MAFRDetector.from_pretrained(out)
+    det = mafr.MAFRDetector.from_pretrained(out, device="cpu")  # compared with CPU tensors
     assert det.config.model.cbam == "pointwise"
     assert det.config.model.latent_dim == latent  # None = the default half width
     assert det.config.model.cbam_reduction == 16 and det.config.model.cbam_kernel == 7

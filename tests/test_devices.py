@@ -119,6 +119,21 @@ def test_bf16_fit_and_predict_on_cpu_give_fp32_results():
     assert np.isfinite(det.threshold_)
 
 
+def test_extractors_built_inside_inference_mode_hold_ordinary_parameters():
+    # Found on a GPU: a detector whose extractors were first built inside predict (inference
+    # mode), then moved with det.to(), failed under bf16 autocast ("Inference tensors do not track
+    # version counter"). Building them outside inference mode is the fix; it is checkable here.
+    det = mafr.MAFRDetector(tiny_config(), device="cpu", precision="bf16")
+    with torch.inference_mode():
+        modules = (det.rgb_extractor, det.point_extractor)
+    assert not any(p.is_inference() for m in modules for p in m.parameters())
+    for m in modules:  # what a device move does to each parameter, then a bf16 forward
+        m.to(torch.float64).to(torch.float32)
+    det.fit(_parts(), progress=False)
+    probe = generate_sample("dome", "bump", seed=9, size=64)
+    assert np.isfinite(det.predict(probe.rgb, probe.xyz).score)
+
+
 def test_grouping_ignores_a_callers_autocast():
     from mafr.extractors import PointMAEConfig, PointMAEEncoder
 
