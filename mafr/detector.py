@@ -738,8 +738,9 @@ class MAFRDetector(
         xyz = torch.stack([p[1] for p in pairs])
         with self._autocast():
             out_rgb, out_xyz = ae(rgb, xyz)
-        valid_pixels = torch.stack([f.valid_pixels for f in feats]).to(self.device)
-        valid_grid = torch.stack([f.valid_grid for f in feats]).to(self.device)
+        # Replayed parts (update) live on the CPU, new ones on the device: move each, then stack.
+        valid_pixels = torch.stack([f.valid_pixels.to(self.device) for f in feats])
+        valid_grid = torch.stack([f.valid_grid.to(self.device) for f in feats])
         return out_rgb.float() - rgb, out_xyz.float() - xyz, valid_pixels, valid_grid
 
     def _edge_normalised(self, err2, err3, valid_grid):

@@ -152,7 +152,7 @@ def test_converted_detector_state_round_trips_and_predicts(tmp_path, capsys):
     write_trio(tmp_path / "ckpt", reference_trio())
     out = convert_reference_checkpoints(tmp_path / "ckpt", tmp_path / "det", CATEGORY, config=_config())
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    det = mafr.MAFRDetector.from_pretrained(out)
+    det = mafr.MAFRDetector.from_pretrained(out, device="cpu")  # compared with CPU tensors
     assert det.threshold_ == math.inf
     assert det.fit_info_["converted_from"] == [f"{p}_{CATEGORY}_{TAG}.pth" for p in ("fusion_encoder", "decoder_2D", "decoder_3D")]
     assert det.fit_info_["threshold_note"] == THRESHOLD_NOTE
@@ -173,7 +173,7 @@ def test_converted_detector_state_round_trips_and_predicts(tmp_path, capsys):
     assert line["score"] == pytest.approx(res.score, rel=1e-4)
 
     out2 = convert_reference_checkpoints(tmp_path / "ckpt", tmp_path / "det2", CATEGORY, config=_config(), threshold=2.5)
-    det2 = mafr.MAFRDetector.from_pretrained(out2)
+    det2 = mafr.MAFRDetector.from_pretrained(out2, device="cpu")
     assert det2.threshold_ == 2.5
     assert det2.predict(part.rgb, part.xyz).is_anomalous == (res.score > 2.5)
 

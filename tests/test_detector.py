@@ -124,7 +124,8 @@ def test_fitted_detector_separates_obvious_defects():
     """Honest end-to-end check: 6 good parts to fit, then a held-out good part and parts with a
     clear geometric + colour defect (crack, hole). The defects must score higher and the map must
     peak inside the defect (dilated by the smoothing radius)."""
-    det = mafr.MAFRDetector(tiny_config(train={"steps": 80}))
+    # CPU: the fit is deterministic there; on a GPU the peak lands within a pixel of the margin.
+    det = mafr.MAFRDetector(tiny_config(train={"steps": 80}), device="cpu")
     det.fit(_parts("puck", seeds=range(6), size=64), seed=0, progress=False)
     good = generate_sample("puck", seed=40, size=64)
     s_good = det.predict(good.rgb, good.xyz).score

@@ -192,6 +192,16 @@ def test_cuda_fit_and_predict_match_cpu_and_return_cpu_numpy():
 
 
 @cuda
+def test_cuda_update_mixes_replayed_and_new_parts():
+    # Replayed parts are stored on the CPU, new ones extracted on the GPU (failed on an H100).
+    det = mafr.MAFRDetector(tiny_config(), device="cuda").fit(_parts(), progress=False)
+    new = [generate_sample("dome", seed=s, size=64) for s in range(30, 34)]
+    assert det.update(new, seed=0) is det and np.isfinite(det.threshold_)
+    probe = generate_sample("dome", "bump", seed=9, size=64)
+    assert np.isfinite(det.predict(probe.rgb, probe.xyz).score)
+
+
+@cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_cuda_mixed_precision(precision, tmp_path):
     if precision == "bf16" and not torch.cuda.is_bf16_supported():

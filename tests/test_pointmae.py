@@ -280,7 +280,9 @@ def test_from_pretrained_hub_cache_offline(tmp_path: Path) -> None:
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_CACHE": str(cache),
         "HF_HOME": str(tmp_path / "home"),
-        "PYTHONPATH": str(Path(mafr.__file__).resolve().parents[1]),
+        # Prepended, not replaced: the caller's path may hold this package's dependencies.
+        "PYTHONPATH": os.pathsep.join(p for p in (str(Path(mafr.__file__).resolve().parents[1]),
+                                                  os.environ.get("PYTHONPATH", "")) if p),
     }
     env.pop("HF_HUB_ENABLE_HF_TRANSFER", None)
     res = subprocess.run(

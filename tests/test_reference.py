@@ -242,7 +242,7 @@ def _reference_detector_config():
 
 
 def test_reference_preset_aligns_points_with_inverse_squared_distance():
-    det = mafr.MAFRDetector(_reference_detector_config())
+    det = mafr.MAFRDetector(_reference_detector_config(), device="cpu")  # compared with CPU formulas
     part = generate_sample("dome", seed=1, size=64)
     prep = det._prepare((part.rgb, part.xyz))
     got = det._point_grid_features(prep)
@@ -265,7 +265,7 @@ def test_reference_preset_aligns_points_with_inverse_squared_distance():
 def test_converted_reference_checkpoint_scores_as_the_formulas(tmp_path):
     write_trio(tmp_path / "ckpt", reference_trio())
     out = convert_reference_checkpoints(tmp_path / "ckpt", tmp_path / "det", "cable", config=_reference_detector_config())
-    det = mafr.MAFRDetector.from_pretrained(out)
+    det = mafr.MAFRDetector.from_pretrained(out, device="cpu")  # compared with CPU formulas
     trio = reference_trio()
     parts = [generate_sample("puck", seed=3, size=64), generate_sample("dome", "hole", seed=4, size=64)]
     for part in parts:
