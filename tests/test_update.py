@@ -127,7 +127,7 @@ def test_update_pools_normalisation_statistics_exactly():
     det = mafr.MAFRDetector(cfg).fit(old, progress=False).update(new)
     everything = det._feature_stats(det.extract_features(old + new))
     for key, value in everything.items():
-        torch.testing.assert_close(det.stats_[key], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(det.stats_[key].cpu(), value.cpu(), rtol=1e-5, atol=1e-6)
     # No part held out anywhere: calibrated on training parts, and the detector says so.
     assert det.fit_info_["calibration_on_training_parts"] is True
 
@@ -140,7 +140,11 @@ def test_update_is_seeded_and_leaves_the_original_fit_alone(fitted):
     a.update(new, seed=0)
     b.update(new, seed=0)
     probe = generate_sample("dome", "bump", seed=5, size=64)
-    assert a.predict(probe.rgb, probe.xyz).score == b.predict(probe.rgb, probe.xyz).score
+    sa, sb = a.predict(probe.rgb, probe.xyz).score, b.predict(probe.rgb, probe.xyz).score
+    if fitted.device.type == "cpu":
+        assert sa == sb  # bit for bit: seeded and deterministic on the CPU
+    else:
+        assert sa == pytest.approx(sb, rel=1e-4)  # GPU kernels (atomic adds) reorder float sums
     assert [e["event"] for e in fitted.fit_info_["history"]] == ["fit"]
 
 
