@@ -19,6 +19,7 @@ from .errors import (  # noqa: E402
     MAFRError,
     ModelNotFoundError,
     NotFittedError,
+    TrainingDivergedError,
     UnreadableFileError,
     UntrustedConfigError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "ModelNotFoundError",
     "UntrustedConfigError",
     "NotFittedError",
+    "TrainingDivergedError",
     "DegenerateInputWarning",
     "WeightsUnavailableError",
     "CONFIG_VERSION",

@@ -7,6 +7,7 @@ directory or Hub repo; nothing is ever unpickled.
 """
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -429,6 +430,29 @@ class MAFRDetector(
 
     def _fit_features(self, feats: Sequence[_Features], *, seed: int = 0, progress: bool = False) -> "MAFRDetector":
         """Train and calibrate on already extracted features (the second half of :meth:`fit`)."""
+        with self._rollback_on_divergence():
+            return self._train_and_calibrate(feats, seed=seed, progress=progress)
+
+    @contextlib.contextmanager
+    def _rollback_on_divergence(self):
+        """A fit or update whose training diverges leaves the detector as it was before the call
+        (unfitted, or fitted as before), never half-trained."""
+        keys = ("stats_", "autoencoder_", "threshold_", "calibration_", "replay_", "fit_info_")
+        saved = {k: getattr(self, k, None) for k in keys}
+        ae = saved["autoencoder_"]
+        ae_state = None if ae is None else copy.deepcopy(ae.state_dict())  # update trains in place
+        ae_training = ae is not None and ae.training
+        try:
+            yield
+        except _errors.TrainingDivergedError:
+            for k, v in saved.items():
+                setattr(self, k, v)
+            if ae is not None:
+                ae.load_state_dict(ae_state)
+                ae.train(ae_training)  # training left it in train mode (dropout on)
+            raise
+
+    def _train_and_calibrate(self, feats: Sequence[_Features], *, seed: int, progress: bool) -> "MAFRDetector":
         if not feats:
             raise ValueError("fit needs at least one good sample; got an empty fit set")
         t0 = time.perf_counter()
@@ -487,6 +511,10 @@ class MAFRDetector(
         (within ``config.train.replay_budget_mb``). See docs/concepts.md, "Updating a fitted
         detector".
         """
+        with self._rollback_on_divergence():
+            return self._update(samples, seed=seed, progress=progress)
+
+    def _update(self, samples: Iterable[Any], *, seed: int, progress: bool) -> "MAFRDetector":
         self._check_fitted(require_threshold=False)
         if self.replay_ is None or bool(self.replay_.held_out.all()):
             raise _errors.NoReplayStoreError(
@@ -666,6 +694,13 @@ class MAFRDetector(
                 continue
             # Off the CPU early stopping is judged every sync_every steps, so it may stop that much later.
             values, pending = torch.stack(pending).tolist(), []
+            if not all(math.isfinite(v) for v in values):
+                # Fail closed: a diverged network must not become a detector that says "good".
+                bad = len(history) + next(i for i, v in enumerate(values) if not math.isfinite(v)) + 1
+                raise _errors.TrainingDivergedError(
+                    f"training diverged: the loss became non-finite at step {bad} of {steps} "
+                    f"(precision {self.precision}); nothing was fitted. Try precision='fp32' or a lower train.lr"
+                )
             for value in values:
                 history.append(value)
                 ema = value if ema is None else 0.9 * ema + 0.1 * value
@@ -700,6 +735,11 @@ class MAFRDetector(
                 box_smooth(m2, sc.box5_passes, sc.box7_passes), box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid,
                 valid).cpu())
         fused, _, _, scores = self._maps_from_residuals(err2, err3, valid_pixels, valid_grid)
+        if not bool(torch.isfinite(scores).all()) or not bool(torch.isfinite(fused).all()):
+            raise _errors.TrainingDivergedError(
+                "the fitted autoencoder gives non-finite scores on good parts: it cannot judge a part, "
+                "so it is not kept. Try precision='fp32' or a lower train.lr"
+            )
         self.calibration_["pixel_threshold"] = fused.amax().reshape(1).double().cpu()
         scores = [float(v) for v in scores]
         pooled = list(scores)

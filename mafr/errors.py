@@ -67,6 +67,12 @@ class DegenerateInputWarning(UserWarning):
     detector without a threshold); the result's ``flags`` say which."""
 
 
+class TrainingDivergedError(MAFRError, RuntimeError):
+    """Training (``fit`` or ``update``) produced a non-finite loss or non-finite calibration
+    scores: the detector it would leave cannot judge a part, so none is returned. The message
+    names the step; ``precision="fp32"`` or a lower ``train.lr`` are the usual remedies."""
+
+
 class NoReplayStoreError(MAFRError, RuntimeError):
     """:meth:`MAFRDetector.update` on a detector without a replay store (converted from reference
     checkpoints, saved by an older mafr, or fitted with ``train.replay_budget_mb=0``): without

@@ -29,7 +29,10 @@ def _zero_normalise(x: torch.Tensor, form: LossForm = "mafr") -> torch.Tensor:
     x = x - x.mean(dim=-1, keepdim=True)
     if form == "reference":
         return x / (x.pow(2).mean(dim=-1, keepdim=True) + _REFERENCE_EPS).sqrt()
-    return x / (x.pow(2).mean(dim=-1, keepdim=True).sqrt() + _EPS)
+    # sqrt has an infinite slope at 0: a position whose restored channels are exactly equal (bf16
+    # rounding makes that happen) would turn the whole gradient into NaN. The floor changes
+    # nothing for any variance above 1e-30, forward or backward.
+    return x / (x.pow(2).mean(dim=-1, keepdim=True).clamp_min(1e-30).sqrt() + _EPS)
 
 
 def znssd(target: torch.Tensor, restored: torch.Tensor, form: LossForm = "mafr") -> torch.Tensor:

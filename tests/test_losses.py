@@ -49,3 +49,20 @@ def test_restoration_loss_weights():
     torch.testing.assert_close(total, parts)
     only_census = restoration_loss(x, y, w_similarity=0, w_smoothness=0, w_census=2.0)
     torch.testing.assert_close(only_census, 2 * census(x, y))
+
+
+def test_znssd_gradient_is_finite_where_restored_channels_are_all_equal():
+    # bf16 rounding can make every channel of a restored position equal: the variance is then
+    # exactly 0, and sqrt's infinite slope there used to turn the whole gradient into NaN.
+    target = torch.randn(1, 2, 2, 3)
+    restored = torch.randn(1, 2, 2, 3)
+    restored[0, 0, 0] = 0.25
+    restored.requires_grad_(True)
+    znssd(target, restored).backward()
+    assert torch.isfinite(restored.grad).all()
+    # Away from zero variance the value is what it always was.
+    x = torch.randn(4, 5, 6, 7, dtype=torch.float64)
+    y = torch.randn(4, 5, 6, 7, dtype=torch.float64)
+    zx = (x - x.mean(-1, keepdim=True)) / ((x - x.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True).sqrt() + 1e-6)
+    zy = (y - y.mean(-1, keepdim=True)) / ((y - y.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True).sqrt() + 1e-6)
+    assert torch.equal(znssd(x, y), (zx - zy).pow(2).mean())
