@@ -799,7 +799,7 @@ class MAFRDetector(
 
     def _maps_from_residuals(self, err2, err3, valid_pixels, valid_grid):
         sc = self.config.scoring
-        scales = None
+        scales, mode = None, sc.fusion
         if sc.fusion == "calibrated":
             if not {"edge_2d", "edge_3d", "modality"} <= set(self.calibration_):
                 raise NotFittedError(
@@ -808,13 +808,15 @@ class MAFRDetector(
                 )
             res2, res3 = self._edge_normalised(err2, err3, valid_grid)
             scales = self.calibration_["modality"].to(res2.device)
+            if self.calibration_["edge_2d"].dim() == 1:  # saved by mafr 0.2: its sum, as it scored then
+                mode = "calibrated_sum"
         else:
             res2, res3 = err2.norm(dim=-1), err3.norm(dim=-1)
         return score_maps(
             res2,
             res3,
             valid_pixels,
-            mode=sc.fusion,
+            mode=mode,
             box5_passes=sc.box5_passes,
             box7_passes=sc.box7_passes,
             reference=sc.maps == "reference",

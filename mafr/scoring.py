@@ -55,6 +55,10 @@ def fuse(
         if scales is None:
             raise ValueError("fusion 'calibrated' needs the per-modality scales calibrated on good parts")
         return torch.maximum(map_2d / scales[0], map_3d / scales[1])
+    if mode == "calibrated_sum":  # the 0.2 rule, kept for detectors saved with per-distance levels
+        if scales is None:
+            raise ValueError("fusion 'calibrated' needs the per-modality scales calibrated on good parts")
+        return map_2d / scales[0] + map_3d / scales[1]
     raise ValueError(f"unknown fusion mode {mode!r}; expected one of product, sum, max, rgb, xyz, calibrated")
 
 

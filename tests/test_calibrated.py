@@ -24,6 +24,8 @@ def test_calibrated_fusion_keeps_a_deviation_seen_by_one_modality():
     assert fuse(m2, m3, "product")[0, 0] == 0  # what the paper's rule does to the stain
     with pytest.raises(ValueError, match="scales"):
         fuse(m2, m3, "calibrated")
+    # Detectors saved with one level per distance keep the rule they were calibrated for: the sum.
+    torch.testing.assert_close(fuse(m2, m3, "calibrated_sum", scales), torch.tensor([[2.0, 1.0, 2.0]]))
 
 
 def test_edge_distance_counts_cells_to_the_outline():
@@ -153,6 +155,16 @@ def test_edge_levels_of_the_wrong_shape_are_corrupt_and_old_ones_still_load(cali
                                                    for k in ("calibration.edge_2d", "calibration.edge_3d")}))
     old = mafr.MAFRDetector.from_pretrained(tmp_path / "old")
     assert old.calibration_["edge_2d"].dim() == 1 and math.isfinite(old.predict(part.rgb, part.xyz).score)
+    # ... by the rule it was saved under: L2 over channels per distance, the calibrated maps summed.
+    from mafr.scoring import score_maps
+
+    feats = old.extract_features([part])
+    err2, err3, vp, vg = old._residual_grids(feats)
+    d = edge_distance(vg, 3)
+    r2, r3 = err2.norm(dim=-1) / old.calibration_["edge_2d"][d], err3.norm(dim=-1) / old.calibration_["edge_3d"][d]
+    expected = score_maps(r2, r3, vp, mode="calibrated_sum", valid_grid=vg, scales=old.calibration_["modality"],
+                          score=old.config.scoring.score)[3]
+    torch.testing.assert_close(old._score_features(feats)[3], expected)
     shutil.copytree(tmp_path / "det", tmp_path / "narrow")
     _rewrite(tmp_path / "narrow", lambda t: t.__setitem__("calibration.edge_2d", t["calibration.edge_2d"][:, :3].contiguous()))
     with pytest.raises(mafr.CorruptModelError, match="edge_2d"):
