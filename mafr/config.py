@@ -190,7 +190,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # The 3-pixel scale measured sensor noise, not relief (tuning set): docs/ablations.md.
         "points": {"kind": "deviation", "deviation_scales": (6.0, 12.0)},
         # Chosen on the generated benchmark's tuning set (docs/ablations.md).
-        "scoring": {"fusion": "calibrated", "threshold_parts": "all", "log_spread_floor": 0.1},
+        "scoring": {"fusion": "calibrated", "threshold_parts": "all", "log_spread_floor": 0.1, "mask_relative": 0.6},
     },
 }
 
