@@ -790,12 +790,12 @@ class MAFRDetector(
         (a 3D extractor's trailing ``context_channels``, such as curvature, are restored but not
         scored). Detectors saved by mafr 0.2 hold one level per distance: the L2 norm over it."""
         e2, e3 = self.calibration_["edge_2d"].to(err2.device), self.calibration_["edge_3d"].to(err2.device)
+        dist = edge_distance(valid_grid, e2.shape[0] - 1)  # shared by both modalities
         if e2.dim() == 1:
-            dist = edge_distance(valid_grid, len(e2) - 1)
             return err2.norm(dim=-1) / e2[dist], err3.norm(dim=-1) / e3[dist]
         context = getattr(self.point_extractor, "context_channels", 0)
         evidence = err3.shape[-1] - context if 0 < context < err3.shape[-1] else None
-        return channel_normalised(err2, e2, valid_grid), channel_normalised(err3, e3, valid_grid, evidence)
+        return channel_normalised(err2, e2, dist), channel_normalised(err3, e3, dist, evidence)
 
     def _maps_from_residuals(self, err2, err3, valid_pixels, valid_grid):
         sc = self.config.scoring
@@ -1110,13 +1110,13 @@ class MAFRDetector(
         det.threshold_ = float(tensors["threshold"][0])
         det.replay_ = ReplayStore.from_tensors(tensors, str(weights_path))
         det.calibration_ = {k[len("calibration.") :]: v for k, v in tensors.items() if k.startswith("calibration.")}
-        if det.config.scoring.fusion == "calibrated" and not {"edge_2d", "edge_3d", "modality"} <= set(det.calibration_):
-            raise _errors.CorruptModelError(
-                f"{weights_path}: the config asks for calibrated fusion but the calibration tensors "
-                "(calibration.edge_2d, calibration.edge_3d, calibration.modality) are missing",
-                path=str(weights_path),
-            )
         if det.config.scoring.fusion == "calibrated":
+            if not {"edge_2d", "edge_3d", "modality"} <= set(det.calibration_):
+                raise _errors.CorruptModelError(
+                    f"{weights_path}: the config asks for calibrated fusion but the calibration tensors "
+                    "(calibration.edge_2d, calibration.edge_3d, calibration.modality) are missing",
+                    path=str(weights_path),
+                )
             _check_edge_levels(det.calibration_, rgb_dim, xyz_dim, str(weights_path))
         return det.to(det.device)  # loaded on the CPU; a saved detector names no device
 

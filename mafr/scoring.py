@@ -51,14 +51,12 @@ def fuse(
         return map_2d.clone()
     if mode == "xyz":
         return map_3d.clone()
-    if mode == "calibrated":
+    if mode in ("calibrated", "calibrated_sum"):
         if scales is None:
             raise ValueError("fusion 'calibrated' needs the per-modality scales calibrated on good parts")
-        return torch.maximum(map_2d / scales[0], map_3d / scales[1])
-    if mode == "calibrated_sum":  # the 0.2 rule, kept for detectors saved with per-distance levels
-        if scales is None:
-            raise ValueError("fusion 'calibrated' needs the per-modality scales calibrated on good parts")
-        return map_2d / scales[0] + map_3d / scales[1]
+        a, b = map_2d / scales[0], map_3d / scales[1]
+        # "calibrated_sum": the 0.2 rule, kept for detectors saved with per-distance levels.
+        return torch.maximum(a, b) if mode == "calibrated" else a + b
     raise ValueError(f"unknown fusion mode {mode!r}; expected one of product, sum, max, rgb, xyz, calibrated")
 
 
@@ -94,15 +92,14 @@ def edge_scales(residual: torch.Tensor, valid_grid: torch.Tensor, cap: int = 3,
     return torch.stack(out)
 
 
-def channel_normalised(errors: torch.Tensor, scales: torch.Tensor, valid_grid: torch.Tensor,
+def channel_normalised(errors: torch.Tensor, scales: torch.Tensor, dist: torch.Tensor,
                        channels: Optional[int] = None) -> torch.Tensor:
     """Signed restoration errors ``(B, g, g, C)`` -> ``(B, g, g)``: each channel divided by its
     good-part level at the cell's distance from the edge (``scales``, ``(cap + 1, C)`` from
-    :func:`edge_scales`), then the root mean square over the first ``channels`` channels (all by
-    default). Dividing per channel first keeps a quiet channel that carries a defect (a few
+    :func:`edge_scales`; ``dist`` from :func:`edge_distance` with the same ``cap``), then the root
+    mean square over the first ``channels`` channels (all by default). Dividing per channel first keeps a quiet channel that carries a defect (a few
     tenths of a millimetre of relief) from being drowned by channels that are noisy on every
     part; the L2 norm of :func:`residual_map` weights each channel by its raw spread instead."""
-    dist = edge_distance(valid_grid, scales.shape[0] - 1)
     z = errors / scales[dist]
     if channels is not None:
         z = z[..., :channels]

@@ -60,17 +60,18 @@ def test_edge_scales_per_channel_and_channel_normalised_residual():
     torch.testing.assert_close(levels[:, 0], 10 * torch.tensor([1.0, 2.0, 3.0, 4.0]))  # of |error|
     torch.testing.assert_close(levels[:, 1], torch.tensor([1.0, 2.0, 3.0, 4.0]))
     # A good part is at its own level in every channel, wherever the cell is: RMS 1.
-    good = channel_normalised(errors, levels, valid)
+    cells = edge_distance(valid, cap=3)  # the long distances channel_normalised indexes with
+    good = channel_normalised(errors, levels, cells)
     torch.testing.assert_close(good[valid], torch.ones(int(valid.sum())))
     # A defect three times the quiet channel's level stands out although its raw error is a
     # tenth of the loud channel's: the plain L2 norm would hardly change.
     bad = errors.clone()
     bad[0, 4, 4, 1] *= 3.0
-    z = channel_normalised(bad, levels, valid)
+    z = channel_normalised(bad, levels, cells)
     assert z[0, 4, 4] == pytest.approx(math.sqrt((1 + 9) / 2))
     assert bad[0, 4, 4].norm() / errors[0, 4, 4].norm() < 1.05
     # Only the first `channels` channels count (a 3D extractor's trailing context channels do not).
-    assert channel_normalised(bad, levels, valid, channels=1)[0, 4, 4] == pytest.approx(1.0)
+    assert channel_normalised(bad, levels, cells, channels=1)[0, 4, 4] == pytest.approx(1.0)
 
 
 def test_modality_scales_are_high_quantiles_of_good_maps():
