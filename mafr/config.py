@@ -64,6 +64,11 @@ class PointConfig(_Strict):
     out_indices: tuple[int, ...] = (3, 7, 11)
     #: FPS runs on at most this many points (evenly strided subsample); ``None`` = all points.
     fps_max_points: Optional[int] = Field(8192, ge=1)
+    #: How the organized cloud is brought to the network's input size: ``"nearest"`` keeps one
+    #: measured pixel per output pixel (the reference); ``"mean"`` averages every measured pixel
+    #: the output pixel covers (``projection.resize_xyz_mean``), less depth noise on scans larger
+    #: than the input. See docs/ablations.md.
+    resize: Literal["nearest", "mean"] = "nearest"
     #: Close sensor dropouts a few pixels wide before extraction (iterations of
     #: ``projection.fill_small_holes``); 0 keeps the map as measured (the reference).
     fill_holes: int = Field(4, ge=0)
@@ -188,7 +193,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "offline": {
         "rgb": {"kind": "offline"},
         # The 3-pixel scale measured sensor noise, not relief (tuning set): docs/ablations.md.
-        "points": {"kind": "deviation", "deviation_scales": (6.0, 12.0)},
+        "points": {"kind": "deviation", "deviation_scales": (6.0, 12.0), "resize": "mean"},
         # Chosen on the generated benchmark's tuning set (docs/ablations.md).
         "scoring": {"fusion": "calibrated", "threshold_parts": "all", "log_spread_floor": 0.1, "mask_relative": 0.6},
     },

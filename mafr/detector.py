@@ -38,6 +38,7 @@ from .projection import (
     centres_to_grid_operator,
     fill_small_holes,
     pool_to_grid,
+    resize_xyz_mean,
     scatter_to_pixels,
     upsample_rgb,
     valid_grid_mask,
@@ -175,6 +176,11 @@ def _decode_config(data: Any) -> MAFRConfig:
     if isinstance(data, MAFRConfig):
         return data
     data = {k: v for k, v in dict(data).items() if k not in ("mafr_version", "fit", "metrics", _integrity.CHECKSUMS_KEY)}
+    points = data.get("points")
+    if isinstance(points, dict) and "resize" not in points:
+        # Saved before points.resize existed: its features were resized by nearest neighbour, and
+        # the preset's newer default must not change what the fitted autoencoder sees.
+        data["points"] = {**points, "resize": "nearest"}
     return MAFRConfig.model_validate(data)
 
 
@@ -311,8 +317,11 @@ class MAFRDetector(
         image = torch.from_numpy(((img - mean) / std).transpose(2, 0, 1).copy())
         xyz_pad = np.zeros((side, side, 3), dtype=np.float32)
         xyz_pad[:h, :w] = xyz
-        xyz_s = torch.from_numpy(np.ascontiguousarray(resize_nearest(xyz_pad, size, size)))
-        valid = (xyz_s != 0).any(dim=-1)
+        if self.config.points.resize == "mean":
+            xyz_s, valid = resize_xyz_mean(xyz_pad, size)
+        else:
+            xyz_s = torch.from_numpy(np.ascontiguousarray(resize_nearest(xyz_pad, size, size)))
+            valid = (xyz_s != 0).any(dim=-1)
         # Fail closed before any feature is computed: judged on what was measured, not filled.
         flags = _integrity.judge_input(rgb, valid)
         if self.config.points.fill_holes:

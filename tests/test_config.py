@@ -32,6 +32,16 @@ def test_presets_fill_only_what_was_not_given():
     assert paper.train.loss_form == "mafr" and paper.scoring.maps == "mafr"
     off = MAFRConfig(preset="offline")
     assert off.rgb.kind == "offline" and off.points.kind == "deviation" and off.scoring.fusion == "calibrated"
+    assert off.points.resize == "mean" and paper.points.resize == "nearest" and ref.points.resize == "nearest"
+
+
+def test_a_config_saved_before_points_resize_keeps_nearest_neighbour():
+    from mafr.detector import _decode_config
+
+    saved = MAFRConfig(preset="offline").to_json_dict()
+    del saved["points"]["resize"]  # as saved before the field existed
+    assert _decode_config(saved).points.resize == "nearest"
+    assert _decode_config(MAFRConfig(preset="offline").to_json_dict()).points.resize == "mean"
 
 
 def test_json_round_trip():

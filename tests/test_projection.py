@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mafr.projection import depth_to_xyz, pool_to_grid, project_points, scatter_to_pixels, upsample_rgb, valid_grid_mask
 
@@ -108,6 +110,52 @@ def test_fill_small_holes_closes_a_round_dropout():
     assert int((~v).sum()) == 5  # peeled from 21 missing pixels, one ring per iteration
     _, v = fill_small_holes(xyz * valid.unsqueeze(-1), valid, iterations=4)
     assert bool(v.all())
+
+
+def test_resize_xyz_mean_averages_only_measured_pixels():
+    from mafr.projection import resize_xyz_mean
+
+    xyz = np.zeros((4, 4, 3), dtype=np.float32)
+    xyz[:2, :2] = [[[1, 1, 1], [3, 3, 3]], [[5, 5, 5], [0, 0, 0]]]  # 3 of 4 measured
+    xyz[:2, 2:] = [[[2, 2, 2], [0, 0, 0]], [[0, 0, 0], [0, 0, 0]]]  # 1 of 4: too few
+    xyz[2:, :2] = 7.0  # all measured
+    before = xyz.copy()
+    out, valid = resize_xyz_mean(xyz, 2)
+    np.testing.assert_array_equal(xyz, before)  # input untouched
+    assert valid.tolist() == [[True, False], [True, False]]
+    torch.testing.assert_close(out[0, 0], torch.full((3,), 3.0))  # the missing pixel is not a 0 in the mean
+    torch.testing.assert_close(out[1, 0], torch.full((3,), 7.0))
+    assert bool((out[~valid] == 0).all())
+
+
+def test_resize_xyz_mean_is_the_identity_at_the_same_size_and_averages_noise_away():
+    from mafr.projection import resize_xyz_mean
+
+    rng = np.random.default_rng(0)
+    xyz = np.zeros((400, 400, 3), dtype=np.float32)
+    xyz[..., 2] = 0.5 + rng.normal(0, 0.0002, (400, 400))
+    xyz[:50] = 0.0  # unmeasured band
+    same, valid = resize_xyz_mean(xyz, 400)
+    np.testing.assert_array_equal(same.numpy(), xyz)
+    assert valid.numpy().tolist() == (xyz != 0).any(-1).tolist()
+    small, valid = resize_xyz_mean(xyz, 224)
+    noise = float(small[..., 2][valid].std())
+    assert noise < 0.0002 / 1.5  # ~3 measurements per output pixel
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(4, 40), st.integers(4, 40), st.integers(2, 30), st.integers(0, 2**32 - 1))
+def test_resize_xyz_mean_stays_within_the_measured_values(h, w, size, seed):
+    from mafr.projection import resize_xyz_mean
+
+    rng = np.random.default_rng(seed)
+    xyz = rng.uniform(0.1, 2.0, (h, w, 3)).astype(np.float32) * (rng.random((h, w, 1)) < 0.7)
+    out, valid = resize_xyz_mean(xyz, size)
+    assert out.shape == (size, size, 3) and valid.shape == (size, size) and out.dtype == torch.float32
+    measured = xyz[(xyz != 0).any(-1)]
+    if valid.any():
+        assert float(out[valid].min()) >= measured.min() - 1e-6 and float(out[valid].max()) <= measured.max() + 1e-6
+    assert bool((out[~valid] == 0).all()) and bool((out[valid] != 0).any(-1).all())
 
 
 def test_axis_pool_matrix_reproduces_pool_to_grid():
