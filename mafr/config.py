@@ -15,7 +15,7 @@ reference-code file). Presets fill in the fields a user did not set explicitly:
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,6 +43,10 @@ class RGBConfig(_Strict):
     #: Extra keyword arguments for ``timm.create_model`` (e.g. a small ``embed_dim``/``depth``
     #: for tests). Changing them changes the architecture, so pretrained weights no longer fit.
     timm_kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: With ``kind="offline"``: radii (pixels at the network input) of the circles on which the
+    #: colour-rarity channel looks for a matching colour (``extractors.offline.
+    #: ColorGradientExtractor``); empty: no such channel. See docs/ablations.md.
+    ring_radii: tuple[Annotated[int, Field(ge=1)], ...] = ()
 
 
 class PointConfig(_Strict):
@@ -191,7 +195,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "scoring": {"maps": "reference", "fusion": "product", "score": "ratio", "threshold_rule": "sigma"},
     },
     "offline": {
-        "rgb": {"kind": "offline"},
+        "rgb": {"kind": "offline", "ring_radii": (14, 22)},
         # The 3-pixel scale measured sensor noise, not relief (tuning set): docs/ablations.md.
         "points": {"kind": "deviation", "deviation_scales": (6.0, 12.0), "resize": "mean"},
         # Chosen on the generated benchmark's tuning set (docs/ablations.md).

@@ -176,11 +176,12 @@ def _decode_config(data: Any) -> MAFRConfig:
     if isinstance(data, MAFRConfig):
         return data
     data = {k: v for k, v in dict(data).items() if k not in ("mafr_version", "fit", "metrics", _integrity.CHECKSUMS_KEY)}
-    points = data.get("points")
-    if isinstance(points, dict) and "resize" not in points:
-        # Saved before points.resize existed: its features were resized by nearest neighbour, and
-        # the preset's newer default must not change what the fitted autoencoder sees.
-        data["points"] = {**points, "resize": "nearest"}
+    # A config saved before a field existed gets the value that was in effect then, not the
+    # preset's newer default: the fitted autoencoder must see the features it was trained on.
+    for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ())):
+        part = data.get(section)
+        if isinstance(part, dict) and field not in part:
+            data[section] = {**part, field: before}
     return MAFRConfig.model_validate(data)
 
 

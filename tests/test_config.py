@@ -33,15 +33,20 @@ def test_presets_fill_only_what_was_not_given():
     off = MAFRConfig(preset="offline")
     assert off.rgb.kind == "offline" and off.points.kind == "deviation" and off.scoring.fusion == "calibrated"
     assert off.points.resize == "mean" and paper.points.resize == "nearest" and ref.points.resize == "nearest"
+    assert off.rgb.ring_radii == (14, 22) and paper.rgb.ring_radii == ()
+    with pytest.raises(ValidationError):
+        MAFRConfig(preset="offline", rgb={"ring_radii": (0, 5)})
 
 
-def test_a_config_saved_before_points_resize_keeps_nearest_neighbour():
+def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted_with():
     from mafr.detector import _decode_config
 
     saved = MAFRConfig(preset="offline").to_json_dict()
-    del saved["points"]["resize"]  # as saved before the field existed
-    assert _decode_config(saved).points.resize == "nearest"
-    assert _decode_config(MAFRConfig(preset="offline").to_json_dict()).points.resize == "mean"
+    del saved["points"]["resize"], saved["rgb"]["ring_radii"]  # as saved before the fields existed
+    old = _decode_config(saved)
+    assert old.points.resize == "nearest" and old.rgb.ring_radii == ()
+    new = _decode_config(MAFRConfig(preset="offline").to_json_dict())
+    assert new.points.resize == "mean" and new.rgb.ring_radii == (14, 22)
 
 
 def test_json_round_trip():

@@ -356,6 +356,35 @@ def test_colour_shape_names_and_validation() -> None:
         ColorGradientExtractor(scales=())
 
 
+def _checker(size: int = 224, square: int = 28) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    red = ((yy // square + xx // square) % 2 == 0).float()
+    return (red * torch.tensor([0.8, 0.25, 0.2]).view(3, 1, 1) + (1 - red) * torch.tensor([0.9, 0.88, 0.8]).view(3, 1, 1)).unsqueeze(0)
+
+
+def test_colour_rarity_sees_a_stain_on_a_checker_but_not_the_checker() -> None:
+    extractor = ColorGradientExtractor(ring_radii=(14, 22))
+    assert extractor.out_dim == 48 and extractor.feature_names[15] == "s1_colour_rarity"
+    rgb = _checker()
+    stained = rgb.clone()
+    stained[:, :, 90:102, 64:76] = torch.tensor([0.45, 0.35, 0.3]).view(1, 3, 1, 1)  # inside a square
+    rarity_good = extractor(_rgb_to_input(rgb))[0, 15]  # finest scale, (28, 28)
+    rarity_bad = extractor(_rgb_to_input(stained))[0, 15]
+    # Every pixel of the checker has its own colour somewhere on a circle around it.
+    assert float(rarity_good.abs().max()) < 1e-5
+    assert float(rarity_bad[11:13, 8:10].min()) > 0.05  # the stain's cells
+    far = torch.ones(28, 28, dtype=torch.bool)
+    far[6:18, 3:15] = False  # beyond the stain plus the largest radius and the coarsest pooling
+    assert float(rarity_bad[far].abs().max()) < 1e-5
+    # The other channels are those of the extractor without the ring, unchanged.
+    plain = ColorGradientExtractor()(_rgb_to_input(stained))
+    with_ring = extractor(_rgb_to_input(stained)).view(1, 3, 16, 28, 28)
+    assert torch.equal(with_ring[:, :, :15].reshape(1, 45, 28, 28), plain)
+    for bad in ((0,), (3, 3), (2.5,)):
+        with pytest.raises(ValueError, match="ring_radii"):
+            ColorGradientExtractor(ring_radii=bad)
+
+
 def test_timing_at_224() -> None:
     """Prints the cost of both extractors on one 224 x 224 input (no assertion on time): on one
     thread, and on torch's default thread count (which a busy shared machine can slow down a lot,

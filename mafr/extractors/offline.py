@@ -386,9 +386,16 @@ class ColorGradientExtractor(nn.Module):
       i.e. a vertical edge). The pooled histogram ``v`` is normalised with Dalal & Triggs'
       L2 scheme ``v / sqrt(|v|^2 + eps^2)``; ``eps`` keeps flat, noise-only cells near zero.
     - **mean gradient magnitude** (1): the contrast the normalised histogram discards.
+    - **colour rarity** (1, with ``ring_radii``): per pixel, the distance in opponent colour (the
+      intensity axis O3 weighted by ``ring_intensity_weight``) to the *closest* colour among 32
+      pixels on each circle of the given radii around it. Texture repeats (a checker's squares,
+      brushing, a label band continue past the circle), so on a good part some pixel on the
+      circle matches; a stain wider than the circle's gap and narrower than its radius has no
+      match there. Per-cell colour moments cannot tell a stained cell from a cell mixing two of
+      the part's colours; this can.
 
-    ``out_dim = len(scales) * (7 + orientation_bins)`` (45 with the defaults). ``feature_names``
-    lists the channels.
+    ``out_dim = len(scales) * (7 + orientation_bins + (1 if ring_radii else 0))`` (45 with the
+    defaults, 48 as the offline preset sets it). ``feature_names`` lists the channels.
 
     Args:
         patch: cell side in pixels; the output grid is ``H / patch`` x ``W / patch``.
@@ -400,6 +407,11 @@ class ColorGradientExtractor(nn.Module):
             centres).
         eps: the L2-normalisation constant, in units of the per-pixel gradient of an image in
             ``[0, 1]`` (a unit step edge gives 0.5 on each of its two Sobel columns).
+        ring_radii: circle radii in pixels for the colour-rarity channel (empty: no channel). The
+            offline preset's (14, 22) at 224 px lie outside the generated benchmark's stains
+            (radius up to ~12 px) and inside a checker square's repeat.
+        ring_intensity_weight: weight of the intensity axis O3 in that distance; below 1 because
+            shading moves intensity across a curved part while leaving the chroma alone.
     """
 
     def __init__(
@@ -408,8 +420,18 @@ class ColorGradientExtractor(nn.Module):
         scales: tuple[int, ...] = (1, 2, 4),
         orientation_bins: int = 8,
         eps: float = 0.01,
+        ring_radii: tuple[int, ...] = (),
+        ring_intensity_weight: float = 0.5,
     ) -> None:
         super().__init__()
+        ring_radii = tuple(ring_radii)
+        if any(not isinstance(r, int) or r < 1 for r in ring_radii) or len(set(ring_radii)) != len(ring_radii):
+            raise ValueError(f"ring_radii must be distinct positive integers (pixels), got {ring_radii!r}")
+        if not (isinstance(ring_intensity_weight, (int, float)) and math.isfinite(ring_intensity_weight)
+                and ring_intensity_weight >= 0):
+            raise ValueError(f"ring_intensity_weight must be a non-negative number, got {ring_intensity_weight!r}")
+        self.ring_radii = ring_radii
+        self.ring_intensity_weight = float(ring_intensity_weight)
         if not isinstance(patch, int) or patch < 1:
             raise ValueError(f"patch must be a positive integer, got {patch!r}")
         scales = tuple(scales)
@@ -427,12 +449,13 @@ class ColorGradientExtractor(nn.Module):
         self.scales = scales
         self.orientation_bins = orientation_bins
         self.eps = float(eps)
-        self.out_dim: int = len(scales) * (7 + orientation_bins)
+        self.out_dim: int = len(scales) * (7 + orientation_bins + (1 if ring_radii else 0))
         per_scale = (
             [f"mean_O{i}" for i in (1, 2, 3)]
             + [f"std_O{i}" for i in (1, 2, 3)]
             + [f"hog_{k}" for k in range(orientation_bins)]
             + ["grad_mag"]
+            + (["colour_rarity"] if ring_radii else [])
         )
         self.feature_names: list[str] = [f"s{s}_{n}" for s in scales for n in per_scale]
 
@@ -447,7 +470,7 @@ class ColorGradientExtractor(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"patch={self.patch}, scales={self.scales}, orientation_bins={self.orientation_bins}, "
-            f"out_dim={self.out_dim}"
+            f"ring_radii={self.ring_radii}, out_dim={self.out_dim}"
         )
 
     def _validate(self, images: Tensor) -> None:
@@ -510,20 +533,43 @@ class ColorGradientExtractor(nn.Module):
         votes = F.one_hot(lo.squeeze(1), nb).permute(0, 3, 1, 2) * (mag * (1 - frac))
         votes = votes + F.one_hot(((lo + 1) % nb).squeeze(1), nb).permute(0, 3, 1, 2) * (mag * frac)
 
-        per_pixel = torch.cat([c, c * c, votes.double(), mag.double()], dim=1)
+        per_pixel = [c, c * c, votes.double(), mag.double()]
+        if self.ring_radii:
+            per_pixel.append(self._colour_rarity(c.float()).double())
+        per_pixel = torch.cat(per_pixel, dim=1)
         centre = torch.einsum("oc,bchw->bohw", self.opponent, self.mean).double()
         feats = []
         for s in self.scales:
             pooled = self._pool(per_pixel, s)
             m, m2 = pooled[:, 0:3], pooled[:, 3:6]
-            hist, gmag = pooled[:, 6 : 6 + nb], pooled[:, 6 + nb :]
+            hist, rest = pooled[:, 6 : 6 + nb], pooled[:, 6 + nb :]  # rest: grad_mag [, colour_rarity]
             var = m2 - m * m
             # Below 1e-12 (std 1e-6, far under 8-bit quantisation) is float64 rounding of a
             # flat window: report exactly 0.
             std = torch.where(var > 1e-12, var, 0.0).sqrt()
             hist = hist / torch.sqrt((hist * hist).sum(1, keepdim=True) + self.eps**2)
-            feats += [m + centre, std, hist, gmag]
+            feats += [m + centre, std, hist, rest]
         return torch.cat(feats, dim=1).float().contiguous()
+
+    #: Pixels sampled on each circle of ``ring_radii``.
+    ring_points = 32
+
+    def _colour_rarity(self, opponent: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` opponent colours -> ``(B, 1, H, W)``: distance to the closest colour
+        on the circles of ``ring_radii`` around each pixel (replicate padding at the border)."""
+        x = opponent * opponent.new_tensor([1.0, 1.0, self.ring_intensity_weight]).view(1, 3, 1, 1)
+        H, W = x.shape[-2:]
+        pad = max(self.ring_radii)
+        xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+        best = None
+        for r in self.ring_radii:
+            for k in range(self.ring_points):
+                a = 2 * math.pi * k / self.ring_points
+                dy, dx = round(r * math.sin(a)), round(r * math.cos(a))
+                shifted = xp[..., pad + dy : pad + dy + H, pad + dx : pad + dx + W]
+                d = (shifted - x).norm(dim=1, keepdim=True)
+                best = d if best is None else torch.minimum(best, d)
+        return best
 
 
 class SurfaceDeviationExtractor(nn.Module):
