@@ -561,15 +561,16 @@ class ColorGradientExtractor(nn.Module):
         H, W = x.shape[-2:]
         pad = max(self.ring_radii)
         xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-        best = None
+        best = x.new_full((x.shape[0], H, W), math.inf)
         for r in self.ring_radii:
             for k in range(self.ring_points):
                 a = 2 * math.pi * k / self.ring_points
                 dy, dx = round(r * math.sin(a)), round(r * math.cos(a))
-                shifted = xp[..., pad + dy : pad + dy + H, pad + dx : pad + dx + W]
-                d = (shifted - x).norm(dim=1, keepdim=True)
-                best = d if best is None else torch.minimum(best, d)
-        return best
+                diff = xp[..., pad + dy : pad + dy + H, pad + dx : pad + dx + W] - x
+                # Squared distances, one square root at the end: Tensor.norm over the channel
+                # axis of a strided view is ~50x slower here.
+                torch.minimum(best, (diff * diff).sum(1), out=best)
+        return best.sqrt().unsqueeze(1)
 
 
 class SurfaceDeviationExtractor(nn.Module):
