@@ -1,5 +1,5 @@
 """Per defect type, on the generated benchmark's report set (or its tuning set): which fusion
-rule, which weight-free 3D descriptor and which decoder attention find which defects, and what
+rule, which weight-free 3D and 2D descriptors and which decoder attention find which defects, and what
 the default detector decides. The command that produced docs/ablations.md:
 
     python benchmarks/defect_types.py --split report --root data/bench_report --out docs/ablations.json
@@ -30,13 +30,18 @@ from mafr.evaluation import evaluate_detector
 FUSIONS = ("product", "sum", "max", "rgb", "xyz", "calibrated")
 DESCRIPTORS = {
     "deviation (default)": {"kind": "deviation"},
-    "deviation at 3, 6, 12 px (0.2)": {"kind": "deviation", "deviation_scales": (3.0, 6.0, 12.0)},
+    "deviation, nearest-neighbour resize (previous release)": {"kind": "deviation", "resize": "nearest"},
+    "deviation at 3, 6, 12 px": {"kind": "deviation", "deviation_scales": (3.0, 6.0, 12.0)},
     "FPFH + deviation": {"kind": "fpfh"},
-    "FPFH (v0.1)": {"kind": "fpfh", "deviation_scales": ()},
+    "FPFH": {"kind": "fpfh", "deviation_scales": ()},
 }
 ATTENTION = ("cbam", "se", "none")
+#: 2D descriptor variants (the 3D one at its default).
+COLOUR = {"colour rarity on circles of 14 and 22 px (default)": {}, "without colour rarity (previous release)": {"ring_radii": ()}}
+#: The previous release's offline preset: nearest-neighbour resize of the cloud, no colour rarity.
+V03 = {"points": {"resize": "nearest"}, "rgb": {"ring_radii": ()}}
 #: The offline preset as released in 0.1: FPFH, product fusion, mean + 3 std of held-out parts.
-V01 = {"points": {"kind": "fpfh", "deviation_scales": ()},
+V01 = {"points": {"kind": "fpfh", "deviation_scales": (), "resize": "nearest"}, "rgb": {"ring_radii": ()},
        "scoring": {"fusion": "product", "threshold_rule": "sigma", "threshold_sigma": 3.0, "threshold_parts": "held_out"}}
 
 
@@ -80,6 +85,10 @@ def run_category(root: Path, category: str, emit) -> None:
             d, _, s = fitted(points=points)
         emit({"study": "descriptor", "variant": name, "category": category, "fit_seconds": s,
               **_summary(evaluate_detector(d, test, progress=False))})
+    for name, rgb in COLOUR.items():
+        d, s = (det, seconds) if not rgb else fitted(rgb=rgb)[::2]
+        emit({"study": "colour", "variant": name, "category": category, "fit_seconds": s,
+              **_summary(evaluate_detector(d, test, progress=False))})
     for attention in ATTENTION:
         d, _, s = fitted(model={"attention": attention})
         emit({"study": "attention", "variant": attention, "category": category, "fit_seconds": s,
@@ -87,6 +96,9 @@ def run_category(root: Path, category: str, emit) -> None:
     d, _, s = fitted(**V01)
     emit({"study": "release", "variant": "offline preset 0.1 (FPFH, product, mean + 3 std)", "category": category,
           "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
+    d, _, s = fitted(**V03)
+    emit({"study": "release", "variant": "previous release (nearest-neighbour resize, no colour rarity)",
+          "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
 
 
 def markdown(records: list[dict], split: str) -> str:
@@ -96,8 +108,9 @@ def markdown(records: list[dict], split: str) -> str:
         return "" if v is None else f"{v:.3f}"
 
     lines = []
-    for study, title in (("release", "Before: the 0.1 offline preset"), ("fusion", "Fusion rules (offline preset, deviation descriptor)"),
-                         ("descriptor", "3D descriptors (calibrated fusion)"), ("attention", "Decoder attention (offline preset defaults)")):
+    for study, title in (("release", "Before: earlier offline presets"), ("fusion", "Fusion rules (offline preset, deviation descriptor)"),
+                         ("descriptor", "3D descriptors (calibrated fusion)"), ("colour", "2D descriptors (calibrated fusion)"),
+                         ("attention", "Decoder attention (offline preset defaults)")):
         rows = [r for r in records if r["study"] == study]
         variants = list(dict.fromkeys(r["variant"] for r in rows))
         lines += [f"### {title}", "", "Mean over the " + split + " categories; the worst category in brackets.", "",

@@ -619,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
              "P-AUROC and AUPRO (results.md + results.json in --out). Finished categories are reused\n"
              "when config, shots and seed match, so an interrupted run resumes.\n\n"
              "generated: synthetic parts in the MVTec layout; categories missing under --root are\n"
-             "generated first (10 train, 8 good + 4 per defect test, 224 px). Its default preset is\n"
+             "generated first (10 train, 12 good + 6 per defect type test, 400 px). Its default preset is\n"
              "offline; the others default to paper. Eyecandies is scored on test_public.",
              "  mafr evaluate --dataset generated --root gen --category puck dome --out eval_gen\n"
              "  mafr evaluate --dataset mvtec3d --root mvtec3d_preprocessed --shots 10 --out eval_mvtec", [common])
