@@ -266,3 +266,32 @@ def test_offline_preset_uses_multi_scale_deviation_and_fpfh_can_join_it():
     assert isinstance(both, OrganizedGeometryExtractor) and both.out_dim == 33 + ex.out_dim
     alone = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", points={"kind": "fpfh", "deviation_scales": ()}))
     assert alone.point_extractor.out_dim == 33
+
+
+def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_fitted(tmp_path, monkeypatch):
+    # Fitted with the behaviour of the release before points.resize / rgb.ring_radii existed.
+    good = [generate_sample("puck", seed=s, size=128) for s in range(5)]
+    cfg = mafr.MAFRConfig(preset="offline", points={"resize": "nearest"}, rgb={"ring_radii": ()},
+                          train={"steps": 20, "early_stop_patience": None})
+    det = mafr.MAFRDetector(cfg).fit(good, seed=0, progress=False)
+    part = generate_sample("puck", "stain", seed=41, size=128)
+    before = det.predict(part.rgb, part.xyz)
+
+    writer = type(det)._config_json
+
+    def old_writer(self):  # that release's config.json had neither field
+        data = writer(self)
+        del data["points"]["resize"], data["rgb"]["ring_radii"]
+        return data
+
+    monkeypatch.setattr(type(det), "_config_json", old_writer)
+    det.save_pretrained(tmp_path / "old")
+    monkeypatch.undo()
+    import json
+
+    saved = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert "resize" not in saved["points"] and "ring_radii" not in saved["rgb"]
+    loaded = mafr.MAFRDetector.from_pretrained(tmp_path / "old")
+    assert loaded.config.points.resize == "nearest" and loaded.config.rgb.ring_radii == ()
+    again = loaded.predict(part.rgb, part.xyz)
+    assert again.score == before.score and again.is_anomalous == before.is_anomalous
