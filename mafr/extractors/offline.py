@@ -390,9 +390,9 @@ class ColorGradientExtractor(nn.Module):
       intensity axis O3 weighted by ``ring_intensity_weight``) to the *closest* colour among 32
       pixels on each circle of the given radii around it. Texture repeats (a checker's squares,
       brushing, a label band continue past the circle), so on a good part some pixel on the
-      circle matches; a stain wider than the circle's gap and narrower than its radius has no
-      match there. Per-cell colour moments cannot tell a stained cell from a cell mixing two of
-      the part's colours; this can.
+      circle matches; inside a stain smaller than the circles, no pixel on them has the stain's
+      colour. Per-cell colour moments cannot tell a stained cell from a cell mixing two of the
+      part's colours; this can.
 
     ``out_dim = len(scales) * (7 + orientation_bins + (1 if ring_radii else 0))`` (45 with the
     defaults, 48 as the offline preset sets it). ``feature_names`` lists the channels.
