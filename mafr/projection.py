@@ -189,12 +189,13 @@ def resize_xyz_mean(xyz: np.ndarray, size: int, min_share: float = 0.5) -> tuple
     The mean keeps every measurement (depth noise / 1.8 at that ratio). Where a window straddles
     a depth jump the mean lies between the two surfaces; that happens only along outlines.
     """
-    # float32 is enough: a window averages at most a few dozen values of similar size.
-    t = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
-    measured = (t != 0).any(dim=1, keepdim=True).to(torch.float32)
+    # Pooled in float64: a float32 window sum overflows to inf for coordinates near float32's
+    # limit, though their mean is finite. The mean itself fits float32 again.
+    t = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float64)).permute(2, 0, 1).unsqueeze(0)
+    measured = (t != 0).any(dim=1, keepdim=True).to(torch.float64)
     # Unmeasured pixels are zero already, so the sum over a window is the sum over its measurements.
     pooled = F.adaptive_avg_pool2d(torch.cat([t, measured], dim=1), size)[0]
     total, share = pooled[:3], pooled[3:]
     valid = share[0] >= min_share
     mean = torch.where(valid, total / share.clamp_min(1e-12), 0.0)
-    return mean.permute(1, 2, 0).contiguous(), valid
+    return mean.permute(1, 2, 0).to(torch.float32).contiguous(), valid

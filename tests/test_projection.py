@@ -158,6 +158,15 @@ def test_resize_xyz_mean_stays_within_the_measured_values(h, w, size, seed):
     assert bool((out[~valid] == 0).all()) and bool((out[valid] != 0).any(-1).all())
 
 
+def test_resize_xyz_mean_of_coordinates_near_the_float32_limit_is_finite():
+    from mafr.projection import resize_xyz_mean
+
+    big = np.full((8, 8, 3), 3e38, dtype=np.float32)
+    out, valid = resize_xyz_mean(big, 4)
+    assert bool(valid.all()) and bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out, torch.full((4, 4, 3), 3e38))
+
+
 def test_axis_pool_matrix_reproduces_pool_to_grid():
     from mafr.projection import _axis_pool_matrix
 
