@@ -29,19 +29,22 @@ from mafr.evaluation import evaluate_detector
 
 FUSIONS = ("product", "sum", "max", "rgb", "xyz", "calibrated")
 DESCRIPTORS = {
-    "deviation (default)": {"kind": "deviation"},
-    "deviation, nearest-neighbour resize (previous release)": {"kind": "deviation", "resize": "nearest"},
+    "deviation as local rises and sinks (default)": {"kind": "deviation"},
+    "deviation, signed, cell mean (previous release)": {"kind": "deviation", "deviation_peaks": False},
+    "deviation, nearest-neighbour resize": {"kind": "deviation", "resize": "nearest"},
     "deviation at 3, 6, 12 px": {"kind": "deviation", "deviation_scales": (3.0, 6.0, 12.0)},
     "FPFH + deviation": {"kind": "fpfh"},
     "FPFH": {"kind": "fpfh", "deviation_scales": ()},
 }
 ATTENTION = ("cbam", "se", "none")
 #: 2D descriptor variants (the 3D one at its default).
-COLOUR = {"colour rarity on circles of 14 and 22 px (default)": {}, "without colour rarity (previous release)": {"ring_radii": ()}}
-#: The previous release's offline preset: nearest-neighbour resize of the cloud, no colour rarity.
-V03 = {"points": {"resize": "nearest"}, "rgb": {"ring_radii": ()}}
+COLOUR = {"colour rarity on circles of 14 and 22 px (default)": {}, "without colour rarity": {"ring_radii": ()}}
+#: The previous release's offline preset: the signed deviation, pooled by the cell mean.
+V04 = {"points": {"deviation_peaks": False}}
+#: The release before it: also nearest-neighbour resize of the cloud, no colour rarity.
+V03 = {"points": {"resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()}}
 #: The offline preset as released in 0.1: FPFH, product fusion, mean + 3 std of held-out parts.
-V01 = {"points": {"kind": "fpfh", "deviation_scales": (), "resize": "nearest"}, "rgb": {"ring_radii": ()},
+V01 = {"points": {"kind": "fpfh", "deviation_scales": (), "resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()},
        "scoring": {"fusion": "product", "threshold_rule": "sigma", "threshold_sigma": 3.0, "threshold_parts": "held_out"}}
 
 
@@ -77,7 +80,7 @@ def run_category(root: Path, category: str, emit) -> None:
         _recalibrate(det, feats)
         emit({"study": "fusion", "variant": fusion, "category": category, **_summary(evaluate_detector(det, test, progress=False))})
     for name, points in DESCRIPTORS.items():
-        if name == "deviation (default)":
+        if name.endswith("(default)"):
             det.config.scoring.fusion = "calibrated"
             _recalibrate(det, feats)
             d, s = det, seconds
@@ -97,7 +100,10 @@ def run_category(root: Path, category: str, emit) -> None:
     emit({"study": "release", "variant": "offline preset 0.1 (FPFH, product, mean + 3 std)", "category": category,
           "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
     d, _, s = fitted(**V03)
-    emit({"study": "release", "variant": "previous release (nearest-neighbour resize, no colour rarity)",
+    emit({"study": "release", "variant": "two releases ago (nearest-neighbour resize, no colour rarity)",
+          "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
+    d, _, s = fitted(**V04)
+    emit({"study": "release", "variant": "previous release (signed deviation, cell mean)",
           "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
 
 

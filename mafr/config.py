@@ -80,6 +80,11 @@ class PointConfig(_Strict):
     #: descriptor with ``kind="deviation"``, added to the histograms with ``kind="fpfh"`` (empty:
     #: FPFH alone). See docs/ablations.md for the choice.
     deviation_scales: tuple[float, ...] = (3.0, 6.0, 12.0)
+    #: Each deviation scale as its largest local rise and sink (within 9 px, after a 3 px
+    #: smoothing) instead of the deviation itself, so a bump smaller than a grid cell keeps its
+    #: height through the cell's mean (``SurfaceDeviationExtractor(peaks=True)``). See
+    #: docs/ablations.md.
+    deviation_peaks: bool = False
     #: Point -> pixel interpolation weights ``1 / (d**idw_power + 1e-8)`` over the 3 nearest
     #: centres: 1 (pointnet2's ``three_interpolate``) or 2 (the reference's squared distance).
     idw_power: Literal[1, 2] = 1
@@ -197,7 +202,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "offline": {
         "rgb": {"kind": "offline", "ring_radii": (14, 22)},
         # The 3-pixel scale measured sensor noise, not relief (tuning set): docs/ablations.md.
-        "points": {"kind": "deviation", "deviation_scales": (6.0, 12.0), "resize": "mean"},
+        "points": {"kind": "deviation", "deviation_scales": (6.0, 12.0), "resize": "mean", "deviation_peaks": True},
         # Chosen on the generated benchmark's tuning set (docs/ablations.md).
         "scoring": {"fusion": "calibrated", "threshold_parts": "all", "log_spread_floor": 0.1, "mask_relative": 0.6},
     },

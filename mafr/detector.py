@@ -178,7 +178,7 @@ def _decode_config(data: Any) -> MAFRConfig:
     data = {k: v for k, v in dict(data).items() if k not in ("mafr_version", "fit", "metrics", _integrity.CHECKSUMS_KEY)}
     # A config saved before a field existed gets the value that was in effect then, not the
     # preset's newer default: the fitted autoencoder must see the features it was trained on.
-    for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ())):
+    for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ()), ("points", "deviation_peaks", False)):
         part = data.get(section)
         if isinstance(part, dict) and field not in part:
             data[section] = {**part, field: before}

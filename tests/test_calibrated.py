@@ -257,10 +257,55 @@ def test_surface_deviation_ignores_invalid_pixels_and_validates():
         SurfaceDeviationExtractor(stride=0)
 
 
+def test_surface_deviation_peaks_keep_a_small_bumps_height_through_the_grid_cell_mean():
+    from mafr.projection import pool_to_grid
+
+    u, v, z = _plane()
+    # 0.5 mm bump of 5 px radius centred on a corner shared by four 8 x 8 cells: the worst case
+    # for a cell mean, which splits it four ways.
+    d2 = (u - 31.5) ** 2 + (v - 31.5) ** 2
+    g = 0.0005 * np.clip(1 - d2 / 25.0, 0, 1) ** 2
+    signed = SurfaceDeviationExtractor((6.0,))
+    peaks = SurfaceDeviationExtractor((6.0,), peaks=True)
+    assert peaks.out_dim == 3 and signed.out_dim == 2
+    flat = peaks(*_cloud(u, v, z))[0]
+    assert flat.shape == (3, 64, 64) and float(flat[:2].abs().max()) < 0.01 and float(flat[:2].min()) >= 0.0
+    bump_signed = pool_to_grid(signed(*_cloud(u, v, z - g))[0], 8)
+    bump = pool_to_grid(peaks(*_cloud(u, v, z - g))[0], 8)
+    dent = pool_to_grid(peaks(*_cloud(u, v, z + g))[0], 8)
+    # Each of the four cells' mean of the signed deviation kept under 3 % of the 0.5 mm (the
+    # quadric fit and the split); the local rise of the smoothed deviation keeps 13 %, 4.7 times
+    # as much, in each of the four cells.
+    assert float(bump_signed[0, 3:5, 3:5].max()) < 0.015
+    assert float(bump[0, 3:5, 3:5].min()) > 4 * float(bump_signed[0, 3:5, 3:5].max())
+    assert float(bump[1, 3, 3]) < 0.3 * float(bump[0, 3, 3])  # a bump rises, it does not sink
+    assert float(dent[1, 3, 3]) > 0.05 and float(dent[0, 3, 3]) < 0.3 * float(dent[1, 3, 3])
+    assert float(bump[0, 0, 0]) < 0.01  # far from it: nothing
+    # The curvature (context) stays the last channel, as without peaks.
+    assert torch.equal(peaks(*_cloud(u, v, z))[0, -1], signed(*_cloud(u, v, z))[0, -1])
+
+
+def test_surface_deviation_peaks_ignore_invalid_pixels_and_validate():
+    u, v, z = _plane(32, 32)
+    xyz, valid = _cloud(u, v, z - 0.001 * ((u - 15) ** 2 + (v - 15) ** 2 < 4))
+    valid[0, 10:20, 10:20] = False  # the bump itself is not measured
+    xyz[0, 10:20, 10:20] = 0.0
+    out = SurfaceDeviationExtractor((3.0,), stride=1, peaks=True)(xyz, valid)[0]
+    assert float(out[:, 10:20, 10:20].abs().max()) == 0.0  # zero where nothing was measured
+    assert float(out[:2][:, valid[0]].max()) < 0.02  # and nothing seen next to the dropout
+    for bad in ({"peak_sigma": 0.0}, {"peak_sigma": float("nan")}):
+        with pytest.raises(ValueError, match="peak_sigma"):
+            SurfaceDeviationExtractor(peaks=True, **bad)
+    for bad in (0, 4, 2.5):
+        with pytest.raises(ValueError, match="peak_window"):
+            SurfaceDeviationExtractor(peaks=True, peak_window=bad)
+
+
 def test_offline_preset_uses_multi_scale_deviation_and_fpfh_can_join_it():
     cfg = mafr.MAFRConfig(preset="offline")
     ex = mafr.MAFRDetector(cfg).point_extractor
-    assert isinstance(ex, SurfaceDeviationExtractor) and ex.out_dim == len(cfg.points.deviation_scales) + 1
+    assert isinstance(ex, SurfaceDeviationExtractor) and ex.peaks and cfg.points.deviation_peaks
+    assert ex.out_dim == 2 * len(cfg.points.deviation_scales) + 1
     assert len(cfg.points.deviation_scales) >= 2  # more than one scale
     both = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", points={"kind": "fpfh"})).point_extractor
     assert isinstance(both, OrganizedGeometryExtractor) and both.out_dim == 33 + ex.out_dim
@@ -269,9 +314,10 @@ def test_offline_preset_uses_multi_scale_deviation_and_fpfh_can_join_it():
 
 
 def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_fitted(tmp_path, monkeypatch):
-    # Fitted with the behaviour of the release before points.resize / rgb.ring_radii existed.
+    # Fitted with the behaviour of the release before points.resize / rgb.ring_radii /
+    # points.deviation_peaks existed.
     good = [generate_sample("puck", seed=s, size=128) for s in range(5)]
-    cfg = mafr.MAFRConfig(preset="offline", points={"resize": "nearest"}, rgb={"ring_radii": ()},
+    cfg = mafr.MAFRConfig(preset="offline", points={"resize": "nearest", "deviation_peaks": False}, rgb={"ring_radii": ()},
                           train={"steps": 20, "early_stop_patience": None})
     det = mafr.MAFRDetector(cfg).fit(good, seed=0, progress=False)
     part = generate_sample("puck", "stain", seed=41, size=128)
@@ -281,7 +327,7 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
 
     def old_writer(self):  # that release's config.json had neither field
         data = writer(self)
-        del data["points"]["resize"], data["rgb"]["ring_radii"]
+        del data["points"]["resize"], data["rgb"]["ring_radii"], data["points"]["deviation_peaks"]
         return data
 
     monkeypatch.setattr(type(det), "_config_json", old_writer)
@@ -290,8 +336,9 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
     import json
 
     saved = json.loads((tmp_path / "old" / "config.json").read_text())
-    assert "resize" not in saved["points"] and "ring_radii" not in saved["rgb"]
+    assert "resize" not in saved["points"] and "ring_radii" not in saved["rgb"] and "deviation_peaks" not in saved["points"]
     loaded = mafr.MAFRDetector.from_pretrained(tmp_path / "old")
     assert loaded.config.points.resize == "nearest" and loaded.config.rgb.ring_radii == ()
+    assert loaded.config.points.deviation_peaks is False
     again = loaded.predict(part.rgb, part.xyz)
     assert again.score == before.score and again.is_anomalous == before.is_anomalous

@@ -34,6 +34,7 @@ def test_presets_fill_only_what_was_not_given():
     assert off.rgb.kind == "offline" and off.points.kind == "deviation" and off.scoring.fusion == "calibrated"
     assert off.points.resize == "mean" and paper.points.resize == "nearest" and ref.points.resize == "nearest"
     assert off.rgb.ring_radii == (14, 22) and paper.rgb.ring_radii == ()
+    assert off.points.deviation_peaks and not paper.points.deviation_peaks and not ref.points.deviation_peaks
     with pytest.raises(ValidationError):
         MAFRConfig(preset="offline", rgb={"ring_radii": (0, 5)})
 
@@ -42,11 +43,11 @@ def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted
     from mafr.detector import _decode_config
 
     saved = MAFRConfig(preset="offline").to_json_dict()
-    del saved["points"]["resize"], saved["rgb"]["ring_radii"]  # as saved before the fields existed
+    del saved["points"]["resize"], saved["rgb"]["ring_radii"], saved["points"]["deviation_peaks"]  # as before they existed
     old = _decode_config(saved)
-    assert old.points.resize == "nearest" and old.rgb.ring_radii == ()
+    assert old.points.resize == "nearest" and old.rgb.ring_radii == () and old.points.deviation_peaks is False
     new = _decode_config(MAFRConfig(preset="offline").to_json_dict())
-    assert new.points.resize == "mean" and new.rgb.ring_radii == (14, 22)
+    assert new.points.resize == "mean" and new.rgb.ring_radii == (14, 22) and new.points.deviation_peaks is True
 
 
 def test_json_round_trip():
