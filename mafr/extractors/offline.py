@@ -660,10 +660,11 @@ class SurfaceDeviationExtractor(nn.Module):
 
         both = blur(torch.cat([dev * m, m], dim=1))
         smooth = both[:, :-1] / both[:, -1:].clamp_min(1e-6) * m
-        w = self.peak_window
-        rise = F.max_pool2d(smooth.clamp_min(0), w, stride=1, padding=w // 2)
-        sink = F.max_pool2d((-smooth).clamp_min(0), w, stride=1, padding=w // 2)
-        return torch.cat([rise, sink], dim=1) * m
+        w, h = self.peak_window, self.peak_window // 2
+        both = torch.cat([smooth.clamp_min(0), (-smooth).clamp_min(0)], dim=1)  # rises, sinks
+        # A w x w maximum as a 1 x w then a w x 1 maximum: the same values, 4x faster at w = 9.
+        both = F.max_pool2d(both, (1, w), stride=1, padding=(0, h))
+        return F.max_pool2d(both, (w, 1), stride=1, padding=(h, 0)) * m
 
     def _kernels(self, scale: float, device) -> tuple[int, list[Tensor]]:
         """1-D kernels ``w(t) * t^p`` for p = 0..4, and the half width."""
