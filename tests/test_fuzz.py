@@ -145,3 +145,24 @@ def test_corrupted_bytes_never_load_silently(saved, tmp_path_factory, name, data
             return  # only the fit description changed (e.g. a digit of fit_seconds): nothing to refuse
     with pytest.raises(mafr.MAFRError):
         mafr.MAFRDetector.from_pretrained(copy)
+
+
+@FUZZ
+@given(seed=st.integers(0, 2**16), keep=st.floats(0.0, 1.0), relief_mm=st.floats(-3.0, 3.0), stride=st.sampled_from([1, 2]))
+def test_deviation_rises_and_sinks_are_finite_non_negative_and_zero_where_unmeasured(seed, keep, relief_mm, stride):
+    # Any measured pattern (from none to all pixels) and relief: the rises and sinks stay finite,
+    # never negative, and exactly zero where nothing was measured.
+    import torch
+
+    from mafr.extractors.offline import SurfaceDeviationExtractor
+
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:40, 0:40].astype(np.float64)
+    z = 0.5 + 0.0002 * u + relief_mm * 1e-3 * np.exp(-((u - 20) ** 2 + (v - 20) ** 2) / 18.0) + rng.normal(0, 2e-4, u.shape)
+    xyz = torch.tensor(np.stack([u * 5e-4, v * 5e-4, z], -1), dtype=torch.float32)[None]
+    valid = torch.from_numpy(rng.random(u.shape) < keep)[None]
+    xyz = xyz * valid.unsqueeze(-1)
+    out = SurfaceDeviationExtractor((3.0, 6.0), stride=stride, peaks=True)(xyz, valid)[0]
+    assert out.shape == (5, 40, 40) and bool(torch.isfinite(out).all())
+    assert float(out[:4].min()) >= 0.0
+    assert float(out[:, ~valid[0]].abs().sum()) == 0.0
