@@ -293,7 +293,7 @@ def test_surface_deviation_peaks_ignore_invalid_pixels_and_validate():
     out = SurfaceDeviationExtractor((3.0,), stride=1, peaks=True)(xyz, valid)[0]
     assert float(out[:, 10:20, 10:20].abs().max()) == 0.0  # zero where nothing was measured
     assert float(out[:2][:, valid[0]].max()) < 0.02  # and nothing seen next to the dropout
-    for bad in ({"peak_sigma": 0.0}, {"peak_sigma": float("nan")}):
+    for bad in ({"peak_sigma": 0.0}, {"peak_sigma": float("nan")}, {"peak_sigma": "3"}):
         with pytest.raises(ValueError, match="peak_sigma"):
             SurfaceDeviationExtractor(peaks=True, **bad)
     for bad in (0, 4, 2.5):

@@ -599,12 +599,13 @@ class SurfaceDeviationExtractor(nn.Module):
 
     ``peaks=True`` replaces each scale's deviation by two channels: the highest rise and the
     deepest sink of the deviation, lightly smoothed (Gaussian of ``peak_sigma`` px over the valid
-    pixels), in the ``peak_window`` px square around each pixel (:meth:`_peaks`). The autoencoder's grid cell
-    averages its 8 x 8 pixels; a bump of 5 px radius (2 % of a small part) covers a third of a cell,
-    or a twelfth of each of four, so the mean kept a fraction of its height. The local extreme
-    brings the smoothed peak whole into each cell within reach, and smoothing first keeps one
-    noisy pixel from doing the same. Rises and sinks are separate because a cell holding both a bump
-    and the noise around it would otherwise average them away. See docs/ablations.md.
+    pixels), in the ``peak_window`` px square around each pixel (:meth:`_peaks`). The
+    autoencoder's grid cell averages its 8 x 8 pixels; a bump of 5 px radius (2 % of a small
+    part) covers a third of a cell, or a twelfth of each of four, so the mean kept a fraction of
+    its height. The local extreme brings the smoothed peak whole into each cell within reach, and
+    smoothing first keeps one noisy pixel from doing the same. Rises and sinks are separate
+    because a cell holding both a bump and the noise around it would otherwise average them
+    away. See docs/ablations.md.
 
     Output: ``(B, len(scales) + 1, H, W)`` float32 (``2 * len(scales) + 1`` with ``peaks``: the
     rises, then the sinks, then the curvature), zeros where there is no measurement.
@@ -623,7 +624,7 @@ class SurfaceDeviationExtractor(nn.Module):
         super().__init__()
         if not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be a positive integer, got {stride!r}")
-        if not (math.isfinite(peak_sigma) and peak_sigma > 0):
+        if not (isinstance(peak_sigma, (int, float)) and math.isfinite(peak_sigma) and peak_sigma > 0):
             raise ValueError(f"peak_sigma must be a positive pixel width, got {peak_sigma!r}")
         if not isinstance(peak_window, int) or peak_window < 1 or peak_window % 2 == 0:
             raise ValueError(f"peak_window must be a positive odd number of pixels, got {peak_window!r}")
@@ -658,13 +659,17 @@ class SurfaceDeviationExtractor(nn.Module):
             x = F.conv2d(F.pad(x, (half, half, 0, 0)), k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
             return F.conv2d(F.pad(x, (0, 0, half, half)), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
 
-        both = blur(torch.cat([dev * m, m], dim=1))
-        smooth = both[:, :-1] / both[:, -1:].clamp_min(1e-6) * m
+        # Normalised by the blurred mask: pixels next to a dropout or the outline average only
+        # what was measured, so missing depth does not read as a sink.
+        blurred = blur(torch.cat([dev * m, m], dim=1))
+        smooth = blurred[:, :-1] / blurred[:, -1:].clamp_min(1e-6) * m
         w, h = self.peak_window, self.peak_window // 2
-        both = torch.cat([smooth.clamp_min(0), (-smooth).clamp_min(0)], dim=1)  # rises, sinks
+        signed = torch.cat([smooth.clamp_min(0), (-smooth).clamp_min(0)], dim=1)  # rises, sinks
         # A w x w maximum as a 1 x w then a w x 1 maximum: the same values, 4x faster at w = 9.
-        both = F.max_pool2d(both, (1, w), stride=1, padding=(0, h))
-        return F.max_pool2d(both, (w, 1), stride=1, padding=(h, 0)) * m
+        peaks = F.max_pool2d(signed, (1, w), stride=1, padding=(0, h))
+        peaks = F.max_pool2d(peaks, (w, 1), stride=1, padding=(h, 0))
+        # The maximum reaches past the outline; unmeasured pixels must stay exactly zero.
+        return peaks * m
 
     def _kernels(self, scale: float, device) -> tuple[int, list[Tensor]]:
         """1-D kernels ``w(t) * t^p`` for p = 0..4, and the half width."""
@@ -738,7 +743,7 @@ class SurfaceDeviationExtractor(nn.Module):
 class OrganizedGeometryExtractor(nn.Module):
     """FPFH (angles between normals) and :class:`SurfaceDeviationExtractor` (relief against the
     local surface) side by side: ``points.kind="fpfh"`` with ``deviation_scales``.
-    ``(B, 33 + S + 1, H, W)``."""
+    ``(B, 33 + S + 1, H, W)``, or ``(B, 33 + 2 S + 1, H, W)`` with ``peaks``."""
 
     organized = True
     context_channels = SurfaceDeviationExtractor.context_channels  # the curvature, last
