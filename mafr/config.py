@@ -148,6 +148,11 @@ class ScoringConfig(_Strict):
     #: parts show (per distance from the part's edge), then combines them so that a defect seen
     #: by one modality alone is kept. Choice measured in docs/ablations.md.
     fusion: Literal["product", "sum", "max", "rgb", "xyz", "calibrated"] = "product"
+    #: With ``fusion="calibrated"``: each channel's good-part level is taken per distance from the
+    #: part's edge, in grid cells 0, 1, ..., ``edge_cap`` (the last band holds everything deeper;
+    #: ``scoring.edge_scales``). A config saved before this field existed loads with 3, the value
+    #: it was fitted with. See docs/ablations.md for the offline preset's choice.
+    edge_cap: int = Field(3, ge=0)
     #: ``"ratio"``: the paper's ``max / sqrt(mean of non-zero)`` of the fused map; ``"max"``: its
     #: peak (in units of "normal" with calibrated fusion).
     score: Literal["ratio", "max"] = "ratio"
@@ -204,7 +209,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # The 3-pixel scale measured sensor noise, not relief (tuning set): docs/ablations.md.
         "points": {"kind": "deviation", "deviation_scales": (6.0, 12.0), "resize": "mean", "deviation_peaks": True},
         # Chosen on the generated benchmark's tuning set (docs/ablations.md).
-        "scoring": {"fusion": "calibrated", "threshold_parts": "all", "log_spread_floor": 0.1, "mask_relative": 0.6},
+        "scoring": {"fusion": "calibrated", "edge_cap": 5, "threshold_parts": "all", "log_spread_floor": 0.1,
+                    "mask_relative": 0.6},
     },
 }
 

@@ -178,7 +178,8 @@ def _decode_config(data: Any) -> MAFRConfig:
     data = {k: v for k, v in dict(data).items() if k not in ("mafr_version", "fit", "metrics", _integrity.CHECKSUMS_KEY)}
     # A config saved before a field existed gets the value that was in effect then, not the
     # preset's newer default: the fitted autoencoder must see the features it was trained on.
-    for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ()), ("points", "deviation_peaks", False)):
+    for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ()),
+                                   ("points", "deviation_peaks", False), ("scoring", "edge_cap", 3)):
         part = data.get(section)
         if isinstance(part, dict) and field not in part:
             data[section] = {**part, field: before}
@@ -739,7 +740,8 @@ class MAFRDetector(
         self.calibration_ = {}
         err2, err3, valid_pixels, valid_grid = self._residual_grids(feats)
         if sc.fusion == "calibrated":
-            self.calibration_.update(edge_2d=edge_scales(err2, valid_grid).cpu(), edge_3d=edge_scales(err3, valid_grid).cpu())
+            self.calibration_.update(edge_2d=edge_scales(err2, valid_grid, sc.edge_cap).cpu(),
+                                     edge_3d=edge_scales(err3, valid_grid, sc.edge_cap).cpu())
             m2, m3, valid = upsampled_maps(*self._edge_normalised(err2, err3, valid_grid), valid_pixels)
             self.calibration_.update(modality=modality_scales(
                 box_smooth(m2, sc.box5_passes, sc.box7_passes), box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid,

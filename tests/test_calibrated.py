@@ -94,9 +94,11 @@ def calibrated():
 def test_calibration_is_fitted_saved_and_verified(calibrated, tmp_path):
     cal = calibrated.calibration_
     assert set(cal) == {"edge_2d", "edge_3d", "modality", "pixel_threshold"}
-    # One level per channel and distance from the edge.
-    assert cal["edge_2d"].shape == (4, calibrated.stats_["rgb_mean"].shape[0])
-    assert cal["edge_3d"].shape == (4, calibrated.stats_["xyz_mean"].shape[0])
+    # One level per channel and distance from the edge (0 .. scoring.edge_cap).
+    bands = calibrated.config.scoring.edge_cap + 1
+    assert bands == 6  # the offline preset's
+    assert cal["edge_2d"].shape == (bands, calibrated.stats_["rgb_mean"].shape[0])
+    assert cal["edge_3d"].shape == (bands, calibrated.stats_["xyz_mean"].shape[0])
     assert all(bool(torch.isfinite(v).all()) and bool((v > 0).all()) for v in cal.values())
     part = generate_sample("puck", "hole", seed=40, size=128)
     before = calibrated.predict(part.rgb, part.xyz)
@@ -315,9 +317,10 @@ def test_offline_preset_uses_multi_scale_deviation_and_fpfh_can_join_it():
 
 def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_fitted(tmp_path, monkeypatch):
     # Fitted with the behaviour of the release before points.resize / rgb.ring_radii /
-    # points.deviation_peaks existed.
+    # points.deviation_peaks / scoring.edge_cap existed.
     good = [generate_sample("puck", seed=s, size=128) for s in range(5)]
     cfg = mafr.MAFRConfig(preset="offline", points={"resize": "nearest", "deviation_peaks": False}, rgb={"ring_radii": ()},
+                          scoring={"edge_cap": 3},
                           train={"steps": 20, "early_stop_patience": None})
     det = mafr.MAFRDetector(cfg).fit(good, seed=0, progress=False)
     part = generate_sample("puck", "stain", seed=41, size=128)
@@ -328,6 +331,7 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
     def old_writer(self):  # that release's config.json had neither field
         data = writer(self)
         del data["points"]["resize"], data["rgb"]["ring_radii"], data["points"]["deviation_peaks"]
+        del data["scoring"]["edge_cap"]
         return data
 
     monkeypatch.setattr(type(det), "_config_json", old_writer)
@@ -339,6 +343,7 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
     assert "resize" not in saved["points"] and "ring_radii" not in saved["rgb"] and "deviation_peaks" not in saved["points"]
     loaded = mafr.MAFRDetector.from_pretrained(tmp_path / "old")
     assert loaded.config.points.resize == "nearest" and loaded.config.rgb.ring_radii == ()
-    assert loaded.config.points.deviation_peaks is False
+    assert loaded.config.points.deviation_peaks is False and loaded.config.scoring.edge_cap == 3
+    assert loaded.calibration_["edge_2d"].shape[0] == 4
     again = loaded.predict(part.rgb, part.xyz)
     assert again.score == before.score and again.is_anomalous == before.is_anomalous
