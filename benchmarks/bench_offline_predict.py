@@ -2,11 +2,13 @@
 
 The defect-type issue allows its changes to slow ``predict`` by at most 10 %. This release adds
 one thing to the offline preset that costs time: the surface deviation taken as its local rises
-and sinks (``points.deviation_peaks``: a 3 px smoothing and a 9 px maximum filter per channel).
+and sinks (``points.deviation_peaks``: a 3 px smoothing and a 9 px maximum filter per channel);
+the other, two more distance bands for calibrated fusion (``scoring.edge_cap``), costs two
+3 x 3 poolings of the 28 x 28 validity grid.
 Two detectors are fitted on the same generated parts (400 px, as the benchmark's) and timed
 alternately, one predict per part:
 
-- ``previous``: the previous release's offline preset (``deviation_peaks=False``);
+- ``previous``: the previous release's offline preset (``deviation_peaks=False``, ``edge_cap=3``);
 - ``current``: this release's offline preset.
 
 Prints one JSON line; exits 1 when ``current / previous`` exceeds 1.10.
@@ -38,7 +40,7 @@ def main() -> int:
 
     fit_parts = [generate_sample("puck", seed=s) for s in range(6)]
     probes = [generate_sample("puck", "stain", seed=100 + i) for i in range(args.parts)]
-    variants = {"previous": {"points": {"deviation_peaks": False}}, "current": {}}
+    variants = {"previous": {"points": {"deviation_peaks": False}, "scoring": {"edge_cap": 3}}, "current": {}}
     detectors = {}
     for name, overrides in variants.items():
         cfg = mafr.MAFRConfig(preset="offline", train={"steps": 20}, **overrides)
