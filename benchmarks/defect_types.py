@@ -30,7 +30,7 @@ from mafr.evaluation import evaluate_detector
 FUSIONS = ("product", "sum", "max", "rgb", "xyz", "calibrated")
 DESCRIPTORS = {
     "deviation as local rises and sinks (default)": {"kind": "deviation"},
-    "deviation, signed, cell mean (previous release)": {"kind": "deviation", "deviation_peaks": False},
+    "deviation, signed, cell mean": {"kind": "deviation", "deviation_peaks": False},
     "deviation, nearest-neighbour resize": {"kind": "deviation", "resize": "nearest"},
     "deviation at 3, 6, 12 px": {"kind": "deviation", "deviation_scales": (3.0, 6.0, 12.0)},
     "FPFH + deviation": {"kind": "fpfh"},
@@ -39,10 +39,12 @@ DESCRIPTORS = {
 ATTENTION = ("cbam", "se", "none")
 #: 2D descriptor variants (the 3D one at its default).
 COLOUR = {"colour rarity on circles of 14 and 22 px (default)": {}, "without colour rarity": {"ring_radii": ()}}
+#: This release's first change alone: the rises and sinks with the previous four distance bands.
+V05A = {"scoring": {"edge_cap": 3}}
 #: The previous release's offline preset: the signed deviation, pooled by the cell mean.
-V04 = {"points": {"deviation_peaks": False}}
+V04 = {"points": {"deviation_peaks": False}, "scoring": {"edge_cap": 3}}
 #: The release before it: also nearest-neighbour resize of the cloud, no colour rarity.
-V03 = {"points": {"resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()}}
+V03 = {"points": {"resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()}, "scoring": {"edge_cap": 3}}
 #: The offline preset as released in 0.1: FPFH, product fusion, mean + 3 std of held-out parts.
 V01 = {"points": {"kind": "fpfh", "deviation_scales": (), "resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()},
        "scoring": {"fusion": "product", "threshold_rule": "sigma", "threshold_sigma": 3.0, "threshold_parts": "held_out"}}
@@ -104,6 +106,9 @@ def run_category(root: Path, category: str, emit) -> None:
           "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
     d, _, s = fitted(**V04)
     emit({"study": "release", "variant": "previous release (signed deviation, cell mean)",
+          "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
+    d, _, s = fitted(**V05A)
+    emit({"study": "release", "variant": "rises and sinks, distance bands 0..3 (this release's first change alone)",
           "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
 
 
