@@ -328,7 +328,7 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
 
     writer = type(det)._config_json
 
-    def old_writer(self):  # that release's config.json had neither field
+    def old_writer(self):  # that release's config.json had none of these fields
         data = writer(self)
         del data["points"]["resize"], data["rgb"]["ring_radii"], data["points"]["deviation_peaks"]
         del data["scoring"]["edge_cap"]
@@ -341,6 +341,7 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
 
     saved = json.loads((tmp_path / "old" / "config.json").read_text())
     assert "resize" not in saved["points"] and "ring_radii" not in saved["rgb"] and "deviation_peaks" not in saved["points"]
+    assert "edge_cap" not in saved["scoring"]
     loaded = mafr.MAFRDetector.from_pretrained(tmp_path / "old")
     assert loaded.config.points.resize == "nearest" and loaded.config.rgb.ring_radii == ()
     assert loaded.config.points.deviation_peaks is False and loaded.config.scoring.edge_cap == 3

@@ -647,10 +647,9 @@ class SurfaceDeviationExtractor(nn.Module):
 
     def _peaks(self, dev: Tensor, valid: Tensor) -> Tensor:
         """``(B, S, H, W)`` deviations -> ``(B, 2 S, H, W)``: the largest rise of each scale, then
-        the largest sink (both >= 0), after a Gaussian smoothing normalised over valid pixels."""
-        half = max(1, int(math.ceil(2.5 * self.peak_sigma)))
-        t = torch.arange(-half, half + 1, dtype=torch.float32, device=dev.device)
-        k = torch.exp(-0.5 * (t / self.peak_sigma) ** 2)
+        the largest sink (both >= 0), after a Gaussian smoothing (cut at ``truncate`` widths, like
+        the quadric fits' weights) normalised over valid pixels."""
+        half, (k, *_) = self._kernels(self.peak_sigma, dev.device)  # the quadric fits' Gaussian
         k = k / k.sum()
         m = valid.float().unsqueeze(1)
         C = dev.shape[1] + 1
