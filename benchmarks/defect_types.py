@@ -39,12 +39,13 @@ DESCRIPTORS = {
 ATTENTION = ("cbam", "se", "none")
 #: 2D descriptor variants (the 3D one at its default).
 COLOUR = {"colour rarity on circles of 14 and 22 px (default)": {}, "without colour rarity": {"ring_radii": ()}}
-#: This release's first change alone: the rises and sinks with the previous four distance bands.
-V05A = {"scoring": {"edge_cap": 3}}
-#: The previous release's offline preset: the signed deviation, pooled by the cell mean.
-V04 = {"points": {"deviation_peaks": False}, "scoring": {"edge_cap": 3}}
-#: The release before it: also nearest-neighbour resize of the cloud, no colour rarity.
-V03 = {"points": {"resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()}, "scoring": {"edge_cap": 3}}
+#: The previous release's offline preset: fusion levels from the two held-out parts only.
+V05 = {"scoring": {"levels_parts": "held_out"}}
+#: The release before it: the signed deviation, pooled by the cell mean, four distance bands.
+V04 = {"points": {"deviation_peaks": False}, "scoring": {"edge_cap": 3, "levels_parts": "held_out"}}
+#: The release before that: also nearest-neighbour resize of the cloud, no colour rarity.
+V03 = {"points": {"resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()},
+       "scoring": {"edge_cap": 3, "levels_parts": "held_out"}}
 #: The offline preset as released in 0.1: FPFH, product fusion, mean + 3 std of held-out parts.
 V01 = {"points": {"kind": "fpfh", "deviation_scales": (), "resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()},
        "scoring": {"fusion": "product", "threshold_rule": "sigma", "threshold_sigma": 3.0, "threshold_parts": "held_out"}}
@@ -102,13 +103,13 @@ def run_category(root: Path, category: str, emit) -> None:
     emit({"study": "release", "variant": "offline preset 0.1 (FPFH, product, mean + 3 std)", "category": category,
           "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
     d, _, s = fitted(**V03)
-    emit({"study": "release", "variant": "two releases ago (nearest-neighbour resize, no colour rarity)",
+    emit({"study": "release", "variant": "three releases ago (nearest-neighbour resize, no colour rarity)",
           "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
     d, _, s = fitted(**V04)
-    emit({"study": "release", "variant": "previous release (signed deviation, cell mean)",
+    emit({"study": "release", "variant": "two releases ago (signed deviation, cell mean)",
           "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
-    d, _, s = fitted(**V05A)
-    emit({"study": "release", "variant": "rises and sinks, distance bands 0..3 (this release's first change alone)",
+    d, _, s = fitted(**V05)
+    emit({"study": "release", "variant": "previous release (fusion levels from the held-out parts only)",
           "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
 
 

@@ -176,8 +176,15 @@ class ScoringConfig(_Strict):
     #: ``"all"``, every fit part (training parts too). Two held-out parts of ten give a noisy spread;
     #: when the autoencoder does not memorise its training parts (the offline preset: their scores
     #: sit with unseen good parts', docs/ablations.md) all ten are the better estimate. The pixel
-    #: threshold and the calibrated fusion's levels always come from held-out parts.
+    #: threshold always comes from held-out parts; the calibrated fusion's levels follow
+    #: ``levels_parts``.
     threshold_parts: Literal["held_out", "all"] = "held_out"
+    #: Whose restoration errors set the calibrated fusion's levels (per channel and distance band,
+    #: and per modality): ``"held_out"`` or ``"all"`` fit parts, as for ``threshold_parts``. The
+    #: levels are quantiles per channel and band; two held-out parts give few cells per band, ten
+    #: give five times as many. A config saved before this field existed loads with
+    #: ``"held_out"``. See docs/ablations.md for the offline preset's choice.
+    levels_parts: Literal["held_out", "all"] = "held_out"
     #: ``defect_mask``: pixels whose fused map exceeds ``mask_level`` times the highest value
     #: any held-out good part reached (so no good calibration pixel is marked), and at least
     #: ``mask_relative`` of the part's own peak (keeps the mask on the defect, not its halo).
@@ -209,7 +216,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # The 3-pixel scale measured sensor noise, not relief (tuning set): docs/ablations.md.
         "points": {"kind": "deviation", "deviation_scales": (6.0, 12.0), "resize": "mean", "deviation_peaks": True},
         # Chosen on the generated benchmark's tuning set (docs/ablations.md).
-        "scoring": {"fusion": "calibrated", "edge_cap": 5, "threshold_parts": "all", "log_spread_floor": 0.1,
+        "scoring": {"fusion": "calibrated", "edge_cap": 5, "threshold_parts": "all", "levels_parts": "all",
+                    "log_spread_floor": 0.1,
                     "mask_relative": 0.6},
     },
 }

@@ -179,7 +179,8 @@ def _decode_config(data: Any) -> MAFRConfig:
     # A config saved before a field existed gets the value that was in effect then, not the
     # preset's newer default: the fitted autoencoder must see the features it was trained on.
     for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ()),
-                                   ("points", "deviation_peaks", False), ("scoring", "edge_cap", 3)):
+                                   ("points", "deviation_peaks", False), ("scoring", "edge_cap", 3),
+                                   ("scoring", "levels_parts", "held_out")):
         part = data.get(section)
         if isinstance(part, dict) and field not in part:
             data[section] = {**part, field: before}
@@ -732,13 +733,16 @@ class MAFRDetector(
         """Calibrate everything that depends on what good parts look like through the fitted
         autoencoder, from held-out good parts: the fusion's units (calibrated fusion), the image
         threshold and the pixel threshold of ``defect_mask``. Returns the parts' scores. With
-        ``scoring.threshold_parts="all"`` the ``training`` parts' scores join the threshold's."""
+        ``scoring.threshold_parts="all"`` the ``training`` parts' scores join the threshold's, with
+        ``scoring.levels_parts="all"`` their restoration errors join the fusion's levels."""
         feats = list(feats)
         if not feats:
             raise ValueError("calibration needs at least one good part; got none")
         sc = self.config.scoring
+        training = list(training)
         self.calibration_ = {}
-        err2, err3, valid_pixels, valid_grid = self._residual_grids(feats)
+        levels_from = feats + training if sc.levels_parts == "all" else feats
+        err2, err3, valid_pixels, valid_grid = self._residual_grids(levels_from)
         if sc.fusion == "calibrated":
             self.calibration_.update(edge_2d=edge_scales(err2, valid_grid, sc.edge_cap).cpu(),
                                      edge_3d=edge_scales(err3, valid_grid, sc.edge_cap).cpu())
@@ -746,7 +750,9 @@ class MAFRDetector(
             self.calibration_.update(modality=modality_scales(
                 box_smooth(m2, sc.box5_passes, sc.box7_passes), box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid,
                 valid).cpu())
-        fused, _, _, scores = self._maps_from_residuals(err2, err3, valid_pixels, valid_grid)
+        # The held-out parts come first in levels_from: their maps set the thresholds below.
+        n = len(feats)
+        fused, _, _, scores = self._maps_from_residuals(err2[:n], err3[:n], valid_pixels[:n], valid_grid[:n])
         if not bool(torch.isfinite(scores).all()) or not bool(torch.isfinite(fused).all()):
             raise _errors.TrainingDivergedError(
                 "the fitted autoencoder gives non-finite scores on good parts: it cannot judge a part, "
@@ -756,7 +762,6 @@ class MAFRDetector(
         scores = [float(v) for v in scores]
         pooled = list(scores)
         if sc.threshold_parts == "all" and training:
-            training = list(training)
             for start in range(0, len(training), 16):  # bounded memory for a large replay store
                 pooled += [float(v) for v in self._score_features(training[start : start + 16])[3]]
         self.threshold_ = self._threshold_from(pooled)

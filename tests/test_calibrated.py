@@ -1,6 +1,7 @@
 """Calibrated fusion, edge calibration, the threshold rules, defect masks and the surface-
 deviation descriptor (issue: colour-only and shallow 3D defects)."""
 
+import copy
 import math
 from statistics import NormalDist
 
@@ -130,6 +131,32 @@ def test_offline_threshold_pools_every_fit_part(calibrated):
     assert calibrated.threshold_ == pytest.approx(pooled, rel=1e-5)
     assert calibrated.fit_info_["calibration_scores"] == pytest.approx([scores[i] for i in held], rel=1e-5)
     assert calibrated._threshold_from([scores[i] for i in held]) != pytest.approx(pooled, rel=1e-3)
+
+
+def test_offline_fusion_levels_pool_every_fit_part_and_the_pixel_threshold_stays_held_out(calibrated):
+    from mafr.detector import _held_out_split
+
+    assert calibrated.config.scoring.levels_parts == "all"
+    good = [generate_sample("puck", seed=s, size=128) for s in range(6)]  # the fixture's fit set
+    feats = calibrated.extract_features(good)
+    held, train = _held_out_split(6, calibrated.config.train.calibration_fraction, torch.Generator().manual_seed(0))
+    assert held and train
+    cap = calibrated.config.scoring.edge_cap
+    err2, err3, _, grid = calibrated._residual_grids([feats[i] for i in held + train])
+    torch.testing.assert_close(calibrated.calibration_["edge_2d"], edge_scales(err2, grid, cap))
+    torch.testing.assert_close(calibrated.calibration_["edge_3d"], edge_scales(err3, grid, cap))
+    # The held-out parts alone give other levels: the setting is what made the difference.
+    only_held = edge_scales(*calibrated._residual_grids([feats[i] for i in held])[::3], cap)
+    assert not torch.allclose(calibrated.calibration_["edge_2d"], only_held)
+    # No held-out good pixel would be marked: the pixel threshold is the held-out parts' peak,
+    # not the training parts'. Hold out the part with the lowest peak, so that any training part
+    # counted would raise it.
+    det = copy.deepcopy(calibrated)
+    peaks = det._score_features(feats)[0].flatten(1).amax(1)
+    low = int(peaks.argmin())
+    det._calibrate_on([feats[low]], [f for i, f in enumerate(feats) if i != low])
+    assert float(det.calibration_["pixel_threshold"][0]) == pytest.approx(float(det._score_features([feats[low]])[0].amax()), rel=1e-6)
+    assert float(det.calibration_["pixel_threshold"][0]) < float(det._score_features(feats)[0].amax())
 
 
 def test_curvature_is_restored_but_not_scored(calibrated):
@@ -317,10 +344,10 @@ def test_offline_preset_uses_multi_scale_deviation_and_fpfh_can_join_it():
 
 def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_fitted(tmp_path, monkeypatch):
     # Fitted with the behaviour of the release before points.resize / rgb.ring_radii /
-    # points.deviation_peaks / scoring.edge_cap existed.
+    # points.deviation_peaks / scoring.edge_cap / scoring.levels_parts existed.
     good = [generate_sample("puck", seed=s, size=128) for s in range(5)]
     cfg = mafr.MAFRConfig(preset="offline", points={"resize": "nearest", "deviation_peaks": False}, rgb={"ring_radii": ()},
-                          scoring={"edge_cap": 3},
+                          scoring={"edge_cap": 3, "levels_parts": "held_out"},
                           train={"steps": 20, "early_stop_patience": None})
     det = mafr.MAFRDetector(cfg).fit(good, seed=0, progress=False)
     part = generate_sample("puck", "stain", seed=41, size=128)
@@ -331,7 +358,7 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
     def old_writer(self):  # that release's config.json had none of these fields
         data = writer(self)
         del data["points"]["resize"], data["rgb"]["ring_radii"], data["points"]["deviation_peaks"]
-        del data["scoring"]["edge_cap"]
+        del data["scoring"]["edge_cap"], data["scoring"]["levels_parts"]
         return data
 
     monkeypatch.setattr(type(det), "_config_json", old_writer)
@@ -341,10 +368,11 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
 
     saved = json.loads((tmp_path / "old" / "config.json").read_text())
     assert "resize" not in saved["points"] and "ring_radii" not in saved["rgb"] and "deviation_peaks" not in saved["points"]
-    assert "edge_cap" not in saved["scoring"]
+    assert "edge_cap" not in saved["scoring"] and "levels_parts" not in saved["scoring"]
     loaded = mafr.MAFRDetector.from_pretrained(tmp_path / "old")
     assert loaded.config.points.resize == "nearest" and loaded.config.rgb.ring_radii == ()
     assert loaded.config.points.deviation_peaks is False and loaded.config.scoring.edge_cap == 3
+    assert loaded.config.scoring.levels_parts == "held_out"
     assert loaded.calibration_["edge_2d"].shape[0] == 4
     again = loaded.predict(part.rgb, part.xyz)
     assert again.score == before.score and again.is_anomalous == before.is_anomalous
