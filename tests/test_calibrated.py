@@ -8,6 +8,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import mafr
 from mafr.datasets import generate_sample
@@ -312,6 +313,36 @@ def test_surface_deviation_peaks_keep_a_small_bumps_height_through_the_grid_cell
     assert float(bump[0, 0, 0]) < 0.01  # far from it: nothing
     # The curvature (context) stays the last channel, as without peaks.
     assert torch.equal(peaks(*_cloud(u, v, z))[0, -1], signed(*_cloud(u, v, z))[0, -1])
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 40, 56), (2, 3, 9, 13), (1, 1, 5, 7)])
+@pytest.mark.parametrize("window", [1, 3, 9])
+def test_running_max_is_max_pool_exactly(shape, window):
+    from mafr.extractors.offline import _running_max
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(window))
+    h = window // 2
+    pooled = F.max_pool2d(F.max_pool2d(x, (1, window), stride=1, padding=(0, h)), (window, 1), stride=1, padding=(h, 0))
+    assert torch.equal(_running_max(_running_max(x, window, -1), window, -2), pooled)
+    assert torch.equal(_running_max(x, window, -2), F.max_pool2d(x, (window, 1), stride=1, padding=(h, 0)))
+
+
+def test_surface_deviation_peaks_smooth_as_a_normalised_gaussian_convolution():
+    ex = SurfaceDeviationExtractor((6.0, 12.0), peaks=True)
+    g = torch.Generator().manual_seed(3)
+    dev = torch.randn(2, 2, 48, 40, generator=g)
+    valid = torch.rand(2, 48, 40, generator=g) > 0.2
+    half, (k, *_) = ex._kernels(ex.peak_sigma, dev.device)
+    k = k / k.sum()
+    m = valid.float().unsqueeze(1)
+    x = torch.cat([dev * m, m], dim=1)
+    x = F.conv2d(F.pad(x, (half, half, 0, 0)), k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+    x = F.conv2d(F.pad(x, (0, 0, half, half)), k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+    smooth = x[:, :-1] / x[:, -1:].clamp_min(1e-6) * m
+    signed = torch.cat([smooth.clamp_min(0), (-smooth).clamp_min(0)], dim=1)
+    w = ex.peak_window
+    expected = F.max_pool2d(signed, w, stride=1, padding=w // 2) * m
+    torch.testing.assert_close(ex._peaks(dev, valid), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_surface_deviation_peaks_ignore_invalid_pixels_and_validate():

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from mafr.scoring import box_smooth, fuse, image_score, residual_map, score_maps
@@ -27,6 +28,23 @@ def test_product_zeroes_where_either_map_is_zero():
     fused = fuse(m2, m3)
     assert fused[0, 0] == 0 and fused[2, 3] == 0
     assert bool((fused[(m2 != 0) & (m3 != 0)] > 0).all())
+
+
+@pytest.mark.parametrize("count_padding", [False, True])
+@pytest.mark.parametrize("shape", [(2, 40, 56), (1, 9, 13), (1, 3, 4)])
+def test_box_smooth_is_repeated_avg_pool(shape, count_padding):
+    maps = torch.rand(shape, generator=torch.Generator().manual_seed(len(shape) + shape[-1]))
+    x = maps.unsqueeze(1)
+    for k, passes in ((5, 2), (7, 1)):
+        for _ in range(passes):
+            x = torch.nn.functional.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=count_padding)
+    before = maps.clone()
+    torch.testing.assert_close(box_smooth(maps, 2, 1, count_padding=count_padding), x.squeeze(1), rtol=1e-5, atol=1e-7)
+    assert torch.equal(maps, before)  # the input is not modified
+    # The pooled form used off the CPU gives the same maps.
+    from mafr.scoring import _box_smooth_pooled
+
+    torch.testing.assert_close(_box_smooth_pooled(maps, 2, 1, count_padding), x.squeeze(1))
 
 
 def test_box_smooth_preserves_constants_and_spreads_peaks():

@@ -579,6 +579,24 @@ class ColorGradientExtractor(nn.Module):
         return best.sqrt().unsqueeze(1)
 
 
+def _running_max(x: Tensor, window: int, dim: int) -> Tensor:
+    """Maximum over a centred ``window`` (odd) along ``dim`` (-1 or -2) of ``(B, C, H, W)``; the
+    window is clipped at the border, as ``max_pool2d`` with that padding. Taken as ``window - 1``
+    element-wise maxima of shifted views: the same values, about 15x faster on CPU than
+    ``max_pool2d`` with a 1 x 9 then a 9 x 1 kernel and stride 1 (``benchmarks/bench_filters.py``)."""
+    half = window // 2
+    if x.device.type != "cpu":  # one pooling kernel there beats window - 1 small ones
+        kernel = (1, window) if dim == -1 else (window, 1)
+        return F.max_pool2d(x, kernel, stride=1, padding=(0, half) if dim == -1 else (half, 0))
+    pad = (half, half, 0, 0) if dim == -1 else (0, 0, half, half)
+    xp = F.pad(x, pad, value=-math.inf)
+    n = x.shape[dim]
+    out = xp.narrow(dim, 0, n).clone()
+    for i in range(1, window):
+        torch.maximum(out, xp.narrow(dim, i, n), out=out)
+    return out
+
+
 class SurfaceDeviationExtractor(nn.Module):
     """Multi-scale deviation of an organized cloud from its own smooth local surface.
 
@@ -662,11 +680,9 @@ class SurfaceDeviationExtractor(nn.Module):
         # what was measured, so missing depth does not read as a sink.
         blurred = blur(torch.cat([dev * m, m], dim=1))
         smooth = blurred[:, :-1] / blurred[:, -1:].clamp_min(1e-6) * m
-        w, h = self.peak_window, self.peak_window // 2
         signed = torch.cat([smooth.clamp_min(0), (-smooth).clamp_min(0)], dim=1)  # rises, sinks
-        # A w x w maximum as a 1 x w then a w x 1 maximum: the same values, 4x faster at w = 9.
-        peaks = F.max_pool2d(signed, (1, w), stride=1, padding=(0, h))
-        peaks = F.max_pool2d(peaks, (w, 1), stride=1, padding=(h, 0))
+        # A w x w maximum as a 1 x w then a w x 1 maximum: the same values as one w x w pool.
+        peaks = _running_max(_running_max(signed, self.peak_window, -1), self.peak_window, -2)
         # The maximum reaches past the outline; unmeasured pixels must stay exactly zero.
         return peaks * m
 
