@@ -39,13 +39,15 @@ DESCRIPTORS = {
 ATTENTION = ("cbam", "se", "none")
 #: 2D descriptor variants (the 3D one at its default).
 COLOUR = {"colour rarity on circles of 14 and 22 px (default)": {}, "without colour rarity": {"ring_radii": ()}}
+#: This release's first change alone: levels from every fit part, at the previous quantile.
+V06A = {"scoring": {"level_quantile": 0.9}}
 #: The previous release's offline preset: fusion levels from the two held-out parts only.
-V05 = {"scoring": {"levels_parts": "held_out"}}
+V05 = {"scoring": {"levels_parts": "held_out", "level_quantile": 0.9}}
 #: The release before it: the signed deviation, pooled by the cell mean, four distance bands.
-V04 = {"points": {"deviation_peaks": False}, "scoring": {"edge_cap": 3, "levels_parts": "held_out"}}
+V04 = {"points": {"deviation_peaks": False}, "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9}}
 #: The release before that: also nearest-neighbour resize of the cloud, no colour rarity.
 V03 = {"points": {"resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()},
-       "scoring": {"edge_cap": 3, "levels_parts": "held_out"}}
+       "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9}}
 #: The offline preset as released in 0.1: FPFH, product fusion, mean + 3 std of held-out parts.
 V01 = {"points": {"kind": "fpfh", "deviation_scales": (), "resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()},
        "scoring": {"fusion": "product", "threshold_rule": "sigma", "threshold_sigma": 3.0, "threshold_parts": "held_out"}}
@@ -110,6 +112,9 @@ def run_category(root: Path, category: str, emit) -> None:
           "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
     d, _, s = fitted(**V05)
     emit({"study": "release", "variant": "previous release (fusion levels from the held-out parts only)",
+          "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
+    d, _, s = fitted(**V06A)
+    emit({"study": "release", "variant": "levels from every fit part at quantile 0.9 (this release's first change alone)",
           "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
 
 

@@ -185,6 +185,11 @@ class ScoringConfig(_Strict):
     #: give five times as many. A config saved before this field existed loads with
     #: ``"held_out"``. See docs/ablations.md for the offline preset's choice.
     levels_parts: Literal["held_out", "all"] = "held_out"
+    #: With ``fusion="calibrated"``: the quantile of good parts' absolute errors that is each
+    #: channel's level per distance band (``scoring.edge_scales``). A high quantile needs many
+    #: cells per band: with levels from every fit part the offline preset uses a higher one. A
+    #: config saved before this field existed loads with 0.9. See docs/ablations.md.
+    level_quantile: float = Field(0.9, gt=0.0, lt=1.0)
     #: ``defect_mask``: pixels whose fused map exceeds ``mask_level`` times the highest value
     #: any held-out good part reached (so no good calibration pixel is marked), and at least
     #: ``mask_relative`` of the part's own peak (keeps the mask on the defect, not its halo).
@@ -217,7 +222,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "points": {"kind": "deviation", "deviation_scales": (6.0, 12.0), "resize": "mean", "deviation_peaks": True},
         # Chosen on the generated benchmark's tuning set (docs/ablations.md).
         "scoring": {"fusion": "calibrated", "edge_cap": 5, "threshold_parts": "all", "levels_parts": "all",
-                    "log_spread_floor": 0.1,
+                    "level_quantile": 0.97, "log_spread_floor": 0.1,
                     "mask_relative": 0.6},
     },
 }

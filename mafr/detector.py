@@ -180,7 +180,7 @@ def _decode_config(data: Any) -> MAFRConfig:
     # preset's newer default: the fitted autoencoder must see the features it was trained on.
     for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ()),
                                    ("points", "deviation_peaks", False), ("scoring", "edge_cap", 3),
-                                   ("scoring", "levels_parts", "held_out")):
+                                   ("scoring", "levels_parts", "held_out"), ("scoring", "level_quantile", 0.9)):
         part = data.get(section)
         if isinstance(part, dict) and field not in part:
             data[section] = {**part, field: before}
@@ -744,8 +744,8 @@ class MAFRDetector(
         levels_from = feats + training if sc.levels_parts == "all" else feats
         err2, err3, valid_pixels, valid_grid = self._residual_grids(levels_from)
         if sc.fusion == "calibrated":
-            self.calibration_.update(edge_2d=edge_scales(err2, valid_grid, sc.edge_cap).cpu(),
-                                     edge_3d=edge_scales(err3, valid_grid, sc.edge_cap).cpu())
+            self.calibration_.update(edge_2d=edge_scales(err2, valid_grid, sc.edge_cap, sc.level_quantile).cpu(),
+                                     edge_3d=edge_scales(err3, valid_grid, sc.edge_cap, sc.level_quantile).cpu())
             m2, m3, valid = upsampled_maps(*self._edge_normalised(err2, err3, valid_grid), valid_pixels)
             self.calibration_.update(modality=modality_scales(
                 box_smooth(m2, sc.box5_passes, sc.box7_passes), box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid,

@@ -142,12 +142,14 @@ def test_offline_fusion_levels_pool_every_fit_part_and_the_pixel_threshold_stays
     feats = calibrated.extract_features(good)
     held, train = _held_out_split(6, calibrated.config.train.calibration_fraction, torch.Generator().manual_seed(0))
     assert held and train
-    cap = calibrated.config.scoring.edge_cap
+    cap, q = calibrated.config.scoring.edge_cap, calibrated.config.scoring.level_quantile
+    assert q == 0.97  # the offline preset's
     err2, err3, _, grid = calibrated._residual_grids([feats[i] for i in held + train])
-    torch.testing.assert_close(calibrated.calibration_["edge_2d"], edge_scales(err2, grid, cap))
-    torch.testing.assert_close(calibrated.calibration_["edge_3d"], edge_scales(err3, grid, cap))
+    torch.testing.assert_close(calibrated.calibration_["edge_2d"], edge_scales(err2, grid, cap, q))
+    torch.testing.assert_close(calibrated.calibration_["edge_3d"], edge_scales(err3, grid, cap, q))
+    assert not torch.allclose(calibrated.calibration_["edge_2d"], edge_scales(err2, grid, cap))  # not 0.9
     # The held-out parts alone give other levels: the setting is what made the difference.
-    only_held = edge_scales(*calibrated._residual_grids([feats[i] for i in held])[::3], cap)
+    only_held = edge_scales(*calibrated._residual_grids([feats[i] for i in held])[::3], cap, q)
     assert not torch.allclose(calibrated.calibration_["edge_2d"], only_held)
     # No held-out good pixel would be marked: the pixel threshold is the held-out parts' peak,
     # not the training parts'. Hold out the part with the lowest peak, so that any training part
@@ -378,7 +380,7 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
     # points.deviation_peaks / scoring.edge_cap / scoring.levels_parts existed.
     good = [generate_sample("puck", seed=s, size=128) for s in range(5)]
     cfg = mafr.MAFRConfig(preset="offline", points={"resize": "nearest", "deviation_peaks": False}, rgb={"ring_radii": ()},
-                          scoring={"edge_cap": 3, "levels_parts": "held_out"},
+                          scoring={"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9},
                           train={"steps": 20, "early_stop_patience": None})
     det = mafr.MAFRDetector(cfg).fit(good, seed=0, progress=False)
     part = generate_sample("puck", "stain", seed=41, size=128)
@@ -389,7 +391,7 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
     def old_writer(self):  # that release's config.json had none of these fields
         data = writer(self)
         del data["points"]["resize"], data["rgb"]["ring_radii"], data["points"]["deviation_peaks"]
-        del data["scoring"]["edge_cap"], data["scoring"]["levels_parts"]
+        del data["scoring"]["edge_cap"], data["scoring"]["levels_parts"], data["scoring"]["level_quantile"]
         return data
 
     monkeypatch.setattr(type(det), "_config_json", old_writer)
@@ -399,11 +401,11 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
 
     saved = json.loads((tmp_path / "old" / "config.json").read_text())
     assert "resize" not in saved["points"] and "ring_radii" not in saved["rgb"] and "deviation_peaks" not in saved["points"]
-    assert "edge_cap" not in saved["scoring"] and "levels_parts" not in saved["scoring"]
+    assert not {"edge_cap", "levels_parts", "level_quantile"} & set(saved["scoring"])
     loaded = mafr.MAFRDetector.from_pretrained(tmp_path / "old")
     assert loaded.config.points.resize == "nearest" and loaded.config.rgb.ring_radii == ()
     assert loaded.config.points.deviation_peaks is False and loaded.config.scoring.edge_cap == 3
-    assert loaded.config.scoring.levels_parts == "held_out"
+    assert loaded.config.scoring.levels_parts == "held_out" and loaded.config.scoring.level_quantile == 0.9
     assert loaded.calibration_["edge_2d"].shape[0] == 4
     again = loaded.predict(part.rgb, part.xyz)
     assert again.score == before.score and again.is_anomalous == before.is_anomalous
