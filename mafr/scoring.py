@@ -139,25 +139,24 @@ def box_smooth(
     for k, passes in ((5, box5_passes), (7, box7_passes)):
         if not passes:
             continue
-        h = k // 2
-        if count_padding:
-            norm = x.new_full((1, 1), float(k * k))
-        else:
-            def inside(n: int) -> torch.Tensor:  # in-map pixels of each centred window of k
-                i = torch.arange(n, device=x.device, dtype=x.dtype)
-                return (i + h).clamp(max=n - 1) - (i - h).clamp(min=0) + 1
-            norm = inside(H).unsqueeze(1) * inside(W).unsqueeze(0)
+        norm = (x.new_full((1, 1), float(k * k)) if count_padding
+                else _window_sum(torch.ones(H, 1, dtype=x.dtype, device=x.device), k, -2)
+                * _window_sum(torch.ones(1, W, dtype=x.dtype, device=x.device), k, -1))
         for _ in range(passes):
-            xp = F.pad(x, (h, h))
-            rows = xp[..., 0:W].clone()
-            for i in range(1, k):
-                rows += xp[..., i : i + W]
-            rp = F.pad(rows, (0, 0, h, h))
-            x = rp[..., 0:H, :].clone()
-            for i in range(1, k):
-                x += rp[..., i : i + H, :]
-            x = x / norm
+            x = _window_sum(_window_sum(x, k, -1), k, -2) / norm
     return x
+
+
+def _window_sum(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
+    """Sum over a centred ``window`` (odd) along ``dim`` (-1 or -2), zeros beyond the border:
+    ``window - 1`` additions of shifted views (the shape of ``extractors.offline._running_max``)."""
+    half = window // 2
+    xp = F.pad(x, (half, half) if dim == -1 else (0, 0, half, half))
+    n = x.shape[dim]
+    out = xp.narrow(dim, 0, n).clone()
+    for i in range(1, window):
+        out += xp.narrow(dim, i, n)
+    return out
 
 
 def _box_smooth_pooled(maps: torch.Tensor, box5_passes: int, box7_passes: int, count_padding: bool) -> torch.Tensor:
