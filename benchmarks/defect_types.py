@@ -44,10 +44,9 @@ V06A = {"scoring": {"level_quantile": 0.9}}
 #: The previous release's offline preset: fusion levels from the two held-out parts only.
 V05 = {"scoring": {"levels_parts": "held_out", "level_quantile": 0.9}}
 #: The release before it: the signed deviation, pooled by the cell mean, four distance bands.
-V04 = {"points": {"deviation_peaks": False}, "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9}}
+V04 = {"points": {"deviation_peaks": False}, "scoring": {**V05["scoring"], "edge_cap": 3}}
 #: The release before that: also nearest-neighbour resize of the cloud, no colour rarity.
-V03 = {"points": {"resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()},
-       "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9}}
+V03 = {"points": {"resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()}, "scoring": V04["scoring"]}
 #: The offline preset as released in 0.1: FPFH, product fusion, mean + 3 std of held-out parts.
 V01 = {"points": {"kind": "fpfh", "deviation_scales": (), "resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()},
        "scoring": {"fusion": "product", "threshold_rule": "sigma", "threshold_sigma": 3.0, "threshold_parts": "held_out"}}
