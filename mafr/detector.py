@@ -28,6 +28,7 @@ from .extractors import PointMAEEncoder, RGBExtractor, build_point_extractor, bu
 from .extractors.pointops import idw_weights, three_nn_interpolate
 from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
 from . import _integrity
+from . import framing as _framing
 from . import errors as _errors
 from . import runtime as _runtime
 from .io import as_sample, load_sample, resize_nearest
@@ -178,6 +179,8 @@ def _decode_config(data: Any) -> MAFRConfig:
     data = {k: v for k, v in dict(data).items() if k not in ("mafr_version", "fit", "metrics", _integrity.CHECKSUMS_KEY)}
     # A config saved before a field existed gets the value that was in effect then, not the
     # preset's newer default: the fitted autoencoder must see the features it was trained on.
+    if isinstance(data.get("rgb"), dict):  # a saved config (it has every section): before framing
+        data.setdefault("framing", "image")
     for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ()),
                                    ("points", "deviation_peaks", False), ("scoring", "edge_cap", 3),
                                    ("scoring", "levels_parts", "held_out"), ("scoring", "level_quantile", 0.9)):
@@ -187,26 +190,48 @@ def _decode_config(data: Any) -> MAFRConfig:
     return MAFRConfig.model_validate(data)
 
 
+def _load_framing(tensors: dict[str, torch.Tensor], config: MAFRConfig, where: str) -> Optional[float]:
+    """The saved window side; a detector that frames parts cannot judge one without it."""
+    side = tensors.get("framing.side")
+    if config.framing == "image":
+        return None
+    if side is None or side.numel() != 1 or not math.isfinite(float(side[0])) or not float(side[0]) > 0:
+        found = "missing" if side is None else f"{side.tolist()}"
+        raise _errors.CorruptModelError(
+            f"{where}: the config frames parts (framing='part') but framing.side, the fitted window side, is "
+            f"{found} (expected one positive number)",
+            path=where,
+        )
+    return float(side[0])
+
+
 class _Prepared:
     """One sample in network coordinates plus what is needed to map results back."""
 
-    __slots__ = ("image", "xyz", "valid", "height", "width", "rgb", "depth", "valid_input", "flags")
+    __slots__ = ("image", "xyz", "valid", "height", "width", "rgb", "depth", "valid_input", "flags", "window",
+                 "framing")
 
-    def __init__(self, image, xyz, valid, height, width, rgb, depth, valid_input, flags=()):
+    def __init__(self, image, xyz, valid, height, width, rgb, depth, valid_input, flags=(), window=None, framing=None):
         self.image, self.xyz, self.valid = image, xyz, valid
         self.height, self.width, self.rgb, self.depth = height, width, rgb, depth
         self.valid_input = valid_input
         #: Why the result is suspicious (see _integrity.judge_input); empty for ordinary parts.
         self.flags = tuple(flags)
+        #: The input square the network saw, ``(top, left, side)`` (mafr.framing).
+        self.window = window if window is not None else (0, 0, max(height, width))
+        #: The fitted window side it was framed with (``None``: the whole image).
+        self.framing = framing
 
 
 class _Features:
     """Features of one sample on the autoencoder's grid (channels-last) and its validity."""
 
-    __slots__ = ("rgb", "xyz", "valid_grid", "valid_pixels")
+    __slots__ = ("rgb", "xyz", "valid_grid", "valid_pixels", "framing")
 
-    def __init__(self, rgb, xyz, valid_grid, valid_pixels):
+    def __init__(self, rgb, xyz, valid_grid, valid_pixels, framing=None):
         self.rgb, self.xyz, self.valid_grid, self.valid_pixels = rgb, xyz, valid_grid, valid_pixels
+        #: The window side the part was framed with (``MAFRDetector.framing_``); None: whole image.
+        self.framing = framing
 
 
 class MAFRDetector(
@@ -256,6 +281,10 @@ class MAFRDetector(
         #: edge) and ``modality`` (map levels) for calibrated fusion, ``pixel_threshold`` for
         #: ``defect_mask``. Saved as ``calibration.*``.
         self.calibration_: dict[str, torch.Tensor] = {}
+        #: With ``config.framing="part"``: the window side every part is framed with, as a
+        #: fraction of the image's longer side (:mod:`mafr.framing`), set by the fit parts. Saved
+        #: as ``framing.side``.
+        self.framing_: Optional[float] = None
 
     # ------------------------------------------------------------------ extractors
     @property
@@ -303,23 +332,24 @@ class MAFRDetector(
             )
 
     # ------------------------------------------------------------------ preprocessing
-    def _prepare(self, item: Any) -> _Prepared:
+    def _prepare(self, item: Any, framing: Optional[float] = None) -> _Prepared:
+        """One sample in network coordinates, framed by ``framing`` (a window side from
+        :func:`mafr.framing.fit_side`; ``None``: the whole image)."""
         rgb, xyz = load_sample(item)
         h, w = rgb.shape[:2]
         size = self.config.rgb.image_size
-        side = max(h, w)
-        # Square-pad (bottom/right, so the crop back is [:h, :w]) then resize: bicubic for
-        # colour, nearest for geometry so no point is invented between surfaces.
-        padded = np.zeros((side, side, 3), dtype=np.uint8)
-        padded[:h, :w] = rgb
+        valid_input = np.any(xyz != 0, axis=-1)
+        win = _framing.window(valid_input, framing)
+        # Zero outside the image (square padding or a window past the border), then resize:
+        # bicubic for colour, nearest or mean for geometry so no point is invented between surfaces.
         from PIL import Image
 
-        img = np.asarray(Image.fromarray(padded).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+        framed = Image.fromarray(_framing.crop(rgb, win))
+        img = np.asarray(framed.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
         mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
         std = np.asarray(IMAGENET_STD, dtype=np.float32)
         image = torch.from_numpy(((img - mean) / std).transpose(2, 0, 1).copy())
-        xyz_pad = np.zeros((side, side, 3), dtype=np.float32)
-        xyz_pad[:h, :w] = xyz
+        xyz_pad = _framing.crop(np.asarray(xyz, dtype=np.float32), win)
         if self.config.points.resize == "mean":
             xyz_s, valid = resize_xyz_mean(xyz_pad, size)
         else:
@@ -330,7 +360,8 @@ class MAFRDetector(
         if self.config.points.fill_holes:
             xyz_s, valid = fill_small_holes(xyz_s, valid, self.config.points.fill_holes)
         dev = self.device
-        return _Prepared(image.to(dev), xyz_s.to(dev), valid.to(dev), h, w, rgb, xyz[..., 2].copy(), np.any(xyz != 0, axis=-1), flags)
+        return _Prepared(image.to(dev), xyz_s.to(dev), valid.to(dev), h, w, rgb, xyz[..., 2].copy(), valid_input, flags,
+                         win, framing)
 
     def _min_points(self) -> int:
         if self.config.points.kind == "pointmae":
@@ -378,7 +409,7 @@ class MAFRDetector(
         for prep, rgb_map in zip(preps, rgb_maps):
             xyz_map = self._point_grid_features(prep).permute(1, 2, 0)
             valid_grid = valid_grid_mask(prep.valid, grid)
-            out.append(_Features(rgb_map.contiguous(), xyz_map.contiguous(), valid_grid, prep.valid))
+            out.append(_Features(rgb_map.contiguous(), xyz_map.contiguous(), valid_grid, prep.valid, prep.framing))
         return out
 
     def _normalise(self, feats: _Features) -> tuple[torch.Tensor, torch.Tensor]:
@@ -417,7 +448,7 @@ class MAFRDetector(
         if not items:
             raise ValueError("fit needs at least one good sample; got an empty fit set")
         t0 = time.perf_counter()
-        feats = self.extract_features(items, progress=progress)
+        feats = self._extract_all(items, self._framing_for(items), progress)
         self._fit_features(feats, seed=seed, progress=progress)
         self.fit_info_["extract_seconds"] = round(time.perf_counter() - t0 - self.fit_info_["train_seconds"], 3)
         self.fit_info_["fit_seconds"] = round(time.perf_counter() - t0, 3)
@@ -428,12 +459,35 @@ class MAFRDetector(
     def extract_features(self, samples: Iterable[Any], *, progress: bool = False) -> list[_Features]:
         """Frozen-extractor features of each sample on the autoencoder's grid. They depend only on
         the extractor part of the config, so studies that vary training or scoring can reuse them
-        (see ``benchmarks/ablations.py``)."""
+        (see ``benchmarks/ablations.py``). On a detector that frames parts (``framing="part"``)
+        and has no window yet, the first call sets it from its samples as :meth:`fit` would (they
+        are taken to be the fit set); later calls frame with the same window."""
         items = [as_sample(s) for s in samples]
+        if self.framing_ is None and self.config.framing == "part":
+            self.framing_ = self._framing_for(items)
+        return self._extract_all(items, self.framing_, progress)
+
+    def _framing_for(self, items: Sequence[Any]) -> Optional[float]:
+        """The window side a fit on ``items`` frames parts with (None: ``framing="image"``)."""
+        if self.config.framing == "image":
+            return None
+        masks = []
+        for i, item in enumerate(items):
+            try:
+                _, xyz = load_sample(item)
+            except _errors.MAFRError as err:
+                raise type(err)(f"part {i + 1} of {len(items)} ({_describe(item)}): {err}", path=err.path) from err
+            masks.append(np.any(xyz != 0, axis=-1))
+        try:
+            return _framing.fit_side(masks)
+        except ValueError as err:
+            raise _errors.InvalidInputError(f"{err}: every fit part's 3D map is empty") from None
+
+    def _extract_all(self, items: Sequence[Any], framing: Optional[float], progress: bool) -> list[_Features]:
         feats: list[_Features] = []
         for i, item in enumerate(_progress(items, desc="mafr: extracting features", enable=progress)):
             try:
-                prep = self._prepare(item)
+                prep = self._prepare(item, framing)
             except _errors.MAFRError as err:
                 # Say which part of a long fit set is bad, not just what is wrong with it.
                 raise type(err)(f"part {i + 1} of {len(items)} ({_describe(item)}): {err}", path=err.path) from err
@@ -449,7 +503,7 @@ class MAFRDetector(
     def _rollback_on_divergence(self):
         """A fit or update whose training diverges leaves the detector as it was before the call
         (unfitted, or fitted as before), never half-trained."""
-        keys = ("stats_", "autoencoder_", "threshold_", "calibration_", "replay_", "fit_info_")
+        keys = ("stats_", "autoencoder_", "threshold_", "calibration_", "replay_", "fit_info_", "framing_")
         saved = {k: getattr(self, k, None) for k in keys}
         ae = saved["autoencoder_"]
         ae_state = None if ae is None else copy.deepcopy(ae.state_dict())  # update trains in place
@@ -469,6 +523,10 @@ class MAFRDetector(
             raise ValueError("fit needs at least one good sample; got an empty fit set")
         t0 = time.perf_counter()
         n = len(feats)
+        framings = {f.framing for f in feats}
+        if len(framings) != 1:
+            raise ValueError(f"the fit features were framed differently ({sorted(map(str, framings))}); extract them in one call")
+        self.framing_ = framings.pop()
         gen = torch.Generator().manual_seed(seed)
         cal_idx, train_idx = _held_out_split(n, self.config.train.calibration_fraction, gen)
         train = [feats[i] for i in train_idx]
@@ -848,9 +906,11 @@ class MAFRDetector(
 
     def _to_input_resolution(self, maps: torch.Tensor, prep: _Prepared) -> np.ndarray:
         """``(k, S, S)`` network-resolution maps -> ``(k, H, W)`` float32 at the input RGB's size."""
-        side = max(prep.height, prep.width)
+        top, left, side = prep.window
         up = F.interpolate(maps.unsqueeze(0), size=(side, side), mode="bilinear", align_corners=False)[0]
-        return up[:, : prep.height, : prep.width].cpu().numpy().astype(np.float32)
+        if (top, left) == (0, 0) and side >= max(prep.height, prep.width):
+            return up[:, : prep.height, : prep.width].cpu().numpy().astype(np.float32)
+        return _framing.paste(up.cpu().numpy().astype(np.float32), prep.window, prep.height, prep.width)
 
     def _results(self, preps: Sequence[_Prepared], feats: Sequence[_Features]) -> list[AnomalyResult]:
         fused, m2d, m3d, scores = self._score_features(feats)
@@ -903,7 +963,7 @@ class MAFRDetector(
         """Score one part. ``rgb``: H x W x 3 uint8 array, PIL image or path; ``xyz``: organized
         map, path, :class:`~mafr.PointCloud` or :class:`~mafr.DepthMap`."""
         self._check_fitted()
-        prep = self._prepare((rgb, xyz))
+        prep = self._prepare((rgb, xyz), self.framing_)
         return self._results([prep], self._extract([prep]))[0]
 
     @_with_threads
@@ -918,7 +978,7 @@ class MAFRDetector(
         results: list[AnomalyResult] = []
         chunks = range(0, len(items), batch_size)
         for start in _progress(chunks, total=len(chunks), desc="mafr: predicting", enable=progress):
-            preps = [self._prepare(s) for s in items[start : start + batch_size]]
+            preps = [self._prepare(s, self.framing_) for s in items[start : start + batch_size]]
             results.extend(self._results(preps, self._extract(preps)))
         return results
 
@@ -930,6 +990,8 @@ class MAFRDetector(
         tensors.update({f"stats.{k}": v.cpu().contiguous() for k, v in self.stats_.items()})
         tensors["threshold"] = torch.tensor([self.threshold_], dtype=torch.float64)
         tensors.update({f"calibration.{k}": v.detach().cpu().contiguous() for k, v in self.calibration_.items()})
+        if self.framing_ is not None:
+            tensors["framing.side"] = torch.tensor([self.framing_], dtype=torch.float64)
         if self.replay_ is not None:
             tensors.update(self.replay_.to_tensors())
         return tensors
@@ -1135,6 +1197,7 @@ class MAFRDetector(
                     path=str(weights_path),
                 )
             _check_edge_levels(det.calibration_, rgb_dim, xyz_dim, str(weights_path))
+        det.framing_ = _load_framing(tensors, det.config, str(weights_path))
         return det.to(det.device)  # loaded on the CPU; a saved detector names no device
 
     # ------------------------------------------------------------------ model card

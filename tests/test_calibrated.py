@@ -98,7 +98,7 @@ def test_calibration_is_fitted_saved_and_verified(calibrated, tmp_path):
     assert set(cal) == {"edge_2d", "edge_3d", "modality", "pixel_threshold"}
     # One level per channel and distance from the edge (0 .. scoring.edge_cap).
     bands = calibrated.config.scoring.edge_cap + 1
-    assert bands == 6  # the offline preset's
+    assert bands == 8  # the offline preset's
     assert cal["edge_2d"].shape == (bands, calibrated.stats_["rgb_mean"].shape[0])
     assert cal["edge_3d"].shape == (bands, calibrated.stats_["xyz_mean"].shape[0])
     assert all(bool(torch.isfinite(v).all()) and bool((v > 0).all()) for v in cal.values())
@@ -193,7 +193,7 @@ def test_edge_levels_of_the_wrong_shape_are_corrupt_and_old_ones_still_load(cali
 
     feats = old.extract_features([part])
     err2, err3, vp, vg = old._residual_grids(feats)
-    d = edge_distance(vg, 3)
+    d = edge_distance(vg, old.calibration_["edge_2d"].shape[0] - 1)  # one band per saved level
     r2, r3 = err2.norm(dim=-1) / old.calibration_["edge_2d"][d], err3.norm(dim=-1) / old.calibration_["edge_3d"][d]
     expected = score_maps(r2, r3, vp, mode="calibrated_sum", valid_grid=vg, scales=old.calibration_["modality"],
                           score=old.config.scoring.score)[3]

@@ -33,9 +33,11 @@ def test_presets_fill_only_what_was_not_given():
     off = MAFRConfig(preset="offline")
     assert off.rgb.kind == "offline" and off.points.kind == "deviation" and off.scoring.fusion == "calibrated"
     assert off.points.resize == "mean" and paper.points.resize == "nearest" and ref.points.resize == "nearest"
-    assert off.rgb.ring_radii == (14, 22) and paper.rgb.ring_radii == ()
+    assert off.rgb.ring_radii == (21, 33) and paper.rgb.ring_radii == ()
+    assert off.points.deviation_scales == (9.0, 18.0)
+    assert off.framing == "part" and paper.framing == "image" and ref.framing == "image"
     assert off.points.deviation_peaks and not paper.points.deviation_peaks and not ref.points.deviation_peaks
-    assert off.scoring.edge_cap == 5 and paper.scoring.edge_cap == 3
+    assert off.scoring.edge_cap == 7 and paper.scoring.edge_cap == 3
     assert off.scoring.levels_parts == "all" and paper.scoring.levels_parts == "held_out"
     assert ref.scoring.levels_parts == "held_out"
     assert off.scoring.level_quantile == 0.97 and paper.scoring.level_quantile == 0.9
@@ -49,12 +51,15 @@ def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted
     saved = MAFRConfig(preset="offline").to_json_dict()
     del saved["points"]["resize"], saved["rgb"]["ring_radii"], saved["points"]["deviation_peaks"]  # as before they existed
     del saved["scoring"]["edge_cap"], saved["scoring"]["levels_parts"], saved["scoring"]["level_quantile"]
+    del saved["framing"]
     old = _decode_config(saved)
+    assert old.framing == "image"
     assert old.points.resize == "nearest" and old.rgb.ring_radii == () and old.points.deviation_peaks is False
     assert old.scoring.edge_cap == 3 and old.scoring.levels_parts == "held_out" and old.scoring.level_quantile == 0.9
     new = _decode_config(MAFRConfig(preset="offline").to_json_dict())
-    assert new.points.resize == "mean" and new.rgb.ring_radii == (14, 22) and new.points.deviation_peaks is True
-    assert new.scoring.edge_cap == 5 and new.scoring.levels_parts == "all" and new.scoring.level_quantile == 0.97
+    assert new.points.resize == "mean" and new.rgb.ring_radii == (21, 33) and new.points.deviation_peaks is True
+    assert new.framing == "part"
+    assert new.scoring.edge_cap == 7 and new.scoring.levels_parts == "all" and new.scoring.level_quantile == 0.97
 
 
 def test_json_round_trip():

@@ -408,8 +408,9 @@ class ColorGradientExtractor(nn.Module):
         eps: the L2-normalisation constant, in units of the per-pixel gradient of an image in
             ``[0, 1]`` (a unit step edge gives 0.5 on each of its two Sobel columns).
         ring_radii: circle radii in pixels for the colour-rarity channel (empty: no channel). The
-            offline preset's (14, 22) at 224 px lie outside the generated benchmark's stains
-            (radius up to ~12 px) and inside a checker square's repeat.
+            offline preset's (21, 33) at 224 px, on a framed part (``framing="part"``, about
+            1.5x the whole image's pixels), lie outside the generated benchmark's stains (radius
+            up to ~18 px there) and inside a checker square's repeat.
         ring_intensity_weight: weight of the intensity axis O3 in that distance; below 1 because
             shading moves intensity across a curved part while leaving the chroma alone.
     """
