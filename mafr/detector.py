@@ -49,7 +49,7 @@ from .scoring import (
     edge_distance,
     channel_normalised,
     edge_scales,
-    modality_scales,
+    modality_levels,
     score_maps,
     upsampled_maps,
 )
@@ -804,10 +804,16 @@ class MAFRDetector(
         if sc.fusion == "calibrated":
             self.calibration_.update(edge_2d=edge_scales(err2, valid_grid, sc.edge_cap, sc.level_quantile).cpu(),
                                      edge_3d=edge_scales(err3, valid_grid, sc.edge_cap, sc.level_quantile).cpu())
-            m2, m3, valid = upsampled_maps(*self._edge_normalised(err2, err3, valid_grid), valid_pixels)
-            self.calibration_.update(modality=modality_scales(
-                box_smooth(m2, sc.box5_passes, sc.box7_passes), box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid,
-                valid).cpu())
+            r2, r3 = self._edge_normalised(err2, err3, valid_grid)
+            values_2d, values_3d = [], []
+            # A few parts at a time: an update with a full replay store calibrates on hundreds,
+            # whose maps at the network's resolution would otherwise all be held at once.
+            for start in range(0, len(levels_from), 16):
+                part = slice(start, start + 16)
+                m2, m3, valid = upsampled_maps(r2[part], r3[part], valid_pixels[part])
+                values_2d.append(box_smooth(m2, sc.box5_passes, sc.box7_passes)[valid])
+                values_3d.append((box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid)[valid])
+            self.calibration_.update(modality=modality_levels(torch.cat(values_2d), torch.cat(values_3d)).cpu())
         # The held-out parts come first in levels_from: their maps set the thresholds below.
         n = len(feats)
         fused, _, _, scores = self._maps_from_residuals(err2[:n], err3[:n], valid_pixels[:n], valid_grid[:n])

@@ -111,9 +111,15 @@ def modality_scales(map_2d: torch.Tensor, map_3d: torch.Tensor, valid: torch.Ten
     """``(2,)``: the ``quantile`` of the smoothed 2D and 3D maps over the valid pixels of good
     parts, the unit in which :func:`fuse` ``"calibrated"`` expresses each modality. Every
     sixteenth pixel is used: neighbouring smoothed pixels carry the same information."""
+    return modality_levels(map_2d[valid], map_3d[valid], quantile)
+
+
+def modality_levels(values_2d: torch.Tensor, values_3d: torch.Tensor, quantile: float = 0.99) -> torch.Tensor:
+    """:func:`modality_scales` from the maps' valid pixels already gathered, part after part
+    (so that many parts can be gathered a few at a time)."""
     out = []
-    for m in (map_2d, map_3d):
-        values = m[valid].flatten()[::16].float()
+    for v in (values_2d, values_3d):
+        values = v.flatten()[::16].float()
         if values.numel() == 0:
             raise ValueError("no valid pixel in the calibration parts: cannot calibrate the maps")
         out.append(torch.quantile(values, quantile).clamp_min(1e-12))

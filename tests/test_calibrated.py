@@ -134,6 +134,29 @@ def test_offline_threshold_pools_every_fit_part(calibrated):
     assert calibrated._threshold_from([scores[i] for i in held]) != pytest.approx(pooled, rel=1e-3)
 
 
+def test_modality_levels_gathered_a_few_parts_at_a_time_equal_the_levels_of_all_maps_at_once(calibrated):
+    """Calibration on more parts than one chunk (an update with a full replay store) gives the
+    same modality levels as computing every part's maps at once."""
+    from mafr.scoring import box_smooth, modality_scales, upsampled_maps
+
+    from mafr.detector import _Features
+
+    good = [generate_sample("puck", seed=s, size=128) for s in range(6)]
+    # 36 different parts (each copy's colour features scaled): three chunks of up to 16.
+    feats = [_Features(f.rgb * (1 + 0.1 * k), f.xyz, f.valid_grid, f.valid_pixels, f.framing)
+             for k in range(6) for f in calibrated.extract_features(good)]
+    det = copy.deepcopy(calibrated)
+    det._calibrate_on(feats[:2], feats[2:])
+    sc = det.config.scoring
+    err2, err3, vp, vg = det._residual_grids(feats)
+    m2, m3, valid = upsampled_maps(*det._edge_normalised(err2, err3, vg), vp)
+    smooth = lambda m: box_smooth(m, sc.box5_passes, sc.box7_passes)  # noqa: E731
+    torch.testing.assert_close(det.calibration_["modality"], modality_scales(smooth(m2), smooth(m3) * valid, valid))
+    # The first chunk alone gives other levels: every chunk counted.
+    first = modality_scales(smooth(m2[:16]), smooth(m3[:16]) * valid[:16], valid[:16])
+    assert not torch.allclose(det.calibration_["modality"], first, rtol=1e-3)
+
+
 def test_offline_fusion_levels_pool_every_fit_part_and_the_pixel_threshold_stays_held_out(calibrated):
     from mafr.detector import _held_out_split
 
