@@ -6,7 +6,9 @@ offline preset costs predict time: the surface deviation taken as its local rise
 distance bands for calibrated fusion (``scoring.edge_cap=5``) cost two more 3 x 3 poolings of the
 28 x 28 validity grid. Fusion levels from every fit part at a higher quantile
 (``scoring.levels_parts="all"``, ``level_quantile=0.97``) change what calibration computes, not
-what predict does. This release also computes the stride-1 box
+what predict does. Framing the part (``framing="part"``) adds a bounding box per part and
+pastes the maps back into the input frame; its 1.5x wider widths (colour-rarity circles,
+deviation scales, two more distance bands) cost a little more filtering. This release also computes the stride-1 box
 smoothing and the running maximum as shifted sums and maxima (``benchmarks/bench_filters.py``),
 which every configuration shares.
 Three detectors are fitted on the same generated parts (400 px, as the benchmark's) and timed
@@ -15,7 +17,8 @@ alternately, one predict per part:
 - ``released``: the offline preset before the rises and sinks (``deviation_peaks=False``,
   ``edge_cap=3``, levels from held-out parts at 0.9), run with the torch pooling filters it shipped
   with (``avg_pool2d`` / ``max_pool2d``, swapped in for its calls only): that release as users had it;
-- ``previous``: the same configuration on this release's code (what the rises and sinks cost);
+- ``previous``: the previous release's offline preset (the whole image) on this release's code
+  (what framing the part costs: finding its bounding box, and a 1.5x wider colour-rarity circle);
 - ``current``: this release's offline preset.
 
 Prints one JSON line; exits 1 when ``current / released`` exceeds 1.10. ``current / previous``
@@ -76,9 +79,12 @@ def main() -> int:
 
     fit_parts = [generate_sample("puck", seed=s) for s in range(6)]
     probes = [generate_sample("puck", "stain", seed=100 + i) for i in range(args.parts)]
-    old = {"points": {"deviation_peaks": False},
+    # The whole image and the widths set for it (this release frames the part: mafr.framing).
+    whole = {"framing": "image", "rgb": {"ring_radii": (14, 22)}, "points": {"deviation_scales": (6.0, 12.0)}}
+    old = {**whole, "points": {**whole["points"], "deviation_peaks": False},
            "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9}}
-    variants = {"released": old, "previous": old, "current": {}}
+    previous = {**whole, "scoring": {"edge_cap": 5}}
+    variants = {"released": old, "previous": previous, "current": {}}
     detectors = {}
     for name, overrides in variants.items():
         cfg = mafr.MAFRConfig(preset="offline", train={"steps": 20}, **overrides)

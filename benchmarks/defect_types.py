@@ -32,23 +32,31 @@ DESCRIPTORS = {
     "deviation as local rises and sinks (default)": {"kind": "deviation"},
     "deviation, signed, cell mean": {"kind": "deviation", "deviation_peaks": False},
     "deviation, nearest-neighbour resize": {"kind": "deviation", "resize": "nearest"},
-    "deviation at 3, 6, 12 px": {"kind": "deviation", "deviation_scales": (3.0, 6.0, 12.0)},
+    "deviation at 4.5, 9, 18 px": {"kind": "deviation", "deviation_scales": (4.5, 9.0, 18.0)},
     "FPFH + deviation": {"kind": "fpfh"},
     "FPFH": {"kind": "fpfh", "deviation_scales": ()},
 }
 ATTENTION = ("cbam", "se", "none")
 #: 2D descriptor variants (the 3D one at its default).
-COLOUR = {"colour rarity on circles of 14 and 22 px (default)": {}, "without colour rarity": {"ring_radii": ()}}
-#: This release's first change alone: levels from every fit part, at the previous quantile.
-V06A = {"scoring": {"level_quantile": 0.9}}
-#: The previous release's offline preset: fusion levels from the two held-out parts only.
-V05 = {"scoring": {"levels_parts": "held_out", "level_quantile": 0.9}}
-#: The release before it: the signed deviation, pooled by the cell mean, four distance bands.
-V04 = {"points": {"deviation_peaks": False}, "scoring": {**V05["scoring"], "edge_cap": 3}}
-#: The release before that: also nearest-neighbour resize of the cloud, no colour rarity.
-V03 = {"points": {"resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()}, "scoring": V04["scoring"]}
+COLOUR = {"colour rarity on circles of 21 and 33 px (default)": {}, "without colour rarity": {"ring_radii": ()}}
+#: The previous release's widths in network pixels (set for the whole image) and threshold floor.
+_WIDTHS_BEFORE = {"rgb": {"ring_radii": (14, 22)}, "points": {"deviation_scales": (6.0, 12.0)},
+                  "scoring": {"edge_cap": 5, "log_spread_floor": 0.1}}
+#: This release's first change alone: the part framed, widths and threshold floor as before.
+V07A = _WIDTHS_BEFORE
+#: Framed, widths 1.5x, the previous threshold floor (this release without its second change).
+V07B = {"scoring": {"log_spread_floor": 0.1}}
+#: The previous release's offline preset: the whole image.
+V06 = {"framing": "image", **_WIDTHS_BEFORE}
+#: The release before it: fusion levels from the two held-out parts only.
+V05 = {**V06, "scoring": {**V06["scoring"], "levels_parts": "held_out", "level_quantile": 0.9}}
+#: The release before that: the signed deviation, pooled by the cell mean, four distance bands.
+V04 = {**V05, "points": {**V05["points"], "deviation_peaks": False}, "scoring": {**V05["scoring"], "edge_cap": 3}}
+#: Also nearest-neighbour resize of the cloud, no colour rarity.
+V03 = {**V04, "points": {**V04["points"], "resize": "nearest"}, "rgb": {"ring_radii": ()}}
 #: The offline preset as released in 0.1: FPFH, product fusion, mean + 3 std of held-out parts.
-V01 = {"points": {"kind": "fpfh", "deviation_scales": (), "resize": "nearest", "deviation_peaks": False}, "rgb": {"ring_radii": ()},
+V01 = {"framing": "image", "points": {"kind": "fpfh", "deviation_scales": (), "resize": "nearest", "deviation_peaks": False},
+       "rgb": {"ring_radii": ()},
        "scoring": {"fusion": "product", "threshold_rule": "sigma", "threshold_sigma": 3.0, "threshold_parts": "held_out"}}
 
 
@@ -100,21 +108,18 @@ def run_category(root: Path, category: str, emit) -> None:
         d, _, s = fitted(model={"attention": attention})
         emit({"study": "attention", "variant": attention, "category": category, "fit_seconds": s,
               **_summary(evaluate_detector(d, test, progress=False))})
-    d, _, s = fitted(**V01)
-    emit({"study": "release", "variant": "offline preset 0.1 (FPFH, product, mean + 3 std)", "category": category,
-          "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
-    d, _, s = fitted(**V03)
-    emit({"study": "release", "variant": "three releases ago (nearest-neighbour resize, no colour rarity)",
-          "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
-    d, _, s = fitted(**V04)
-    emit({"study": "release", "variant": "two releases ago (signed deviation, cell mean)",
-          "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
-    d, _, s = fitted(**V05)
-    emit({"study": "release", "variant": "previous release (fusion levels from the held-out parts only)",
-          "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
-    d, _, s = fitted(**V06A)
-    emit({"study": "release", "variant": "levels from every fit part at quantile 0.9 (this release's first change alone)",
-          "category": category, "fit_seconds": s, **_summary(evaluate_detector(d, test, progress=False))})
+    for variant, overrides in (
+        ("offline preset 0.1 (FPFH, product, mean + 3 std)", V01),
+        ("four releases ago (nearest-neighbour resize, no colour rarity)", V03),
+        ("three releases ago (signed deviation, cell mean)", V04),
+        ("two releases ago (fusion levels from the held-out parts only)", V05),
+        ("previous release (the whole image)", V06),
+        ("the part framed, widths and threshold floor as before (this release's first change alone)", V07A),
+        ("the part framed, widths 1.5x, threshold floor as before", V07B),
+    ):
+        d, _, s = fitted(**overrides)
+        emit({"study": "release", "variant": variant, "category": category, "fit_seconds": s,
+              **_summary(evaluate_detector(d, test, progress=False))})
 
 
 def markdown(records: list[dict], split: str) -> str:

@@ -1,12 +1,14 @@
 """Draw the figures of the mafr documentation (Pillow only, no matplotlib).
 
 - ``docs/pipeline.png``: the MAFR pipeline as boxes and arrows, about 1400 px wide.
+- ``docs/framing.png``: what the network sees with ``framing="image"`` and ``framing="part"``
+  (a generated lying cylinder; no fitting).
 - ``docs/example_panel.png``: a real result panel. A detector with the weight-free ``"offline"``
   preset is fitted on 6 generated good "puck" parts (about 10-20 s on a laptop CPU), then scores a
   generated part with a crack.
 
-    python docs/make_figures.py               # both figures
-    python docs/make_figures.py --skip-panel  # only the pipeline drawing (instant)
+    python docs/make_figures.py               # every figure
+    python docs/make_figures.py --skip-panel  # only the drawings (instant)
 """
 
 from __future__ import annotations
@@ -204,6 +206,35 @@ def draw_pipeline(path: Path) -> Path:
     return path
 
 
+def draw_framing(path: Path) -> Path:
+    """The network's 224 x 224 input for one part, whole image against the framed window, with
+    the window outlined on the whole image."""
+    import numpy as np
+
+    from mafr import framing
+    from mafr.datasets.synthetic import generate_sample
+
+    fit = [generate_sample("cylinder", seed=s) for s in range(6)]
+    side = framing.fit_side([np.any(p.xyz != 0, axis=-1) for p in fit])
+    part = generate_sample("cylinder", "stain", seed=100)
+    valid = np.any(part.xyz != 0, axis=-1)
+    size, pad, head = 224, 24, 40
+    whole = Image.fromarray(framing.crop(part.rgb, framing.window(valid, None))).resize((size, size), Image.BICUBIC)
+    top, left, win = framing.window(valid, side)
+    framed = Image.fromarray(framing.crop(part.rgb, (top, left, win))).resize((size, size), Image.BICUBIC)
+    scale = size / max(part.rgb.shape[:2])
+    ImageDraw.Draw(whole).rectangle([left * scale, top * scale, (left + win) * scale, (top + win) * scale],
+                                    outline=(255, 200, 0), width=2)
+    img = Image.new("RGB", (3 * pad + 2 * size, head + size + pad), "white")
+    draw = ImageDraw.Draw(img)
+    for i, (tile, title) in enumerate(((whole, 'framing="image"'), (framed, 'framing="part" (outlined left)'))):
+        x = pad + i * (size + pad)
+        img.paste(tile, (x, head))
+        draw.text((x, 12), title, fill=(30, 30, 30), font=_font(15))
+    img.save(path)
+    return path
+
+
 def draw_example_panel(path: Path) -> Path:
     import mafr
     from mafr.datasets.synthetic import generate_sample
@@ -224,6 +255,7 @@ def main() -> None:
     parser.add_argument("--skip-panel", action="store_true", help="only draw the pipeline (no fitting)")
     args = parser.parse_args()
     print("wrote", draw_pipeline(DOCS / "pipeline.png"))
+    print("wrote", draw_framing(DOCS / "framing.png"))
     if not args.skip_panel:
         print("wrote", draw_example_panel(DOCS / "example_panel.png"))
 
