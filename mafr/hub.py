@@ -53,6 +53,10 @@ def model_card(detector) -> ModelCard:
                 "RGB extractor": rgb_src,
                 "3D extractor": pts_src,
                 "grid": f"{cfg.grid_size} x {cfg.grid_size}",
+                "framing": (
+                    "the whole image" if detector.framing_ is None
+                    else f"a square around the part, side {detector.framing_:.3f} x the image's longer side"
+                ),
                 "CBAM": cfg.model.cbam,
                 "fusion": cfg.scoring.fusion,
             }

@@ -126,6 +126,7 @@ def test_framing_is_saved_and_a_missing_side_is_a_corrupt_detector(framed, tmp_p
     det.save_pretrained(tmp_path / "d")
     again = mafr.MAFRDetector.from_pretrained(tmp_path / "d")
     assert again.framing_ == det.framing_
+    assert f"side {det.framing_:.3f} x the image's longer side" in (tmp_path / "d" / "README.md").read_text()
     assert again.predict(part.rgb, part.xyz).score == pytest.approx(det.predict(part.rgb, part.xyz).score, rel=1e-6)
 
     # A consistent but wrong save (checksum re-recorded): the framing check must catch it.
