@@ -4,13 +4,15 @@
 and the reference code do. ``framing="part"`` shows a square window around the part: its side
 is fixed when the detector is fitted (the largest fit part's extent plus a margin, as a
 fraction of the image's longer side) and each part is centred in it by the bounding box of its
-valid 3D points. A part that fills a third of the frame then gets about 1.6x the network pixels
+valid 3D points. A part that fills a third of the frame then gets about 1.5x the network pixels
 per millimetre, so a defect a few pixels wide at 224 px becomes one that cells can resolve.
 
 The side is the same for every part (not each part's own extent): a part that is larger than
 the ones it was fitted on must look larger, not be rescaled into looking normal. A part that
-would not fit the window widens it (never cropped off); the window may reach past the image
-border, where it is filled with zeros (no colour, no 3D point), like the square padding.
+would not fit the window widens it (never cropped off). The window is never wider than the
+image's longer side, so a scan whose valid points fill the frame is shown whole. It may reach
+past the image border, where it is filled with zeros (no colour, no 3D point), like the square
+padding.
 
 A window is ``(top, left, side)`` in input pixels.
 """
@@ -63,6 +65,9 @@ def window(valid: np.ndarray, side_fraction: Optional[float]) -> Window:
     top, bottom, left, right = box
     extent = max(bottom - top, right - left)
     side = max(math.ceil(side_fraction * max(h, w)), math.ceil(extent * (1.0 + OWN_MARGIN)))
+    # Never wider than the image: a part (or a scan with its background still measured) that
+    # fills the frame is shown whole, not shrunk inside a black border.
+    side = max(min(side, max(h, w)), extent)
     return (top + bottom) // 2 - side // 2, (left + right) // 2 - side // 2, side
 
 

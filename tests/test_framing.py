@@ -47,6 +47,13 @@ def test_fit_side_is_the_largest_part_plus_the_margin():
         framing.fit_side([np.zeros((10, 10), bool)])
 
 
+def test_a_scan_that_fills_the_frame_is_shown_whole_not_inside_a_border():
+    everything = np.ones((40, 40), bool)  # e.g. the background plane still measured
+    side = framing.fit_side([everything])
+    assert side == pytest.approx(1.1)
+    assert framing.window(everything, side) == (0, 0, 40)
+
+
 def test_no_valid_point_falls_back_to_the_whole_image():
     assert framing.window(np.zeros((20, 30), bool), 0.5) == (0, 0, 30)
 
@@ -64,6 +71,7 @@ def test_the_window_never_crops_a_valid_point_and_paste_undoes_crop(h, w, data, 
     win = framing.window(valid, fraction)
     y, x, side = win
     assert y <= top and y + side >= bottom and x <= left and x + side >= right
+    assert side <= max(h, w)
     image = np.random.default_rng(0).random((h, w, 3)).astype(np.float32)
     before = image.copy()
     cut = framing.crop(image, win)
