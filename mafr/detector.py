@@ -912,10 +912,8 @@ class MAFRDetector(
 
     def _to_input_resolution(self, maps: torch.Tensor, prep: _Prepared) -> np.ndarray:
         """``(k, S, S)`` network-resolution maps -> ``(k, H, W)`` float32 at the input RGB's size."""
-        top, left, side = prep.window
+        side = prep.window[2]
         up = F.interpolate(maps.unsqueeze(0), size=(side, side), mode="bilinear", align_corners=False)[0]
-        if (top, left) == (0, 0) and side >= max(prep.height, prep.width):
-            return up[:, : prep.height, : prep.width].cpu().numpy().astype(np.float32)
         return _framing.paste(up.cpu().numpy().astype(np.float32), prep.window, prep.height, prep.width)
 
     def _results(self, preps: Sequence[_Prepared], feats: Sequence[_Features]) -> list[AnomalyResult]:

@@ -71,13 +71,19 @@ def window(valid: np.ndarray, side_fraction: Optional[float]) -> Window:
     return (top + bottom) // 2 - side // 2, (left + right) // 2 - side // 2, side
 
 
+def _overlap(win: Window, height: int, width: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the part of the window inside a ``height x width`` image, in image
+    coordinates (empty when ``y1 <= y0`` or ``x1 <= x0``)."""
+    top, left, side = win
+    return max(top, 0), min(top + side, height), max(left, 0), min(left + side, width)
+
+
 def crop(array: np.ndarray, win: Window) -> np.ndarray:
     """The window's pixels of ``array`` (``H x W [x C]``), zero where it leaves the image. A new
     array: the input is never modified."""
     top, left, side = win
     out = np.zeros((side, side) + array.shape[2:], dtype=array.dtype)
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + side, array.shape[0]), min(left + side, array.shape[1])
+    y0, y1, x0, x1 = _overlap(win, array.shape[0], array.shape[1])
     if y1 > y0 and x1 > x0:
         out[y0 - top : y1 - top, x0 - left : x1 - left] = array[y0:y1, x0:x1]
     return out
@@ -86,10 +92,9 @@ def crop(array: np.ndarray, win: Window) -> np.ndarray:
 def paste(maps: "np.ndarray", win: Window, height: int, width: int) -> np.ndarray:
     """``(k, side, side)`` maps of the window -> ``(k, height, width)`` at the input's place;
     zero outside the window (no part there to judge)."""
-    top, left, side = win
+    top, left, _ = win
     out = np.zeros((maps.shape[0], height, width), dtype=maps.dtype)
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + side, height), min(left + side, width)
+    y0, y1, x0, x1 = _overlap(win, height, width)
     if y1 > y0 and x1 > x0:
         out[:, y0:y1, x0:x1] = maps[:, y0 - top : y1 - top, x0 - left : x1 - left]
     return out
