@@ -8,7 +8,9 @@ distance bands for calibrated fusion (``scoring.edge_cap=5``) cost two more 3 x 
 (``scoring.levels_parts="all"``, ``level_quantile=0.97``) change what calibration computes, not
 what predict does. Framing the part (``framing="part"``) adds a bounding box per part and
 pastes the maps back into the input frame; its 1.5x wider widths (colour-rarity circles,
-deviation scales, two more distance bands) cost a little more filtering. This release also computes the stride-1 box
+deviation scales, two more distance bands) cost a little more filtering. Colour rarity on the part
+only (``rgb.rarity_on_part``) masks the colours once before the circle comparisons; the 2D
+channels' maximum (``scoring.channel_reduce_2d="max"``) replaces their RMS. This release also computes the stride-1 box
 smoothing and the running maximum as shifted sums and maxima (``benchmarks/bench_filters.py``),
 which every configuration shares.
 Three detectors are fitted on the same generated parts (400 px, as the benchmark's) and timed
@@ -17,8 +19,9 @@ alternately, one predict per part:
 - ``released``: the offline preset before the rises and sinks (``deviation_peaks=False``,
   ``edge_cap=3``, levels from held-out parts at 0.9), run with the torch pooling filters it shipped
   with (``avg_pool2d`` / ``max_pool2d``, swapped in for its calls only): that release as users had it;
-- ``previous``: the previous release's offline preset (the whole image) on this release's code
-  (what framing the part costs: finding its bounding box, and a 1.5x wider colour-rarity circle);
+- ``previous``: the previous release's offline preset (the part framed; colour rarity against
+  every pixel, 2D channels by their RMS) on this release's code (what this release's 2D changes
+  cost: a masked colour before the circle comparisons, a maximum instead of an RMS);
 - ``current``: this release's offline preset.
 
 Prints one JSON line; exits 1 when ``current / released`` exceeds 1.10. ``current / previous``
@@ -80,10 +83,11 @@ def main() -> int:
     fit_parts = [generate_sample("puck", seed=s) for s in range(6)]
     probes = [generate_sample("puck", "stain", seed=100 + i) for i in range(args.parts)]
     # The whole image and the widths set for it (this release frames the part: mafr.framing).
-    whole = {"framing": "image", "rgb": {"ring_radii": (14, 22)}, "points": {"deviation_scales": (6.0, 12.0)}}
+    whole = {"framing": "image", "rgb": {"ring_radii": (14, 22), "rarity_on_part": False},
+             "points": {"deviation_scales": (6.0, 12.0)}}
     old = {**whole, "points": {**whole["points"], "deviation_peaks": False},
-           "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9}}
-    previous = {**whole, "scoring": {"edge_cap": 5}}
+           "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9, "channel_reduce_2d": "rms"}}
+    previous = {"rgb": {"rarity_on_part": False}, "scoring": {"channel_reduce_2d": "rms"}}
     variants = {"released": old, "previous": previous, "current": {}}
     detectors = {}
     for name, overrides in variants.items():

@@ -38,15 +38,19 @@ DESCRIPTORS = {
 }
 ATTENTION = ("cbam", "se", "none")
 #: 2D descriptor variants (the 3D one at its default).
-COLOUR = {"colour rarity on circles of 21 and 33 px (default)": {}, "without colour rarity": {"ring_radii": ()}}
-#: The previous release's widths in network pixels (set for the whole image) and threshold floor.
-_WIDTHS_BEFORE = {"rgb": {"ring_radii": (14, 22)}, "points": {"deviation_scales": (6.0, 12.0)},
-                  "scoring": {"edge_cap": 5, "log_spread_floor": 0.1}}
-#: This release's first change alone: the part framed, widths and threshold floor as before.
-V07A = _WIDTHS_BEFORE
-#: Framed, widths 1.5x, the previous threshold floor (this release without its second change).
-V07B = {"scoring": {"log_spread_floor": 0.1}}
-#: The previous release's offline preset: the whole image.
+COLOUR = {"colour rarity on circles of 21 and 33 px, on the part only (default)": {},
+          "colour rarity compared with every pixel, with 3D or not": {"rarity_on_part": False},
+          "without colour rarity": {"ring_radii": ()}}
+#: The previous release's 2D evidence: colour rarity against every pixel, channels by their RMS.
+_V08_BEFORE = {"rgb": {"rarity_on_part": False}, "scoring": {"channel_reduce_2d": "rms"}}
+#: This release's first change alone: colour rarity on the part only, channels still by their RMS.
+V08A = {"scoring": {"channel_reduce_2d": "rms"}}
+#: The previous release: the part framed.
+V07 = _V08_BEFORE
+#: The widths in network pixels set for the whole image, and the threshold floor, of the release before.
+_WIDTHS_BEFORE = {"rgb": {"ring_radii": (14, 22), "rarity_on_part": False}, "points": {"deviation_scales": (6.0, 12.0)},
+                  "scoring": {"edge_cap": 5, "log_spread_floor": 0.1, "channel_reduce_2d": "rms"}}
+#: The release before: the whole image.
 V06 = {"framing": "image", **_WIDTHS_BEFORE}
 #: The release before it: fusion levels from the two held-out parts only.
 V05 = {**V06, "scoring": {**V06["scoring"], "levels_parts": "held_out", "level_quantile": 0.9}}
@@ -110,12 +114,12 @@ def run_category(root: Path, category: str, emit) -> None:
               **_summary(evaluate_detector(d, test, progress=False))})
     for variant, overrides in (
         ("offline preset 0.1 (FPFH, product, mean + 3 std)", V01),
-        ("four releases ago (nearest-neighbour resize, no colour rarity)", V03),
-        ("three releases ago (signed deviation, cell mean)", V04),
-        ("two releases ago (fusion levels from the held-out parts only)", V05),
-        ("previous release (the whole image)", V06),
-        ("the part framed, widths and threshold floor as before (this release's first change alone)", V07A),
-        ("the part framed, widths 1.5x, threshold floor as before", V07B),
+        ("five releases ago (nearest-neighbour resize, no colour rarity)", V03),
+        ("four releases ago (signed deviation, cell mean)", V04),
+        ("three releases ago (fusion levels from the held-out parts only)", V05),
+        ("two releases ago (the whole image)", V06),
+        ("previous release (the part framed)", V07),
+        ("colour rarity on the part only, 2D channels still by their RMS (this release's first change alone)", V08A),
     ):
         d, _, s = fitted(**overrides)
         emit({"study": "release", "variant": variant, "category": category, "fit_seconds": s,

@@ -47,6 +47,11 @@ class RGBConfig(_Strict):
     #: colour-rarity channel looks for a matching colour (``extractors.offline.
     #: ColorGradientExtractor``); empty: no such channel. See docs/ablations.md.
     ring_radii: tuple[Annotated[int, Field(ge=1)], ...] = ()
+    #: With ``ring_radii``: compare colours only between pixels with a 3D measurement, 0 where
+    #: there is none (``ColorGradientExtractor(rarity_on_part=True)``): a through-hole or the
+    #: background is not a colour of the part. No effect without ``ring_radii``. A config saved
+    #: before this field existed loads with ``False``. See docs/ablations.md.
+    rarity_on_part: bool = False
 
 
 class PointConfig(_Strict):
@@ -153,6 +158,13 @@ class ScoringConfig(_Strict):
     #: ``scoring.edge_scales``). A config saved before this field existed loads with 3, the value
     #: it was fitted with. See docs/ablations.md for the offline preset's choice.
     edge_cap: int = Field(3, ge=0)
+    #: With ``fusion="calibrated"``: how a cell's 2D channels, each in units of its good-part
+    #: level, become one residual: ``"rms"`` (their root mean square) or ``"max"`` (the most
+    #: unusual channel). A stain moves a few of the colour channels; in the mean over all of them
+    #: it is diluted by the many it leaves alone (``scoring.channel_normalised``). The 3D map keeps
+    #: the RMS. A config saved before this field existed loads with ``"rms"``. See
+    #: docs/ablations.md.
+    channel_reduce_2d: Literal["rms", "max"] = "rms"
     #: ``"ratio"``: the paper's ``max / sqrt(mean of non-zero)`` of the fused map; ``"max"``: its
     #: peak (in units of "normal" with calibrated fusion).
     score: Literal["ratio", "max"] = "ratio"
@@ -220,11 +232,11 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # The part framed, about 1.5x the pixels of the whole image; every width below in
         # network pixels is 1.5x what it was with the whole image (tuning set: docs/ablations.md).
         "framing": "part",
-        "rgb": {"kind": "offline", "ring_radii": (21, 33)},
+        "rgb": {"kind": "offline", "ring_radii": (21, 33), "rarity_on_part": True},
         # The finest scale (3 px before framing) measured sensor noise, not relief.
         "points": {"kind": "deviation", "deviation_scales": (9.0, 18.0), "resize": "mean", "deviation_peaks": True},
         # Chosen on the generated benchmark's tuning set (docs/ablations.md).
-        "scoring": {"fusion": "calibrated", "edge_cap": 7, "threshold_parts": "all", "levels_parts": "all",
+        "scoring": {"fusion": "calibrated", "channel_reduce_2d": "max", "edge_cap": 7, "threshold_parts": "all", "levels_parts": "all",
                     "level_quantile": 0.97, "log_spread_floor": 0.2,
                     "mask_relative": 0.6},
     },

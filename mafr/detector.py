@@ -182,6 +182,7 @@ def _decode_config(data: Any) -> MAFRConfig:
     if isinstance(data.get("rgb"), dict):  # a saved config (it has every section): before framing
         data.setdefault("framing", "image")
     for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ()),
+                                   ("rgb", "rarity_on_part", False), ("scoring", "channel_reduce_2d", "rms"),
                                    ("points", "deviation_peaks", False), ("scoring", "edge_cap", 3),
                                    ("scoring", "levels_parts", "held_out"), ("scoring", "level_quantile", 0.9)):
         part = data.get(section)
@@ -403,7 +404,10 @@ class MAFRDetector(
         extractor = self.rgb_extractor
         # Weight-free extractors stay fp32: their histograms gain nothing from bf16.
         with self._autocast() if isinstance(extractor, RGBExtractor) else contextlib.nullcontext():
-            rgb = extractor(images)
+            if getattr(extractor, "reads_validity", False):  # colour rarity on the part only
+                rgb = extractor(images, torch.stack([p.valid for p in preps]).to(images.device, torch.bool))
+            else:
+                rgb = extractor(images)
         rgb_maps = upsample_rgb(rgb.float(), grid).permute(0, 2, 3, 1)
         out = []
         for prep, rgb_map in zip(preps, rgb_maps):
@@ -876,7 +880,8 @@ class MAFRDetector(
             return err2.norm(dim=-1) / e2[dist], err3.norm(dim=-1) / e3[dist]
         context = getattr(self.point_extractor, "context_channels", 0)
         evidence = err3.shape[-1] - context if 0 < context < err3.shape[-1] else None
-        return channel_normalised(err2, e2, dist), channel_normalised(err3, e3, dist, evidence)
+        reduce_2d = self.config.scoring.channel_reduce_2d
+        return channel_normalised(err2, e2, dist, reduce=reduce_2d), channel_normalised(err3, e3, dist, evidence)
 
     def _maps_from_residuals(self, err2, err3, valid_pixels, valid_grid):
         sc = self.config.scoring

@@ -93,16 +93,22 @@ def edge_scales(residual: torch.Tensor, valid_grid: torch.Tensor, cap: int = 3,
 
 
 def channel_normalised(errors: torch.Tensor, scales: torch.Tensor, dist: torch.Tensor,
-                       channels: Optional[int] = None) -> torch.Tensor:
+                       channels: Optional[int] = None, reduce: Literal["rms", "max"] = "rms") -> torch.Tensor:
     """Signed restoration errors ``(B, g, g, C)`` -> ``(B, g, g)``: each channel divided by its
     good-part level at the cell's distance from the edge (``scales``, ``(cap + 1, C)`` from
     :func:`edge_scales`; ``dist`` from :func:`edge_distance` with the same ``cap``), then the root
-    mean square over the first ``channels`` channels (all by default). Dividing per channel first keeps a quiet channel that carries a defect (a few
+    mean square over the first ``channels`` channels (all by default), or with ``reduce="max"``
+    the largest of them in absolute value: a defect that moves a few channels out of many (a
+    stain: the colour ones) is not averaged with the rest. Dividing per channel first keeps a quiet channel that carries a defect (a few
     tenths of a millimetre of relief) from being drowned by channels that are noisy on every
     part; the L2 norm of :func:`residual_map` weights each channel by its raw spread instead."""
     z = errors / scales[dist]
     if channels is not None:
         z = z[..., :channels]
+    if reduce == "max":
+        return z.abs().amax(-1)
+    if reduce != "rms":
+        raise ValueError(f"reduce must be 'rms' or 'max', got {reduce!r}")
     return z.pow(2).mean(-1).sqrt()
 
 

@@ -76,6 +76,26 @@ def test_edge_scales_per_channel_and_channel_normalised_residual():
     assert channel_normalised(bad, levels, cells, channels=1)[0, 4, 4] == pytest.approx(1.0)
 
 
+def test_channel_normalised_max_keeps_a_defect_that_moves_few_channels():
+    valid = torch.ones(1, 6, 6, dtype=torch.bool)
+    cells = edge_distance(valid, cap=1)
+    levels = torch.ones(2, 48)
+    errors = torch.full((1, 6, 6, 48), -0.5)  # every channel at half its level, signed
+    errors[0, 2, 3, 7] = 4.0  # one channel of 48 (a stain moves the colour ones)
+    rms = channel_normalised(errors, levels, cells)
+    worst = channel_normalised(errors, levels, cells, reduce="max")
+    assert worst[0, 2, 3] == pytest.approx(4.0) and worst[0, 0, 0] == pytest.approx(0.5)
+    # The RMS averages the one channel with 47 quiet ones: 4 -> 0.77, hardly above the rest.
+    assert rms[0, 2, 3] == pytest.approx(math.sqrt((16 + 47 * 0.25) / 48))
+    assert worst[0, 2, 3] / worst[0, 0, 0] > 5 * rms[0, 2, 3] / rms[0, 0, 0]
+    # Signed errors count by their size; the channel subset applies first.
+    errors[0, 2, 3, 7] = -4.0
+    assert channel_normalised(errors, levels, cells, reduce="max")[0, 2, 3] == pytest.approx(4.0)
+    assert channel_normalised(errors, levels, cells, channels=7, reduce="max")[0, 2, 3] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="reduce"):
+        channel_normalised(errors, levels, cells, reduce="mean")
+
+
 def test_modality_scales_are_high_quantiles_of_good_maps():
     valid = torch.ones(1, 32, 32, dtype=torch.bool)
     m2 = torch.linspace(0, 1, 1024).reshape(1, 32, 32)

@@ -41,6 +41,8 @@ def test_presets_fill_only_what_was_not_given():
     assert off.scoring.levels_parts == "all" and paper.scoring.levels_parts == "held_out"
     assert ref.scoring.levels_parts == "held_out"
     assert off.scoring.level_quantile == 0.97 and paper.scoring.level_quantile == 0.9
+    assert off.rgb.rarity_on_part and not paper.rgb.rarity_on_part
+    assert off.scoring.channel_reduce_2d == "max" and paper.scoring.channel_reduce_2d == ref.scoring.channel_reduce_2d == "rms"
     with pytest.raises(ValidationError):
         MAFRConfig(preset="offline", rgb={"ring_radii": (0, 5)})
 
@@ -51,14 +53,15 @@ def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted
     saved = MAFRConfig(preset="offline").to_json_dict()
     del saved["points"]["resize"], saved["rgb"]["ring_radii"], saved["points"]["deviation_peaks"]  # as before they existed
     del saved["scoring"]["edge_cap"], saved["scoring"]["levels_parts"], saved["scoring"]["level_quantile"]
-    del saved["framing"]
+    del saved["framing"], saved["rgb"]["rarity_on_part"], saved["scoring"]["channel_reduce_2d"]
     old = _decode_config(saved)
     assert old.framing == "image"
+    assert old.rgb.rarity_on_part is False and old.scoring.channel_reduce_2d == "rms"
     assert old.points.resize == "nearest" and old.rgb.ring_radii == () and old.points.deviation_peaks is False
     assert old.scoring.edge_cap == 3 and old.scoring.levels_parts == "held_out" and old.scoring.level_quantile == 0.9
     new = _decode_config(MAFRConfig(preset="offline").to_json_dict())
     assert new.points.resize == "mean" and new.rgb.ring_radii == (21, 33) and new.points.deviation_peaks is True
-    assert new.framing == "part"
+    assert new.framing == "part" and new.rgb.rarity_on_part is True and new.scoring.channel_reduce_2d == "max"
     assert new.scoring.edge_cap == 7 and new.scoring.levels_parts == "all" and new.scoring.level_quantile == 0.97
 
 

@@ -385,6 +385,58 @@ def test_colour_rarity_sees_a_stain_on_a_checker_but_not_the_checker() -> None:
             ColorGradientExtractor(ring_radii=bad)
 
 
+def _plate_with_hole(size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grey plate with a dark through-hole of radius 9 px (smaller than the circles) at
+    (112, 112): the hole has no 3D, the plate has."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    hole = (yy - 112) ** 2 + (xx - 112) ** 2 < 81
+    rgb = torch.where(hole, torch.tensor([0.08, 0.08, 0.09]).view(3, 1, 1), torch.tensor([0.6, 0.62, 0.66]).view(3, 1, 1))
+    return rgb.unsqueeze(0), ~hole.unsqueeze(0)
+
+
+def test_colour_rarity_on_the_part_ignores_a_through_hole_and_cannot_match_a_stain_to_it() -> None:
+    everywhere = ColorGradientExtractor(ring_radii=(21, 33))
+    on_part = ColorGradientExtractor(ring_radii=(21, 33), rarity_on_part=True)
+    assert on_part.reads_validity and not everywhere.reads_validity
+    rgb, valid = _plate_with_hole()
+    # Compared with every pixel, the hole's dark colour is on none of its circles: rare, on every
+    # good part; on the part only, the hole is no colour of the part (0) and the plate matches.
+    assert float(everywhere(_rgb_to_input(rgb))[0, 15, 14, 14]) > 0.3
+    assert float(on_part(_rgb_to_input(rgb), valid)[0, 15].abs().max()) < 1e-5
+    # A stain the hole's colour, 21 px from the hole's centre: compared with every pixel it finds
+    # the hole on its inner circle and looks ordinary; on the part only it stays rare.
+    stained = rgb.clone()
+    stained[:, :, 106:118, 127:139] = torch.tensor([0.08, 0.08, 0.09]).view(1, 3, 1, 1)
+    ratio = float(on_part(_rgb_to_input(stained), valid)[0, 15, 13:15, 16:17].min())
+    assert ratio > 0.2
+    assert float(everywhere(_rgb_to_input(stained))[0, 15, 13:15, 16:17].max()) < 0.5 * ratio
+    # With every pixel valid, the part-only channel is the plain one away from the image border
+    # (where the plain one pads by replication and the part-only one has no pixel).
+    all_valid = torch.ones_like(valid)
+    a = everywhere(_rgb_to_input(stained))[0, 15, 6:22, 6:22]
+    b = on_part(_rgb_to_input(stained), all_valid)[0, 15, 6:22, 6:22]
+    assert torch.allclose(a, b, atol=1e-6)
+    # The other channels do not read the mask.
+    assert torch.equal(everywhere(_rgb_to_input(stained))[0, :15], on_part(_rgb_to_input(stained), valid)[0, :15])
+
+
+def test_colour_rarity_on_the_part_needs_the_mask() -> None:
+    on_part = ColorGradientExtractor(ring_radii=(21,), rarity_on_part=True)
+    rgb, valid = _plate_with_hole(64)
+    with pytest.raises(ValueError, match="needs valid"):
+        on_part(_rgb_to_input(rgb))
+    with pytest.raises(ValueError, match="bool tensor of shape"):
+        on_part(_rgb_to_input(rgb), valid[:, :32])
+    with pytest.raises(ValueError, match="bool tensor of shape"):
+        on_part(_rgb_to_input(rgb), valid.float())
+    # Without circles there is no rarity channel, and nothing to mask.
+    assert not ColorGradientExtractor(rarity_on_part=True).reads_validity
+    # A part pixel with no part pixel on any circle has nothing to be compared with: 0.
+    lone = torch.zeros_like(valid)
+    lone[0, 30:34, 30:34] = True
+    assert float(on_part(_rgb_to_input(rgb), lone)[0, 15].abs().max()) == 0.0
+
+
 def test_timing_at_224() -> None:
     """Prints the cost of both extractors on one 224 x 224 input (no assertion on time): on one
     thread, and on torch's default thread count (which a busy shared machine can slow down a lot,

@@ -394,6 +394,13 @@ class ColorGradientExtractor(nn.Module):
       colour. Per-cell colour moments cannot tell a stained cell from a cell mixing two of the
       part's colours; this can.
 
+    With ``rarity_on_part``, the colour rarity is a statement about the part's surface only: a
+    pixel is compared with the pixels on its circles that have a 3D measurement (the ``valid``
+    mask given to :meth:`forward`), and pixels without one (background, through-holes, sensor
+    dropouts) get 0. Otherwise a through-hole's dark interior, smaller than the circles, reads as a
+    rare colour on every good part (and, pooled, on the part around it), which sets the channel's
+    good-part level high enough to hide a stain; and a dark stain next to a hole matches the hole.
+
     ``out_dim = len(scales) * (7 + orientation_bins + (1 if ring_radii else 0))`` (45 with the
     defaults, 48 as the offline preset sets it). ``feature_names`` lists the channels.
 
@@ -413,6 +420,8 @@ class ColorGradientExtractor(nn.Module):
             up to ~18 px there) and inside a checker square's repeat.
         ring_intensity_weight: weight of the intensity axis O3 in that distance; below 1 because
             shading moves intensity across a curved part while leaving the chroma alone.
+        rarity_on_part: compare only pixels with a 3D measurement (above); :meth:`forward` then
+            needs ``valid``. No effect without ``ring_radii``.
     """
 
     def __init__(
@@ -423,8 +432,12 @@ class ColorGradientExtractor(nn.Module):
         eps: float = 0.01,
         ring_radii: tuple[int, ...] = (),
         ring_intensity_weight: float = 0.5,
+        rarity_on_part: bool = False,
     ) -> None:
         super().__init__()
+        self.rarity_on_part = bool(rarity_on_part) and bool(ring_radii)
+        #: Whether :meth:`forward` reads the network-resolution validity mask (the detector passes it).
+        self.reads_validity: bool = self.rarity_on_part
         ring_radii = tuple(ring_radii)
         if any(not isinstance(r, int) or r < 1 for r in ring_radii) or len(set(ring_radii)) != len(ring_radii):
             raise ValueError(f"ring_radii must be distinct positive integers (pixels), got {ring_radii!r}")
@@ -471,10 +484,10 @@ class ColorGradientExtractor(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"patch={self.patch}, scales={self.scales}, orientation_bins={self.orientation_bins}, "
-            f"ring_radii={self.ring_radii}, out_dim={self.out_dim}"
+            f"ring_radii={self.ring_radii}, rarity_on_part={self.rarity_on_part}, out_dim={self.out_dim}"
         )
 
-    def _validate(self, images: Tensor) -> None:
+    def _validate(self, images: Tensor, valid: Optional[Tensor]) -> None:
         if not isinstance(images, Tensor):
             raise ValueError("images must be a torch tensor")
         if images.dim() != 4 or images.shape[1] != 3:
@@ -486,6 +499,12 @@ class ColorGradientExtractor(nn.Module):
             raise ValueError(f"image size {H} x {W} must be a positive multiple of patch={self.patch}")
         if not bool(torch.isfinite(images).all()):
             raise ValueError("images contain NaN or inf")
+        if self.rarity_on_part:
+            if valid is None:
+                raise ValueError("rarity_on_part=True needs valid, the (B, H, W) bool mask of pixels with 3D")
+            if valid.dtype != torch.bool or tuple(valid.shape) != (images.shape[0], H, W):
+                raise ValueError(f"valid must be a bool tensor of shape {(images.shape[0], H, W)}, "
+                                 f"got {valid.dtype} {tuple(valid.shape)}")
 
     def _pool(self, maps: Tensor, scale: int) -> Tensor:
         """Mean of ``maps`` over the ``patch * scale`` square centred on each cell."""
@@ -518,9 +537,10 @@ class ColorGradientExtractor(nn.Module):
         return gx, gy
 
     @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        """Features of ImageNet-normalised images ``(B, 3, H, W)`` -> ``(B, out_dim, H/patch, W/patch)``."""
-        self._validate(images)
+    def forward(self, images: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+        """Features of ImageNet-normalised images ``(B, 3, H, W)`` -> ``(B, out_dim, H/patch, W/patch)``.
+        ``valid`` (``(B, H, W)`` bool, pixels with 3D) is read only with ``rarity_on_part``."""
+        self._validate(images, valid)
         offset = images.float() * self.std  # RGB minus the ImageNet mean
         rgb = offset + self.mean
         # Moments about a fixed reference colour (the ImageNet mean), pooled in float64, so
@@ -542,7 +562,7 @@ class ColorGradientExtractor(nn.Module):
 
         per_pixel = [c, c * c, votes.double(), mag.double()]
         if self.ring_radii:
-            per_pixel.append(self._colour_rarity(c.float()).double())
+            per_pixel.append(self._colour_rarity(c.float(), valid if self.rarity_on_part else None).double())
         per_pixel = torch.cat(per_pixel, dim=1)
         centre = torch.einsum("oc,bchw->bohw", self.opponent, self.mean).double()
         feats = []
@@ -561,13 +581,24 @@ class ColorGradientExtractor(nn.Module):
     #: Pixels sampled on each circle of ``ring_radii``.
     ring_points = 32
 
-    def _colour_rarity(self, opponent: Tensor) -> Tensor:
+    #: Where a pixel has no 3D (``rarity_on_part``), its colour is moved this far along every
+    #: axis: no part colour (within a few units of 0) ever matches it, and the distance stays far
+    #: from float32's range, so the masking costs nothing in the loop over circle points.
+    _OFF_PART = 1e3
+
+    def _colour_rarity(self, opponent: Tensor, valid: Optional[Tensor] = None) -> Tensor:
         """``(B, 3, H, W)`` opponent colours -> ``(B, 1, H, W)``: distance to the closest colour
-        on the circles of ``ring_radii`` around each pixel (replicate padding at the border)."""
+        on the circles of ``ring_radii`` around each pixel (replicate padding at the border). With
+        ``valid``, only pixels with 3D count as candidates (outside the image none does), and a
+        pixel without 3D, or without any candidate on its circles, gets 0."""
         x = opponent * opponent.new_tensor([1.0, 1.0, self.ring_intensity_weight]).view(1, 3, 1, 1)
         H, W = x.shape[-2:]
         pad = max(self.ring_radii)
-        xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+        if valid is None:
+            xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+        else:
+            off = valid.logical_not().unsqueeze(1)
+            xp = F.pad(x.masked_fill(off, self._OFF_PART), (pad, pad, pad, pad), value=self._OFF_PART)
         best = x.new_full((x.shape[0], H, W), math.inf)
         for r in self.ring_radii:
             for k in range(self.ring_points):
@@ -577,6 +608,9 @@ class ColorGradientExtractor(nn.Module):
                 # Squared distances, one square root at the end: Tensor.norm over the channel
                 # axis of a strided view is ~50x slower here.
                 torch.minimum(best, (diff * diff).sum(1), out=best)
+        if valid is not None:
+            # A part colour is within a few units of 0; an off-part one is 1e3 away per axis.
+            best = best.masked_fill(valid.logical_not() | (best > self._OFF_PART), 0.0)
         return best.sqrt().unsqueeze(1)
 
 
