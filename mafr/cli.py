@@ -302,14 +302,16 @@ def _evaluation_splits(args: argparse.Namespace, out: _Out) -> tuple[Callable, l
     root = Path(args.root)
     if args.dataset == "generated":
         split_cats, data_seed = datasets.BENCHMARK_SPLITS[args.split]
+        specs, offset, good, per_defect = datasets.BENCHMARK_DIFFICULTIES[args.difficulty]
         cats = args.category or list(split_cats)
         missing = [c for c in cats if not (root / c).is_dir()]
         if missing:
             size = datasets.synthetic.DEFAULT_SIZE
-            out.log(f"generating {', '.join(missing)} under {root} ({args.split} set: 10 train, 12 good + 6 per "
-                    f"defect type test, {size} px)")
-            datasets.write_dataset(root, missing, n_train=10, n_validation=0, n_test_good=12, n_test_per_defect=6,
-                                   size=size, seed=data_seed)
+            out.log(f"generating {', '.join(missing)} under {root} ({args.split} set, {args.difficulty} defects: "
+                    f"10 train, {good} good + {per_defect} per defect type test, {size} px)")
+            datasets.write_dataset(root, missing, n_train=10, n_validation=0, n_test_good=good,
+                                   n_test_per_defect=per_defect, size=size, seed=data_seed + offset,
+                                   defect_specs=specs)
         return (lambda c, s: datasets.MVTec3D(root, c, s)), cats, "train", "test"
     if args.dataset == "mvtec3d":
         cats = args.category or datasets.categories(root)
@@ -619,7 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
              "P-AUROC and AUPRO (results.md + results.json in --out). Finished categories are reused\n"
              "when config, shots and seed match, so an interrupted run resumes.\n\n"
              "generated: synthetic parts in the MVTec layout; categories missing under --root are\n"
-             "generated first (10 train, 12 good + 6 per defect type test, 400 px). Its default preset is\n"
+             "generated first (10 train, 12 good + 6 per defect type test, 400 px; --difficulty hard:\n"
+             "30 good + 15 per type, smaller and fainter defects). Its default preset is\n"
              "offline; the others default to paper. Eyecandies is scored on test_public.",
              "  mafr evaluate --dataset generated --root gen --category puck dome --out eval_gen\n"
              "  mafr evaluate --dataset mvtec3d --root mvtec3d_preprocessed --shots 10 --out eval_mvtec", [common])
@@ -631,6 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("report", "tuning"), default="report",
                    help="generated data: the report set (default; the figures in docs/) or the tuning set "
                         "(where defaults are chosen); each has its own categories and data seed")
+    p.add_argument("--difficulty", choices=("standard", "hard"), default="standard",
+                   help="generated data that is not under --root yet: standard defects (12 good + 6 per type "
+                        "test) or smaller, shallower, fainter ones on other parts (30 good + 15 per type); "
+                        "see mafr.datasets.HARD_DEFECT_SPECS")
     p.add_argument("--protocol", choices=("exact", "reference"), default="exact",
                    help="exact: maps as predicted, exact PRO curve (default); reference: the reference "
                         "evaluation's per-map rescaling and 99-threshold AUPRO, comparable with the paper "

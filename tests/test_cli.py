@@ -187,10 +187,16 @@ def test_evaluate_generated_creates_missing_data_with_documented_defaults(tmp_pa
     # The report set's categories and data seed; --seed seeds the fits, not the data.
     assert calls == [(tmp_path / "gen", ["block", "cylinder", "disc"],
                       {"n_train": 10, "n_validation": 0, "n_test_good": 12, "n_test_per_defect": 6, "size": 400,
-                       "seed": 0})]
+                       "seed": 0, "defect_specs": mafr.datasets.DEFECT_SPECS})]
     calls.clear()
     main(["evaluate", "--dataset", "generated", "--split", "tuning", "--root", str(tmp_path / "gen"), "--quiet"])
     assert calls[0][1] == ["dome", "ring", "plate", "tile"] and calls[0][2]["seed"] == 1000
+    calls.clear()
+    main(["evaluate", "--dataset", "generated", "--split", "tuning", "--difficulty", "hard", "--root",
+          str(tmp_path / "gen"), "--quiet"])
+    kwargs = calls[0][2]
+    assert kwargs["seed"] == 6000 and kwargs["defect_specs"] is mafr.datasets.HARD_DEFECT_SPECS
+    assert (kwargs["n_test_good"], kwargs["n_test_per_defect"]) == (30, 15)
 
 
 def test_generate_and_preprocess(tmp_path, capsys):

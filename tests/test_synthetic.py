@@ -200,3 +200,26 @@ def test_write_benchmark_writes_the_split_categories(tmp_path):
     assert len(list((tmp_path / "plate" / "test").iterdir())) == 1 + len(DEFECTS)
     with pytest.raises(ValueError, match="split must be one of"):
         write_benchmark(tmp_path, "validation")
+
+
+def test_the_hard_benchmark_has_fainter_defects_on_other_parts(tmp_path):
+    from mafr.datasets import BENCHMARK_DIFFICULTIES, HARD_DEFECT_SPECS
+
+    assert set(HARD_DEFECT_SPECS) == set(DEFECT_SPECS) == set(DEFECTS)
+    for kind, hard in HARD_DEFECT_SPECS.items():
+        std = DEFECT_SPECS[kind]
+        for field in ("area", "height", "contrast"):
+            lo, hi = getattr(hard, field)
+            slo, shi = getattr(std, field)
+            assert lo <= slo and hi <= shi and (hi < shi or shi == 0), (kind, field)
+    offsets = [offset for _, offset, _, _ in BENCHMARK_DIFFICULTIES.values()]
+    seeds = {seed + off for _, seed in BENCHMARK_SPLITS.values() for off in offsets}
+    assert len(seeds) == len(BENCHMARK_SPLITS) * len(offsets)  # no split x difficulty shares a data seed
+    write_benchmark(tmp_path / "std", "tuning", n_train=1, n_test_good=1, n_test_per_defect=1, size=64)
+    write_benchmark(tmp_path / "hard", "tuning", difficulty="hard", n_train=1, n_test_good=1, n_test_per_defect=1, size=64)
+    std_files = sorted((tmp_path / "std" / "dome").rglob("*.png"))
+    hard_files = sorted((tmp_path / "hard" / "dome").rglob("*.png"))
+    assert [p.relative_to(tmp_path / "std") for p in std_files] == [p.relative_to(tmp_path / "hard") for p in hard_files]
+    assert std_files[0].read_bytes() != hard_files[0].read_bytes()  # other parts, not the same ones
+    with pytest.raises(ValueError, match="difficulty must be one of"):
+        write_benchmark(tmp_path, "tuning", difficulty="brutal")

@@ -10,9 +10,11 @@ from .preprocess import (
     remove_background_plane,
 )
 from .synthetic import (
+    BENCHMARK_DIFFICULTIES,
     BENCHMARK_SPLITS,
     CATEGORIES,
     DEFECT_SPECS,
+    HARD_DEFECT_SPECS,
     DEFECTS,
     DefectSpec,
     camera_intrinsics,
@@ -22,9 +24,11 @@ from .synthetic import (
 )
 
 __all__ = [
+    "BENCHMARK_DIFFICULTIES",
     "BENCHMARK_SPLITS",
     "CATEGORIES",
     "DEFECT_SPECS",
+    "HARD_DEFECT_SPECS",
     "DefectSpec",
     "DEFECTS",
     "EYECANDIES_CATEGORIES",
