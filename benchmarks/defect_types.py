@@ -5,7 +5,8 @@ the default detector decides. The command that produced docs/ablations.md:
     python benchmarks/defect_types.py --split report --root data/bench_report --out docs/ablations.json
 
 Defaults were chosen with ``--split tuning`` (other categories, other seeds); only report-set
-figures are published. Every variant is the offline preset fitted on the category's 10 good
+figures are published. ``--difficulty hard`` writes (when missing) and names the harder set
+(``mafr.datasets.HARD_DEFECT_SPECS``; default root ``data/bench_<split>_hard``). Every variant is the offline preset fitted on the category's 10 good
 training parts (seed 0) and judged on 12 good and 6 defective parts per type; the variants that
 change only the fusion share one fitted autoencoder and are re-calibrated on the same held-out
 parts. Prints one JSON line per variant and category, then a summary line.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 import mafr
-from mafr.datasets import BENCHMARK_SPLITS, DEFECTS, MVTec3D, write_benchmark
+from mafr.datasets import BENCHMARK_DIFFICULTIES, BENCHMARK_SPLITS, DEFECTS, MVTec3D, write_benchmark
 from mafr.detector import _held_out_split
 from mafr.evaluation import evaluate_detector
 
@@ -160,12 +161,15 @@ def main(argv=None) -> int:
     p.add_argument("--root", default=None, help="generated data (written when missing)")
     p.add_argument("--out", default=None, help="JSON with every record; <name>.tables.md next to it with the tables")
     p.add_argument("--category", nargs="+", default=None)
+    p.add_argument("--difficulty", choices=tuple(BENCHMARK_DIFFICULTIES), default="standard",
+                   help="defects of the data written when missing (mafr.datasets.BENCHMARK_DIFFICULTIES)")
     args = p.parse_args(argv)
     cats = args.category or list(BENCHMARK_SPLITS[args.split][0])
-    root = Path(args.root or f"data/bench_{args.split}")
+    suffix = "" if args.difficulty == "standard" else f"_{args.difficulty}"
+    root = Path(args.root or f"data/bench_{args.split}{suffix}")
     missing = [c for c in cats if not (root / c).is_dir()]
     if missing:
-        write_benchmark(root, args.split)
+        write_benchmark(root, args.split, difficulty=args.difficulty)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     records: list[dict] = []
 
