@@ -301,17 +301,14 @@ def _evaluation_splits(args: argparse.Namespace, out: _Out) -> tuple[Callable, l
 
     root = Path(args.root)
     if args.dataset == "generated":
-        split_cats, data_seed = datasets.BENCHMARK_SPLITS[args.split]
-        specs, offset, good, per_defect = datasets.BENCHMARK_DIFFICULTIES[args.difficulty]
-        cats = args.category or list(split_cats)
+        cats = args.category or list(datasets.BENCHMARK_SPLITS[args.split][0])
         missing = [c for c in cats if not (root / c).is_dir()]
         if missing:
-            size = datasets.synthetic.DEFAULT_SIZE
+            _, _, good, per_defect = datasets.BENCHMARK_DIFFICULTIES[args.difficulty]
             out.log(f"generating {', '.join(missing)} under {root} ({args.split} set, {args.difficulty} defects: "
-                    f"10 train, {good} good + {per_defect} per defect type test, {size} px)")
-            datasets.write_dataset(root, missing, n_train=10, n_validation=0, n_test_good=good,
-                                   n_test_per_defect=per_defect, size=size, seed=data_seed + offset,
-                                   defect_specs=specs)
+                    f"10 train, {good} good + {per_defect} per defect type test, "
+                    f"{datasets.synthetic.DEFAULT_SIZE} px)")
+            datasets.write_benchmark(root, args.split, difficulty=args.difficulty, categories=missing)
         return (lambda c, s: datasets.MVTec3D(root, c, s)), cats, "train", "test"
     if args.dataset == "mvtec3d":
         cats = args.category or datasets.categories(root)

@@ -143,6 +143,16 @@ def _describe(item: Any) -> str:
     return " + ".join(files) if files else "arrays"
 
 
+@contextlib.contextmanager
+def _naming_part(i: int, n: int, item: Any):
+    """Re-raise a mafr error about one part of a list with which part it is: a long fit set's
+    bad part is named, not just what is wrong with it."""
+    try:
+        yield
+    except _errors.MAFRError as err:
+        raise type(err)(f"part {i + 1} of {n} ({_describe(item)}): {err}", path=err.path) from err
+
+
 def _with_threads(method):
     """Run a public method with the detector's ``threads`` setting, restoring torch's after."""
     import functools
@@ -477,10 +487,8 @@ class MAFRDetector(
             return None
         masks = []
         for i, item in enumerate(items):
-            try:
+            with _naming_part(i, len(items), item):
                 _, xyz = load_sample(item)
-            except _errors.MAFRError as err:
-                raise type(err)(f"part {i + 1} of {len(items)} ({_describe(item)}): {err}", path=err.path) from err
             masks.append(np.any(xyz != 0, axis=-1))
         try:
             return _framing.fit_side(masks)
@@ -490,11 +498,8 @@ class MAFRDetector(
     def _extract_all(self, items: Sequence[Any], framing: Optional[float], progress: bool) -> list[_Features]:
         feats: list[_Features] = []
         for i, item in enumerate(_progress(items, desc="mafr: extracting features", enable=progress)):
-            try:
+            with _naming_part(i, len(items), item):
                 prep = self._prepare(item, framing)
-            except _errors.MAFRError as err:
-                # Say which part of a long fit set is bad, not just what is wrong with it.
-                raise type(err)(f"part {i + 1} of {len(items)} ({_describe(item)}): {err}", path=err.path) from err
             feats.extend(self._extract([prep]))
         return feats
 

@@ -180,7 +180,7 @@ def test_evaluate_generated_creates_missing_data_with_documented_defaults(tmp_pa
         calls.append((Path(root), list(categories), kwargs))
         raise ValueError("stop after recording")
 
-    monkeypatch.setattr(mafr.datasets, "write_dataset", fake_write)
+    monkeypatch.setattr(mafr.datasets.synthetic, "write_dataset", fake_write)  # what write_benchmark calls
     (tmp_path / "gen" / "puck").mkdir(parents=True)  # present: not regenerated
     code = main(["evaluate", "--dataset", "generated", "--root", str(tmp_path / "gen"), "--seed", "3", "--quiet"])
     assert code == 2 and capsys.readouterr().err == "mafr: error: stop after recording\n"

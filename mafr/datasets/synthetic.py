@@ -34,7 +34,7 @@ import functools
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tifffile
@@ -715,6 +715,7 @@ def write_benchmark(
     split: str = "report",
     *,
     difficulty: str = "standard",
+    categories: Optional[Sequence[str]] = None,
     n_train: int = 10,
     n_test_good: Optional[int] = None,
     n_test_per_defect: Optional[int] = None,
@@ -724,14 +725,16 @@ def write_benchmark(
     under ``root`` in the MVTec 3D-AD layout: its categories, each with ``n_train`` good parts to
     fit, ``n_test_good`` good and ``n_test_per_defect`` parts of every defect type to test.
     ``difficulty`` (:data:`BENCHMARK_DIFFICULTIES`): ``"standard"`` (:data:`DEFECT_SPECS`, 12 good
-    and 6 per type by default) or ``"hard"`` (:data:`HARD_DEFECT_SPECS`, other parts, 30 and 15)."""
+    and 6 per type by default) or ``"hard"`` (:data:`HARD_DEFECT_SPECS`, other parts, 30 and 15).
+    ``categories``: these instead of the split's, with its data seed (a split category's parts are
+    the same as in the whole set)."""
     if split not in BENCHMARK_SPLITS:
         raise ValueError(f"split must be one of {tuple(BENCHMARK_SPLITS)}, got {split!r}")
     if difficulty not in BENCHMARK_DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {tuple(BENCHMARK_DIFFICULTIES)}, got {difficulty!r}")
-    categories, seed = BENCHMARK_SPLITS[split]
+    split_categories, seed = BENCHMARK_SPLITS[split]
     specs, offset, good, per_defect = BENCHMARK_DIFFICULTIES[difficulty]
-    return write_dataset(root, categories, n_train=n_train, n_validation=0,
+    return write_dataset(root, list(split_categories if categories is None else categories), n_train=n_train, n_validation=0,
                          n_test_good=good if n_test_good is None else n_test_good,
                          n_test_per_defect=per_defect if n_test_per_defect is None else n_test_per_defect,
                          size=size, seed=seed + offset, defect_specs=specs)

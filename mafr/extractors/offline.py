@@ -436,8 +436,6 @@ class ColorGradientExtractor(nn.Module):
     ) -> None:
         super().__init__()
         self.rarity_on_part = bool(rarity_on_part) and bool(ring_radii)
-        #: Whether :meth:`forward` reads the network-resolution validity mask (the detector passes it).
-        self.reads_validity: bool = self.rarity_on_part
         ring_radii = tuple(ring_radii)
         if any(not isinstance(r, int) or r < 1 for r in ring_radii) or len(set(ring_radii)) != len(ring_radii):
             raise ValueError(f"ring_radii must be distinct positive integers (pixels), got {ring_radii!r}")
@@ -480,6 +478,11 @@ class ColorGradientExtractor(nn.Module):
             [[1 / r2, -1 / r2, 0.0], [1 / r6, 1 / r6, -2 / r6], [1 / r3, 1 / r3, 1 / r3]]
         )
         self.register_buffer("opponent", opponent, persistent=False)
+
+    @property
+    def reads_validity(self) -> bool:
+        """Whether :meth:`forward` reads the network-resolution validity mask (the detector passes it)."""
+        return self.rarity_on_part
 
     def extra_repr(self) -> str:
         return (
@@ -597,8 +600,8 @@ class ColorGradientExtractor(nn.Module):
         if valid is None:
             xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
         else:
-            off = valid.logical_not().unsqueeze(1)
-            xp = F.pad(x.masked_fill(off, self._OFF_PART), (pad, pad, pad, pad), value=self._OFF_PART)
+            off = valid.logical_not()
+            xp = F.pad(x.masked_fill(off.unsqueeze(1), self._OFF_PART), (pad, pad, pad, pad), value=self._OFF_PART)
         best = x.new_full((x.shape[0], H, W), math.inf)
         for r in self.ring_radii:
             for k in range(self.ring_points):
@@ -610,7 +613,7 @@ class ColorGradientExtractor(nn.Module):
                 torch.minimum(best, (diff * diff).sum(1), out=best)
         if valid is not None:
             # A part colour is within a few units of 0; an off-part one is 1e3 away per axis.
-            best = best.masked_fill(valid.logical_not() | (best > self._OFF_PART), 0.0)
+            best = best.masked_fill(off | (best > self._OFF_PART), 0.0)
         return best.sqrt().unsqueeze(1)
 
 
