@@ -232,6 +232,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # The part framed, about 1.5x the pixels of the whole image; every width below in
         # network pixels is 1.5x what it was with the whole image (tuning set: docs/ablations.md).
         "framing": "part",
+        # Restored and scored on a 56 x 56 grid (4 px cells): a shallow bump or a faint stain of
+        # a few cells is no longer averaged with the surface around it (docs/ablations.md).
+        "grid_size": 56,
         "rgb": {"kind": "offline", "ring_radii": (21, 33), "rarity_on_part": True},
         # The finest scale (3 px before framing) measured sensor noise, not relief.
         "points": {"kind": "deviation", "deviation_scales": (9.0, 18.0), "resize": "mean", "deviation_peaks": True},
