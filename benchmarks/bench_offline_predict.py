@@ -10,18 +10,20 @@ what predict does. Framing the part (``framing="part"``) adds a bounding box per
 pastes the maps back into the input frame; its 1.5x wider widths (colour-rarity circles,
 deviation scales, two more distance bands) cost a little more filtering. Colour rarity on the part
 only (``rgb.rarity_on_part``) masks the colours once before the circle comparisons; the 2D
-channels' maximum (``scoring.channel_reduce_2d="max"``) replaces their RMS. This release also computes the stride-1 box
-smoothing and the running maximum as shifted sums and maxima (``benchmarks/bench_filters.py``),
-which every configuration shares.
+channels' maximum (``scoring.channel_reduce_2d="max"``) replaces their RMS. The 56 x 56 grid
+(``grid_size=56``; 28 before) gives the autoencoder four times the positions and the calibration
+levels four times the cells; extraction and the maps at the network's input size are unchanged.
+The stride-1 box smoothing and the running maximum are computed as shifted sums and maxima
+(``benchmarks/bench_filters.py``) in every configuration but ``released``.
 Three detectors are fitted on the same generated parts (400 px, as the benchmark's) and timed
 alternately, one predict per part:
 
 - ``released``: the offline preset before the rises and sinks (``deviation_peaks=False``,
   ``edge_cap=3``, levels from held-out parts at 0.9), run with the torch pooling filters it shipped
   with (``avg_pool2d`` / ``max_pool2d``, swapped in for its calls only): that release as users had it;
-- ``previous``: the previous release's offline preset (the part framed; colour rarity against
-  every pixel, 2D channels by their RMS) on this release's code (what this release's 2D changes
-  cost: a masked colour before the circle comparisons, a maximum instead of an RMS);
+- ``previous``: the previous release's offline preset (the part framed; colour rarity on the
+  part, 2D channels by their maximum; a 28 x 28 grid) on this release's code (what this
+  release's grid costs);
 - ``current``: this release's offline preset.
 
 Prints one JSON line; exits 1 when ``current / released`` exceeds 1.10. ``current / previous``
@@ -83,11 +85,11 @@ def main() -> int:
     fit_parts = [generate_sample("puck", seed=s) for s in range(6)]
     probes = [generate_sample("puck", "stain", seed=100 + i) for i in range(args.parts)]
     # The whole image and the widths set for it (this release frames the part: mafr.framing).
-    whole = {"framing": "image", "rgb": {"ring_radii": (14, 22), "rarity_on_part": False},
+    whole = {"framing": "image", "grid_size": 28, "rgb": {"ring_radii": (14, 22), "rarity_on_part": False},
              "points": {"deviation_scales": (6.0, 12.0)}}
     old = {**whole, "points": {**whole["points"], "deviation_peaks": False},
            "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9, "channel_reduce_2d": "rms"}}
-    previous = {"rgb": {"rarity_on_part": False}, "scoring": {"channel_reduce_2d": "rms"}}
+    previous = {"grid_size": 28}
     variants = {"released": old, "previous": previous, "current": {}}
     detectors = {}
     for name, overrides in variants.items():

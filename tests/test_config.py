@@ -43,6 +43,9 @@ def test_presets_fill_only_what_was_not_given():
     assert off.scoring.level_quantile == 0.97 and paper.scoring.level_quantile == 0.9
     assert off.rgb.rarity_on_part and not paper.rgb.rarity_on_part
     assert off.scoring.channel_reduce_2d == "max" and paper.scoring.channel_reduce_2d == ref.scoring.channel_reduce_2d == "rms"
+    assert off.grid_size == 56 and paper.grid_size == 28 and ref.grid_size == 224
+    # An offline detector saved on the earlier 28 x 28 grid reloads with the grid it was fitted on.
+    assert MAFRConfig.model_validate({**off.to_json_dict(), "grid_size": 28}).grid_size == 28
     with pytest.raises(ValidationError):
         MAFRConfig(preset="offline", rgb={"ring_radii": (0, 5)})
 
