@@ -84,16 +84,18 @@ def main() -> int:
 
     fit_parts = [generate_sample("puck", seed=s) for s in range(6)]
     probes = [generate_sample("puck", "stain", seed=100 + i) for i in range(args.parts)]
+    previous_loss = {"loss_form": "mafr", "smoothness_first_two_channels": False}
     # The whole image and the widths set for it (this release frames the part: mafr.framing).
-    whole = {"framing": "image", "grid_size": 28, "rgb": {"ring_radii": (14, 22), "rarity_on_part": False},
+    whole = {"framing": "image", "grid_size": 28, "train": previous_loss, "rgb": {"ring_radii": (14, 22), "rarity_on_part": False},
              "points": {"deviation_scales": (6.0, 12.0)}}
     old = {**whole, "points": {**whole["points"], "deviation_peaks": False},
            "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9, "channel_reduce_2d": "rms"}}
-    previous = {"grid_size": 28}
+    previous = {"grid_size": 28, "train": previous_loss}
     variants = {"released": old, "previous": previous, "current": {}}
     detectors = {}
     for name, overrides in variants.items():
-        cfg = mafr.MAFRConfig(preset="offline", train={"steps": 20}, **overrides)
+        overrides = {**overrides, "train": {**overrides.get("train", {}), "steps": 20}}
+        cfg = mafr.MAFRConfig(preset="offline", **overrides)
         detectors[name] = mafr.MAFRDetector(cfg, device="cpu").fit(fit_parts, progress=False)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats + 1):  # the first round warms up

@@ -42,8 +42,10 @@ ATTENTION = ("cbam", "se", "none")
 COLOUR = {"colour rarity on circles of 21 and 33 px, on the part only (default)": {},
           "colour rarity compared with every pixel, with 3D or not": {"rarity_on_part": False},
           "without colour rarity": {"ring_radii": ()}}
+#: This release's first change alone: the 56 x 56 grid, with the previous release's loss.
+V09A = {"train": {"loss_form": "mafr", "smoothness_first_two_channels": False}}
 #: The previous release: stains seen on the part, on a 28 x 28 grid.
-V08 = {"grid_size": 28}
+V08 = {**V09A, "grid_size": 28}
 #: Two releases ago: the part framed (colour rarity against every pixel, channels by their RMS).
 V07 = {**V08, "rgb": {"rarity_on_part": False}, "scoring": {"channel_reduce_2d": "rms"}}
 #: The widths in network pixels set for the whole image, and the threshold floor, of the release before.
@@ -123,6 +125,7 @@ def run_category(root: Path, category: str, emit, studies=STUDIES) -> None:
         ("three releases ago (the whole image)", V06),
         ("two releases ago (the part framed)", V07),
         ("previous release (stains seen on the part; 28 x 28 grid)", V08),
+        ("the 56 x 56 grid, the previous release's loss (this release's first change alone)", V09A),
     ):
         d, _, s = fitted(**overrides)
         emit({"study": "release", "variant": variant, "category": category, "fit_seconds": s,

@@ -44,6 +44,8 @@ def test_presets_fill_only_what_was_not_given():
     assert off.rgb.rarity_on_part and not paper.rgb.rarity_on_part
     assert off.scoring.channel_reduce_2d == "max" and paper.scoring.channel_reduce_2d == ref.scoring.channel_reduce_2d == "rms"
     assert off.grid_size == 56 and paper.grid_size == 28 and ref.grid_size == 224
+    assert off.train.loss_form == ref.train.loss_form == "reference" and paper.train.loss_form == "mafr"
+    assert off.train.smoothness_first_two_channels and not paper.train.smoothness_first_two_channels
     # An offline detector saved on the earlier 28 x 28 grid reloads with the grid it was fitted on.
     assert MAFRConfig.model_validate({**off.to_json_dict(), "grid_size": 28}).grid_size == 28
     with pytest.raises(ValidationError):
