@@ -114,7 +114,7 @@ def run_category(root: Path, category: str, emit, studies=STUDIES) -> None:
         emit({"study": "colour", "variant": name, "category": category, "fit_seconds": s,
               **_summary(evaluate_detector(d, test, progress=False))})
     for attention in ATTENTION if "attention" in studies else ():
-        d, _, s = (det, seconds) if attention == "cbam" else fitted(model={"attention": attention})
+        d, _, s = (det, feats, seconds) if attention == "cbam" else fitted(model={"attention": attention})
         emit({"study": "attention", "variant": attention, "category": category, "fit_seconds": s,
               **_summary(evaluate_detector(d, test, progress=False))})
     for variant, overrides in () if "release" not in studies else (

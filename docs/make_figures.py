@@ -4,7 +4,7 @@
 - ``docs/framing.png``: what the network sees with ``framing="image"`` and ``framing="part"``
   (a generated lying cylinder; no fitting).
 - ``docs/example_panel.png``: a real result panel. A detector with the weight-free ``"offline"``
-  preset is fitted on 6 generated good "puck" parts (about 10-20 s on a laptop CPU), then scores a
+  preset is fitted on 6 generated good "puck" parts (under a minute on a 2-core CPU), then scores a
   generated part with a crack.
 
     python docs/make_figures.py               # every figure

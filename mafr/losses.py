@@ -3,10 +3,10 @@ smoothness and census, per modality, on channels-last feature grids ``(B, H, W, 
 
 Two forms share the three terms (docs/method.md lists each difference with its source):
 
-- ``"mafr"`` (presets ``paper`` and ``offline``): epsilon outside the ZNSSD square root,
+- ``"mafr"`` (preset ``paper``): epsilon outside the ZNSSD square root,
   smoothness averaged over residual channels on the full difference grids, census pooling that
   averages only the positions inside the grid.
-- ``"reference"`` (preset ``reference``): the reference code's formulas, number for number:
+- ``"reference"`` (presets ``reference`` and ``offline``): the reference code's formulas, number for number:
   epsilon 1e-8 inside the square root, smoothness *summed* over residual channels 0 and 1 on the
   ``(H-1) x (W-1)`` crop of the difference grids, census pooling that counts the zero padding.
 """
