@@ -194,7 +194,8 @@ def _decode_config(data: Any) -> MAFRConfig:
     for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ()),
                                    ("rgb", "rarity_on_part", False), ("scoring", "channel_reduce_2d", "rms"),
                                    ("points", "deviation_peaks", False), ("scoring", "edge_cap", 3),
-                                   ("scoring", "levels_parts", "held_out"), ("scoring", "level_quantile", 0.9)):
+                                   ("scoring", "levels_parts", "held_out"), ("scoring", "level_quantile", 0.9),
+                                   ("points", "deviation_peak_sigma", (3.0,))):
         part = data.get(section)
         if isinstance(part, dict) and field not in part:
             data[section] = {**part, field: before}

@@ -377,7 +377,8 @@ def test_surface_deviation_peaks_smooth_as_a_normalised_gaussian_convolution():
     g = torch.Generator().manual_seed(3)
     dev = torch.randn(2, 2, 48, 40, generator=g)
     valid = torch.rand(2, 48, 40, generator=g) > 0.2
-    half, (k, *_) = ex._kernels(ex.peak_sigma, dev.device)
+    assert ex.peak_sigma == (3.0, 3.0)  # one width given: every scale's
+    half, (k, *_) = ex._kernels(ex.peak_sigma[0], dev.device)
     k = k / k.sum()
     m = valid.float().unsqueeze(1)
     x = torch.cat([dev * m, m], dim=1)
@@ -390,6 +391,29 @@ def test_surface_deviation_peaks_smooth_as_a_normalised_gaussian_convolution():
     torch.testing.assert_close(ex._peaks(dev, valid), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_surface_deviation_peaks_smooth_each_scale_with_its_own_width():
+    g = torch.Generator().manual_seed(5)
+    dev = torch.randn(2, 3, 40, 36, generator=g)
+    valid = torch.rand(2, 40, 36, generator=g) > 0.2
+    ex = SurfaceDeviationExtractor((6.0, 12.0, 18.0), peaks=True, peak_sigma=(4.5, 3.0, 4.5))
+    assert ex.peak_sigma == (4.5, 3.0, 4.5) and "sigma=(4.5, 3.0, 4.5)" in repr(ex)
+    out = ex._peaks(dev, valid)
+    for i, sigma in enumerate(ex.peak_sigma):
+        alone = SurfaceDeviationExtractor((6.0,), peaks=True, peak_sigma=sigma)._peaks(dev[:, i : i + 1], valid)
+        # Rises of scale i, then its sinks: channels i and 3 + i, whatever the others' widths.
+        torch.testing.assert_close(out[:, [i, 3 + i]], alone, rtol=0, atol=0)
+    # A different width is a different feature (the test would pass for any width otherwise).
+    same = SurfaceDeviationExtractor((6.0, 12.0, 18.0), peaks=True, peak_sigma=3.0)._peaks(dev, valid)
+    assert torch.equal(out[:, [1, 4]], same[:, [1, 4]]) and not torch.allclose(out[:, [0, 3]], same[:, [0, 3]])
+    # The config reaches the extractor, the fpfh combination included.
+    cfg = mafr.MAFRConfig(preset="offline", points={"kind": "fpfh", "deviation_peak_sigma": (2.0, 5.0)})
+    assert mafr.MAFRDetector(cfg).point_extractor.deviation.peak_sigma == (2.0, 5.0)
+    # Other scales with the preset's two widths: told to set both, not guessed.
+    with pytest.raises(ValueError, match="deviation_peak_sigma"):
+        mafr.MAFRConfig(preset="offline", points={"deviation_scales": (6.0, 12.0, 24.0)})
+    assert mafr.MAFRConfig(preset="offline", points={"deviation_scales": (6.0, 12.0, 24.0), "deviation_peaks": False})
+
+
 def test_surface_deviation_peaks_ignore_invalid_pixels_and_validate():
     u, v, z = _plane(32, 32)
     xyz, valid = _cloud(u, v, z - 0.001 * ((u - 15) ** 2 + (v - 15) ** 2 < 4))
@@ -398,9 +422,10 @@ def test_surface_deviation_peaks_ignore_invalid_pixels_and_validate():
     out = SurfaceDeviationExtractor((3.0,), stride=1, peaks=True)(xyz, valid)[0]
     assert float(out[:, 10:20, 10:20].abs().max()) == 0.0  # zero where nothing was measured
     assert float(out[:2][:, valid[0]].max()) < 0.02  # and nothing seen next to the dropout
-    for bad in ({"peak_sigma": 0.0}, {"peak_sigma": float("nan")}, {"peak_sigma": "3"}):
+    for bad in (0.0, float("nan"), "3", True, (), (3.0, 0.0, 3.0), (3.0, 3.0)):
         with pytest.raises(ValueError, match="peak_sigma"):
-            SurfaceDeviationExtractor(peaks=True, **bad)
+            SurfaceDeviationExtractor(peaks=True, peak_sigma=bad)  # three scales by default
+    assert SurfaceDeviationExtractor(peak_sigma=(3.0, 3.0)).out_dim == 4  # no peaks: the widths are not read
     for bad in (0, 4, 2.5):
         with pytest.raises(ValueError, match="peak_window"):
             SurfaceDeviationExtractor(peaks=True, peak_window=bad)

@@ -37,6 +37,7 @@ def test_presets_fill_only_what_was_not_given():
     assert off.points.deviation_scales == (9.0, 18.0)
     assert off.framing == "part" and paper.framing == "image" and ref.framing == "image"
     assert off.points.deviation_peaks and not paper.points.deviation_peaks and not ref.points.deviation_peaks
+    assert off.points.deviation_peak_sigma == (4.5, 3.0) and paper.points.deviation_peak_sigma == (3.0,)
     assert off.scoring.edge_cap == 7 and paper.scoring.edge_cap == 3
     assert off.scoring.levels_parts == "all" and paper.scoring.levels_parts == "held_out"
     assert ref.scoring.levels_parts == "held_out"
@@ -50,6 +51,9 @@ def test_presets_fill_only_what_was_not_given():
     assert MAFRConfig.model_validate({**off.to_json_dict(), "grid_size": 28}).grid_size == 28
     with pytest.raises(ValidationError):
         MAFRConfig(preset="offline", rgb={"ring_radii": (0, 5)})
+    for bad in ((), (1.0, 2.0, 3.0), (0.0,), (float("nan"), 3.0)):
+        with pytest.raises(ValidationError, match="deviation_peak_sigma"):
+            MAFRConfig(preset="offline", points={"deviation_peak_sigma": bad})
 
 
 def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted_with():
@@ -59,15 +63,18 @@ def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted
     del saved["points"]["resize"], saved["rgb"]["ring_radii"], saved["points"]["deviation_peaks"]  # as before they existed
     del saved["scoring"]["edge_cap"], saved["scoring"]["levels_parts"], saved["scoring"]["level_quantile"]
     del saved["framing"], saved["rgb"]["rarity_on_part"], saved["scoring"]["channel_reduce_2d"]
+    del saved["points"]["deviation_peak_sigma"]
     old = _decode_config(saved)
     assert old.framing == "image"
     assert old.rgb.rarity_on_part is False and old.scoring.channel_reduce_2d == "rms"
     assert old.points.resize == "nearest" and old.rgb.ring_radii == () and old.points.deviation_peaks is False
     assert old.scoring.edge_cap == 3 and old.scoring.levels_parts == "held_out" and old.scoring.level_quantile == 0.9
+    assert old.points.deviation_peak_sigma == (3.0,)  # one width for every scale, as then
     new = _decode_config(MAFRConfig(preset="offline").to_json_dict())
     assert new.points.resize == "mean" and new.rgb.ring_radii == (21, 33) and new.points.deviation_peaks is True
     assert new.framing == "part" and new.rgb.rarity_on_part is True and new.scoring.channel_reduce_2d == "max"
     assert new.scoring.edge_cap == 7 and new.scoring.levels_parts == "all" and new.scoring.level_quantile == 0.97
+    assert new.points.deviation_peak_sigma == (4.5, 3.0)
 
 
 def test_json_round_trip():

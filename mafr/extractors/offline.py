@@ -655,7 +655,8 @@ class SurfaceDeviationExtractor(nn.Module):
 
     ``peaks=True`` replaces each scale's deviation by two channels: the highest rise and the
     deepest sink of the deviation, lightly smoothed (Gaussian of ``peak_sigma`` px over the valid
-    pixels), in the ``peak_window`` px square around each pixel (:meth:`_peaks`). The
+    pixels: one width for every scale, or one per scale), in the ``peak_window`` px square around
+    each pixel (:meth:`_peaks`). The
     autoencoder's grid cell averages its 8 x 8 pixels; a bump of 5 px radius (2 % of a small
     part) covers a third of a cell, or a twelfth of each of four, so the mean kept a fraction of
     its height. The local extreme brings the smoothed peak whole into each cell within reach, and
@@ -676,22 +677,28 @@ class SurfaceDeviationExtractor(nn.Module):
     context_channels = 1
 
     def __init__(self, scales: tuple[float, ...] = (3.0, 6.0, 12.0), *, truncate: float = 2.5,
-                 stride: int = 2, peaks: bool = False, peak_sigma: float = 3.0, peak_window: int = 9) -> None:
+                 stride: int = 2, peaks: bool = False, peak_sigma: float | tuple[float, ...] = 3.0,
+                 peak_window: int = 9) -> None:
         super().__init__()
         if not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be a positive integer, got {stride!r}")
-        if not (isinstance(peak_sigma, (int, float)) and math.isfinite(peak_sigma) and peak_sigma > 0):
-            raise ValueError(f"peak_sigma must be a positive pixel width, got {peak_sigma!r}")
         if not isinstance(peak_window, int) or peak_window < 1 or peak_window % 2 == 0:
             raise ValueError(f"peak_window must be a positive odd number of pixels, got {peak_window!r}")
         self.stride = stride
         self.peaks = bool(peaks)
-        self.peak_sigma = float(peak_sigma)
         self.peak_window = peak_window
         scales = tuple(float(s) for s in scales)
         if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
             raise ValueError(f"scales must be positive pixel widths, got {scales!r}")
         self.scales = scales
+        sigmas = tuple(peak_sigma) if isinstance(peak_sigma, (tuple, list)) else (peak_sigma,)
+        if (not sigmas or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0
+                              for s in sigmas)):
+            raise ValueError(f"peak_sigma must be a positive pixel width or one per scale, got {peak_sigma!r}")
+        if self.peaks and len(sigmas) not in (1, len(scales)):
+            raise ValueError(f"peak_sigma must be one width or one per scale ({len(scales)}), got {len(sigmas)}: {peak_sigma!r}")
+        #: The smoothing width of each scale's rises and sinks, in pixels (unused without peaks).
+        self.peak_sigma: tuple[float, ...] = tuple(float(s) for s in sigmas) * (len(scales) if len(sigmas) == 1 else 1)
         self.truncate = float(truncate)
         self.out_dim: int = (2 if self.peaks else 1) * len(scales) + 1
         # Exponents (i, j) of u^i v^j: quadric terms and the products the normal equations need.
@@ -703,21 +710,23 @@ class SurfaceDeviationExtractor(nn.Module):
 
     def _peaks(self, dev: Tensor, valid: Tensor) -> Tensor:
         """``(B, S, H, W)`` deviations -> ``(B, 2 S, H, W)``: the largest rise of each scale, then
-        the largest sink (both >= 0), after a Gaussian smoothing (cut at ``truncate`` widths, like
-        the quadric fits' weights) normalised over valid pixels."""
-        half, (k, *_) = self._kernels(self.peak_sigma, dev.device)  # the quadric fits' Gaussian
-        k = k / k.sum()
+        the largest sink (both >= 0), after a Gaussian smoothing of that scale's ``peak_sigma``
+        (cut at ``truncate`` widths, like the quadric fits' weights) normalised over valid pixels."""
         m = valid.float().unsqueeze(1)
-        C = dev.shape[1] + 1
-
-        def blur(x: Tensor) -> Tensor:
+        smooth = []
+        # Scales that share a width are blurred in one pass (the default: all of them).
+        for sigma in dict.fromkeys(self.peak_sigma):
+            idx = [i for i, s in enumerate(self.peak_sigma) if s == sigma]
+            half, (k, *_) = self._kernels(sigma, dev.device)  # the quadric fits' Gaussian
+            k = k / k.sum()
+            C = len(idx) + 1
+            x = torch.cat([dev[:, idx] * m, m], dim=1)
             x = F.conv2d(F.pad(x, (half, half, 0, 0)), k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-            return F.conv2d(F.pad(x, (0, 0, half, half)), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
-
-        # Normalised by the blurred mask: pixels next to a dropout or the outline average only
-        # what was measured, so missing depth does not read as a sink.
-        blurred = blur(torch.cat([dev * m, m], dim=1))
-        smooth = blurred[:, :-1] / blurred[:, -1:].clamp_min(1e-6) * m
+            x = F.conv2d(F.pad(x, (0, 0, half, half)), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+            # Normalised by the blurred mask: pixels next to a dropout or the outline average
+            # only what was measured, so missing depth does not read as a sink.
+            smooth.extend(zip(idx, (x[:, :-1] / x[:, -1:].clamp_min(1e-6) * m).unbind(1)))
+        smooth = torch.stack([c for _, c in sorted(smooth, key=lambda t: t[0])], dim=1)
         signed = torch.cat([smooth.clamp_min(0), (-smooth).clamp_min(0)], dim=1)  # rises, sinks
         # A w x w maximum as a 1 x w then a w x 1 maximum: the same values as one w x w pool.
         peaks = _running_max(_running_max(signed, self.peak_window, -1), self.peak_window, -2)
@@ -801,10 +810,11 @@ class OrganizedGeometryExtractor(nn.Module):
     organized = True
     context_channels = SurfaceDeviationExtractor.context_channels  # the curvature, last
 
-    def __init__(self, deviation_scales: tuple[float, ...] = (3.0, 6.0, 12.0), *, peaks: bool = False) -> None:
+    def __init__(self, deviation_scales: tuple[float, ...] = (3.0, 6.0, 12.0), *, peaks: bool = False,
+                 peak_sigma: float | tuple[float, ...] = 3.0) -> None:
         super().__init__()
         self.fpfh = FPFHExtractor()
-        self.deviation = SurfaceDeviationExtractor(deviation_scales, peaks=peaks)
+        self.deviation = SurfaceDeviationExtractor(deviation_scales, peaks=peaks, peak_sigma=peak_sigma)
         self.out_dim: int = self.fpfh.out_dim + self.deviation.out_dim
 
     @torch.no_grad()
