@@ -87,10 +87,10 @@ def main() -> int:
     previous_loss = {"loss_form": "mafr", "smoothness_first_two_channels": False}
     # The whole image and the widths set for it (this release frames the part: mafr.framing).
     whole = {"framing": "image", "grid_size": 28, "train": previous_loss, "rgb": {"ring_radii": (14, 22), "rarity_on_part": False},
-             "points": {"deviation_scales": (6.0, 12.0), "deviation_peak_sigma": (3.0,)}}
+             "points": {"deviation_scales": (6.0, 12.0)}}
     old = {**whole, "points": {**whole["points"], "deviation_peaks": False},
            "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9, "channel_reduce_2d": "rms"}}
-    previous = {"grid_size": 28, "train": previous_loss, "points": {"deviation_peak_sigma": (3.0,)}}
+    previous = {"grid_size": 28, "train": previous_loss}
     variants = {"released": old, "previous": previous, "current": {}}
     detectors = {}
     for name, overrides in variants.items():

@@ -34,8 +34,7 @@ DESCRIPTORS = {
     "deviation as local rises and sinks (default)": {"kind": "deviation"},
     "deviation, signed, cell mean": {"kind": "deviation", "deviation_peaks": False},
     "deviation, nearest-neighbour resize": {"kind": "deviation", "resize": "nearest"},
-    "deviation at 4.5, 9, 18 px (smoothed 4.5, 4.5, 3 px)": {"kind": "deviation", "deviation_scales": (4.5, 9.0, 18.0),
-                                                          "deviation_peak_sigma": (4.5, 4.5, 3.0)},
+    "deviation at 4.5, 9, 18 px": {"kind": "deviation", "deviation_scales": (4.5, 9.0, 18.0)},
     "FPFH + deviation": {"kind": "fpfh"},
     "FPFH": {"kind": "fpfh", "deviation_scales": ()},
 }
@@ -44,16 +43,14 @@ ATTENTION = ("cbam", "se", "none")
 COLOUR = {"colour rarity on circles of 21 and 33 px, on the part only (default)": {},
           "colour rarity compared with every pixel, with 3D or not": {"rarity_on_part": False},
           "without colour rarity": {"ring_radii": ()}}
-#: This release before its last change: the grid and the loss, one smoothing width for the peaks.
-V09B = {"points": {"deviation_peak_sigma": (3.0,)}}
 #: This release's first change alone: the 56 x 56 grid, with the previous release's loss.
-V09A = {**V09B, "train": {"loss_form": "mafr", "smoothness_first_two_channels": False}}
+V09A = {"train": {"loss_form": "mafr", "smoothness_first_two_channels": False}}
 #: The previous release: stains seen on the part, on a 28 x 28 grid.
 V08 = {**V09A, "grid_size": 28}
 #: Two releases ago: the part framed (colour rarity against every pixel, channels by their RMS).
 V07 = {**V08, "rgb": {"rarity_on_part": False}, "scoring": {"channel_reduce_2d": "rms"}}
 #: The widths in network pixels set for the whole image, and the threshold floor, of the release before.
-_WIDTHS_BEFORE = {"rgb": {"ring_radii": (14, 22), "rarity_on_part": False}, "points": {"deviation_scales": (6.0, 12.0), "deviation_peak_sigma": (3.0,)},
+_WIDTHS_BEFORE = {"rgb": {"ring_radii": (14, 22), "rarity_on_part": False}, "points": {"deviation_scales": (6.0, 12.0)},
                   "scoring": {"edge_cap": 5, "log_spread_floor": 0.1, "channel_reduce_2d": "rms"}}
 #: The release before that: the whole image.
 V06 = {"framing": "image", **V08, **_WIDTHS_BEFORE}
@@ -141,7 +138,6 @@ def run_category(root: Path, category: str, emit, studies=STUDIES) -> dict:
         ("two releases ago (the part framed)", V07),
         ("previous release (stains seen on the part; 28 x 28 grid)", V08),
         ("the 56 x 56 grid, the previous release's loss (this release's first change alone)", V09A),
-        ("the grid and the reference's loss, one peak smoothing width (this release before its last change)", V09B),
     ):
         d, _, s = fitted(**overrides)
         scored("release", variant, _summary(evaluate_detector(d, test, progress=False)), s)

@@ -255,10 +255,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "train": {"loss_form": "reference", "smoothness_first_two_channels": True},
         "rgb": {"kind": "offline", "ring_radii": (21, 33), "rarity_on_part": True},
         # The finest scale (3 px before framing) measured sensor noise, not relief.
-        "points": {"kind": "deviation", "deviation_scales": (9.0, 18.0), "resize": "mean", "deviation_peaks": True,
-                   # The 9 px scale's rises and sinks smoothed wider than the 18 px one's: on the
-                   # hard tuning set 0.965 -> 0.974, false alarms 4.4 % -> 1.9 % (docs/ablations.md).
-                   "deviation_peak_sigma": (4.5, 3.0)},
+        "points": {"kind": "deviation", "deviation_scales": (9.0, 18.0), "resize": "mean", "deviation_peaks": True},
         # Chosen on the generated benchmark's tuning set (docs/ablations.md).
         "scoring": {"fusion": "calibrated", "channel_reduce_2d": "max", "edge_cap": 7, "threshold_parts": "all", "levels_parts": "all",
                     "level_quantile": 0.97, "log_spread_floor": 0.2,

@@ -408,10 +408,12 @@ def test_surface_deviation_peaks_smooth_each_scale_with_its_own_width():
     # The config reaches the extractor, the fpfh combination included.
     cfg = mafr.MAFRConfig(preset="offline", points={"kind": "fpfh", "deviation_peak_sigma": (2.0, 5.0)})
     assert mafr.MAFRDetector(cfg).point_extractor.deviation.peak_sigma == (2.0, 5.0)
-    # Other scales with the preset's two widths: told to set both, not guessed.
+    # Three scales with two widths: told to set both, not guessed; one width serves any number.
     with pytest.raises(ValueError, match="deviation_peak_sigma"):
-        mafr.MAFRConfig(preset="offline", points={"deviation_scales": (6.0, 12.0, 24.0)})
-    assert mafr.MAFRConfig(preset="offline", points={"deviation_scales": (6.0, 12.0, 24.0), "deviation_peaks": False})
+        mafr.MAFRConfig(preset="offline", points={"deviation_scales": (6.0, 12.0, 24.0), "deviation_peak_sigma": (4.5, 3.0)})
+    assert mafr.MAFRConfig(preset="offline", points={"deviation_scales": (6.0, 12.0, 24.0), "deviation_peak_sigma": (4.5, 3.0),
+                                                      "deviation_peaks": False})
+    assert mafr.MAFRConfig(preset="offline", points={"deviation_scales": (6.0, 12.0, 24.0)}).points.deviation_peak_sigma == (3.0,)
 
 
 def test_surface_deviation_peaks_ignore_invalid_pixels_and_validate():

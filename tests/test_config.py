@@ -37,7 +37,7 @@ def test_presets_fill_only_what_was_not_given():
     assert off.points.deviation_scales == (9.0, 18.0)
     assert off.framing == "part" and paper.framing == "image" and ref.framing == "image"
     assert off.points.deviation_peaks and not paper.points.deviation_peaks and not ref.points.deviation_peaks
-    assert off.points.deviation_peak_sigma == (4.5, 3.0) and paper.points.deviation_peak_sigma == (3.0,)
+    assert off.points.deviation_peak_sigma == paper.points.deviation_peak_sigma == (3.0,)
     assert off.scoring.edge_cap == 7 and paper.scoring.edge_cap == 3
     assert off.scoring.levels_parts == "all" and paper.scoring.levels_parts == "held_out"
     assert ref.scoring.levels_parts == "held_out"
@@ -74,7 +74,6 @@ def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted
     assert new.points.resize == "mean" and new.rgb.ring_radii == (21, 33) and new.points.deviation_peaks is True
     assert new.framing == "part" and new.rgb.rarity_on_part is True and new.scoring.channel_reduce_2d == "max"
     assert new.scoring.edge_cap == 7 and new.scoring.levels_parts == "all" and new.scoring.level_quantile == 0.97
-    assert new.points.deviation_peak_sigma == (4.5, 3.0)
 
 
 def test_json_round_trip():
