@@ -192,6 +192,21 @@ def test_cuda_fit_and_predict_match_cpu_and_return_cpu_numpy():
 
 
 @cuda
+def test_cuda_farthest_point_sampling_chooses_the_cpu_paths_centres():
+    from mafr.extractors import _fps_kernel
+    from mafr.extractors.pointops import _fps_torch, farthest_point_sample
+
+    g = torch.Generator().manual_seed(4)
+    clouds = torch.rand(3, 8192, 3, generator=g) + torch.tensor([0.0, 0.0, 0.5])
+    want = farthest_point_sample(clouds, 1024)
+    got = farthest_point_sample(clouds.cuda(), 1024)
+    assert got.device.type == "cuda" and torch.equal(got.cpu(), want)
+    assert torch.equal(_fps_torch(clouds.cuda(), 1024, 0, None).cpu(), want)  # the fallback loop
+    if _fps_kernel.triton is not None:
+        assert torch.equal(_fps_kernel.farthest_point_sample_kernel(clouds.cuda(), 1024, 0, None).cpu(), want)
+
+
+@cuda
 def test_cuda_update_mixes_replayed_and_new_parts():
     # Replayed parts are stored on the CPU, new ones extracted on the GPU (failed on an H100).
     det = mafr.MAFRDetector(tiny_config(), device="cuda").fit(_parts(), progress=False)

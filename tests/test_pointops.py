@@ -63,6 +63,70 @@ def test_fps_torch_path_matches_numpy_path() -> None:
     assert via_numpy[0].unique().numel() == 64
 
 
+_KERNEL_CHECK = """
+import sys, numpy as np, torch
+from mafr.extractors._fps_kernel import farthest_point_sample_kernel
+from mafr.extractors.pointops import farthest_point_sample
+g = torch.Generator().manual_seed(2)
+for n, k, b, start in ((500, 64, 2, 0), (300, 40, 1, 1), (700, 90, 3, 7)):
+    xyz = torch.rand(b, n, 3, generator=g) + torch.tensor([0.0, 0.0, 0.5])
+    xyz[:, ::17] = 0.0  # the "no measurement" points skip_near_origin leaves out
+    skip = (xyz * xyz).sum(-1) <= 1e-3
+    for sk, kw in ((None, {}), (skip, {"skip_near_origin": True})):
+        got = farthest_point_sample_kernel(xyz, k, start, sk)
+        want = farthest_point_sample(xyz, k, start, **kw)  # the CPU path
+        assert got.dtype == torch.long and torch.equal(got, want), (n, k, b, start, sk is not None)
+# An organized grid is full of exact ties; the first maximum wins on both paths.
+u, v = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+grid = torch.stack([u.flatten() * 1e-3, v.flatten() * 1e-3, torch.full((576,), 0.5)], -1)[None]
+assert torch.equal(farthest_point_sample_kernel(grid, 60, 0, None), farthest_point_sample(grid, 60))
+print("ok")
+"""
+
+
+def test_fps_kernel_chooses_the_cpu_paths_centres_in_tritons_interpreter() -> None:
+    # The GPU kernel's own code, run by Triton's CPU interpreter: the same program the GPU
+    # compiles (tests/test_devices.py runs it compiled on CUDA).
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", _KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_fps_kernel_runs_only_where_it_can() -> None:
+    from mafr.extractors import _fps_kernel
+
+    assert not _fps_kernel.available(torch.zeros(1, 10, 3))  # CPU tensors: the numpy path
+    if torch.cuda.is_available() and _fps_kernel.triton is not None:
+        assert _fps_kernel.available(torch.zeros(1, _fps_kernel.MAX_POINTS, 3, device="cuda"))
+        assert not _fps_kernel.available(torch.zeros(1, _fps_kernel.MAX_POINTS + 1, 3, device="cuda"))
+
+
+def test_fps_kernel_failure_falls_back_to_the_loop_once(monkeypatch) -> None:
+    from mafr.extractors import _fps_kernel
+
+    calls = []
+
+    def broken(*args):
+        calls.append(args)
+        raise RuntimeError("no kernel for this GPU")
+
+    monkeypatch.setattr(_fps_kernel, "_broken", None)
+    monkeypatch.setattr(_fps_kernel, "triton", object())  # as if importable, on any machine
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(_fps_kernel, "farthest_point_sample_kernel", broken)
+    clouds = torch.rand(2, 300, 3, generator=torch.Generator().manual_seed(6))
+    want = farthest_point_sample(clouds, 20)
+    with pytest.warns(RuntimeWarning, match="falls back to the torch loop.*no kernel for this GPU"):
+        assert torch.equal(pointops._fps_device(clouds, 20, 0, None), want)
+    assert len(calls) == 1 and not _fps_kernel.available(clouds)
+    assert torch.equal(pointops._fps_device(clouds, 20, 0, None), want) and len(calls) == 1  # not retried
+
+
 def test_fps_skip_near_origin_like_cuda_kernel() -> None:
     # index 5 is at the origin: the CUDA kernel never picks it (|p|^2 <= 1e-3), plain FPS does
     pts = torch.tensor(

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _fps_kernel
+
 __all__ = ["farthest_point_sample", "knn", "group_points", "three_nn_interpolate"]
 
 # pointnet2_ops' CUDA kernel never selects points whose squared norm is <= this (see
@@ -111,6 +113,16 @@ def _fps_torch(xyz: Tensor, n_samples: int, start: int, skip: Optional[Tensor]) 
     return out
 
 
+def _fps_device(xyz: Tensor, n_samples: int, start: int, skip: Optional[Tensor]) -> Tensor:
+    """FPS off the CPU: one kernel for all steps where it runs (CUDA with Triton), else the loop."""
+    if _fps_kernel.available(xyz):
+        try:
+            return _fps_kernel.farthest_point_sample_kernel(xyz, n_samples, start, skip)
+        except Exception as err:  # a Triton that cannot build for this GPU: same centres, slower
+            _fps_kernel.disable(f"{type(err).__name__}: {err}")
+    return _fps_torch(xyz, n_samples, start, skip)
+
+
 def farthest_point_sample(
     points: Tensor, n_samples: int, start_index: int = 0, *, skip_near_origin: bool = False
 ) -> Tensor:
@@ -134,7 +146,7 @@ def farthest_point_sample(
     if skip_near_origin:
         skip = (xyz * xyz).sum(-1) <= _CUDA_MIN_SQ_NORM
     if xyz.device.type != "cpu":
-        return _fps_torch(xyz.contiguous(), n_samples, start_index, skip)
+        return _fps_device(xyz.contiguous(), n_samples, start_index, skip)
     arr = xyz.numpy()
     rows = [
         _fps_numpy(arr[i], n_samples, start_index, None if skip is None else skip[i].numpy())
