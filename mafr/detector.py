@@ -31,7 +31,7 @@ from . import _integrity
 from . import framing as _framing
 from . import errors as _errors
 from . import runtime as _runtime
-from .io import as_sample, load_sample, resize_nearest
+from .io import as_sample, load_sample, measured_pixels, resize_nearest
 from .losses import restoration_loss
 from .model import FusionAutoencoder
 from .replay import ReplayStore, moments_of, pool_moments, stack_parts
@@ -350,7 +350,7 @@ class MAFRDetector(
         rgb, xyz = load_sample(item)
         h, w = rgb.shape[:2]
         size = self.config.rgb.image_size
-        valid_input = np.any(xyz != 0, axis=-1)
+        valid_input = measured_pixels(xyz)
         win = _framing.window(valid_input, framing)
         # Zero outside the image (square padding or a window past the border), then resize:
         # bicubic for colour, nearest or mean for geometry so no point is invented between surfaces.
@@ -367,13 +367,15 @@ class MAFRDetector(
         else:
             xyz_s = torch.from_numpy(np.ascontiguousarray(resize_nearest(xyz_pad, size, size)))
             valid = (xyz_s != 0).any(dim=-1)
+        # On the detector's device from here: the hole filling is the costliest step left on a
+        # CPU, and a GPU does it in a fraction of that.
+        dev = self.device
+        xyz_s, valid = xyz_s.to(dev), valid.to(dev)
         # Fail closed before any feature is computed: judged on what was measured, not filled.
         flags = _integrity.judge_input(rgb, valid)
         if self.config.points.fill_holes:
             xyz_s, valid = fill_small_holes(xyz_s, valid, self.config.points.fill_holes)
-        dev = self.device
-        return _Prepared(image.to(dev), xyz_s.to(dev), valid.to(dev), h, w, rgb, xyz[..., 2].copy(), valid_input, flags,
-                         win, framing)
+        return _Prepared(image.to(dev), xyz_s, valid, h, w, rgb, xyz[..., 2].copy(), valid_input, flags, win, framing)
 
     def _min_points(self) -> int:
         if self.config.points.kind == "pointmae":
@@ -490,7 +492,7 @@ class MAFRDetector(
         for i, item in enumerate(items):
             with _naming_part(i, len(items), item):
                 _, xyz = load_sample(item)
-            masks.append(np.any(xyz != 0, axis=-1))
+            masks.append(measured_pixels(xyz))
         try:
             return _framing.fit_side(masks)
         except ValueError as err:

@@ -164,17 +164,20 @@ def fill_small_holes(xyz: torch.Tensor, valid: torch.Tensor, iterations: int = 4
     its 8 neighbours takes their mean, repeated ``iterations`` times. Holes up to ~6 pixels wide close;
     a wide hole's straight boundary (3 valid neighbours) never qualifies, so real missing regions
     stay missing. ``xyz``: ``(S, S, 3)``, ``valid``: ``(S, S)`` bool; returns new tensors."""
-    kernel = torch.ones(1, 1, 3, 3, dtype=xyz.dtype)
-    kernel[0, 0, 1, 1] = 0
     xyz, valid = xyz.clone(), valid.clone()
+    h, w = valid.shape
     for _ in range(iterations):
-        v = valid.to(xyz.dtype)[None, None]
-        count = F.conv2d(v, kernel, padding=1)[0, 0]
+        # The 8 neighbours' sums of (x, y, z, valid) as shifted views of a zero-padded copy: the
+        # same sums as a 3 x 3 ring convolution, 2-3x faster on the CPU (`_prepare`'s largest cost).
+        padded = F.pad(torch.cat([(xyz * valid.unsqueeze(-1)).permute(2, 0, 1), valid[None].to(xyz.dtype)]), (1, 1, 1, 1))
+        sums = padded[:, 0:h, 0:w] + padded[:, 0:h, 1 : w + 1]
+        for dy, dx in ((0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)):
+            sums += padded[:, dy : dy + h, dx : dx + w]
+        count = sums[3]
         fill = ~valid & (count >= min_neighbours)
         if not bool(fill.any()):
             break
-        sums = F.conv2d((xyz * valid.unsqueeze(-1)).permute(2, 0, 1).unsqueeze(1), kernel, padding=1)[:, 0]
-        xyz[fill] = (sums.permute(1, 2, 0)[fill] / count[fill].unsqueeze(-1))
+        xyz[fill] = sums[:3].permute(1, 2, 0)[fill] / count[fill].unsqueeze(-1)
         valid = valid | fill
     return xyz, valid
 

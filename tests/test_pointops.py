@@ -87,7 +87,9 @@ print("ok")
 def test_fps_kernel_chooses_the_cpu_paths_centres_in_tritons_interpreter() -> None:
     # The GPU kernel's own code, run by Triton's CPU interpreter: the same program the GPU
     # compiles (tests/test_devices.py runs it compiled on CUDA).
-    pytest.importorskip("triton")
+    triton = pytest.importorskip("triton")
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 8):
+        pytest.skip("Triton < 3.8's interpreter cannot loop over a runtime bound (the compiled kernel can)")
     import os
     import subprocess
     import sys
@@ -162,6 +164,20 @@ def test_knn_equals_brute_force(m: int, chunk: int) -> None:
     assert torch.equal(idx, ref_i[..., :10])
     assert torch.allclose(dist.double(), ref_d[..., :10], atol=1e-6)
     assert bool((dist[..., 1:] >= dist[..., :-1]).all())
+
+
+def test_broadcast_distances_equal_cdists_exact_mode(monkeypatch) -> None:
+    # The GPU formula, run on the CPU: the same distances as cdist's difference mode (to the last
+    # bits), so neighbours are ranked alike on every device, far from the origin too.
+    g = torch.Generator().manual_seed(8)
+    a = torch.rand(2, 70, 3, generator=g) * 0.1 + torch.tensor([0.3, -0.2, 0.5])
+    b = torch.rand(2, 300, 3, generator=g) * 0.1 + torch.tensor([0.3, -0.2, 0.5])
+    want = torch.cdist(a, b, compute_mode=pointops._EXACT)
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("meta")))
+    got = pointops._distances(a, b)  # takes the non-CPU branch
+    monkeypatch.undo()
+    torch.testing.assert_close(got, want, rtol=2e-7, atol=0)
+    assert not torch.equal(got, torch.cdist(a, b))  # the matrix-product shortcut differs: the test can tell
 
 
 def test_knn_rejects_k_larger_than_cloud() -> None:

@@ -112,6 +112,47 @@ def test_fill_small_holes_closes_a_round_dropout():
     assert bool(v.all())
 
 
+def test_fill_small_holes_equals_the_ring_convolution_it_replaced():
+    # The shifted sums are the 3 x 3 ring convolution's sums (zero padding), so the fill is too.
+    import torch.nn.functional as F
+
+    from mafr.projection import fill_small_holes
+
+    def by_convolution(xyz, valid, iterations=4, min_neighbours=4):
+        kernel = torch.ones(1, 1, 3, 3, dtype=xyz.dtype)
+        kernel[0, 0, 1, 1] = 0
+        xyz, valid = xyz.clone(), valid.clone()
+        for _ in range(iterations):
+            count = F.conv2d(valid.to(xyz.dtype)[None, None], kernel, padding=1)[0, 0]
+            fill = ~valid & (count >= min_neighbours)
+            sums = F.conv2d((xyz * valid.unsqueeze(-1)).permute(2, 0, 1).unsqueeze(1), kernel, padding=1)[:, 0]
+            xyz[fill] = sums.permute(1, 2, 0)[fill] / count[fill].unsqueeze(-1)
+            valid = valid | fill
+        return xyz, valid
+
+    g = torch.Generator().manual_seed(3)
+    xyz = torch.rand(48, 40, 3, generator=g) * torch.tensor([0.1, 0.1, 0.02]) + torch.tensor([0.0, 0.0, 0.5])
+    valid = torch.rand(48, 40, generator=g) > 0.3  # dropouts of every shape, the borders included
+    valid[0, :] = False
+    want_xyz, want_valid = by_convolution(xyz * valid.unsqueeze(-1), valid)
+    got_xyz, got_valid = fill_small_holes(xyz * valid.unsqueeze(-1), valid)
+    assert torch.equal(got_valid, want_valid) and int((got_valid & ~valid).sum()) > 100
+    torch.testing.assert_close(got_xyz, want_xyz, rtol=1e-6, atol=1e-7)
+
+
+def test_measured_pixels_is_any_coordinate_non_zero():
+    from mafr.io import measured_pixels
+
+    xyz = np.zeros((3, 4, 3), dtype=np.float32)
+    xyz[0, 0, 0] = 1.0
+    xyz[1, 2, 1] = -2.0
+    xyz[2, 3, 2] = 1e-30
+    xyz[2, 0] = np.nan  # not zero: measured (and rejected later as non-finite)
+    expected = np.any(xyz != 0, axis=-1)
+    got = measured_pixels(xyz)
+    assert got.dtype == bool and got.shape == (3, 4) and np.array_equal(got, expected) and int(got.sum()) == 4
+
+
 def test_resize_xyz_mean_averages_only_measured_pixels():
     from mafr.projection import resize_xyz_mean
 

@@ -33,6 +33,7 @@ from typing import Iterable, Optional, Union
 import numpy as np
 
 from .._graph import connected_components
+from ..io import measured_pixels
 import tifffile
 from PIL import Image
 
@@ -63,7 +64,7 @@ def _check_rgb(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _valid(xyz: np.ndarray) -> np.ndarray:
-    return np.any(xyz != 0, axis=-1)
+    return measured_pixels(xyz)
 
 
 def fit_border_plane(
