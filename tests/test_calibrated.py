@@ -110,7 +110,9 @@ def _offline(**scoring):
 @pytest.fixture(scope="module")
 def calibrated():
     good = [generate_sample("puck", seed=s, size=128) for s in range(6)]
-    return mafr.MAFRDetector(_offline(fusion="calibrated", score="max")).fit(good, seed=0, progress=False)
+    # On the CPU wherever the suite runs: these tests recompute the scoring formulas on CPU
+    # tensors (the device paths are tests/test_devices.py's).
+    return mafr.MAFRDetector(_offline(fusion="calibrated", score="max"), device="cpu").fit(good, seed=0, progress=False)
 
 
 def test_calibration_is_fitted_saved_and_verified(calibrated, tmp_path):
