@@ -127,7 +127,7 @@ def test_calibration_is_fitted_saved_and_verified(calibrated, tmp_path):
     part = generate_sample("puck", "hole", seed=40, size=128)
     before = calibrated.predict(part.rgb, part.xyz)
     calibrated.save_pretrained(tmp_path / "det")
-    again = mafr.MAFRDetector.from_pretrained(tmp_path / "det").predict(part.rgb, part.xyz)
+    again = mafr.MAFRDetector.from_pretrained(tmp_path / "det", device="cpu").predict(part.rgb, part.xyz)  # bit-equal on one device
     assert again.score == before.score and np.array_equal(again.defect_mask, before.defect_mask)
 
     # A detector whose config asks for calibrated fusion but whose calibration is gone is refused.
@@ -135,7 +135,7 @@ def test_calibration_is_fitted_saved_and_verified(calibrated, tmp_path):
 
     weights = tmp_path / "det" / "model.safetensors"
     tensors = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("calibration.")}
-    stripped = calibrated.__class__(calibrated.config)
+    stripped = calibrated.__class__(calibrated.config, device="cpu")  # where the borrowed state lives
     stripped.autoencoder_, stripped.stats_, stripped.threshold_ = calibrated.autoencoder_, calibrated.stats_, calibrated.threshold_
     stripped.replay_ = calibrated.replay_
     with pytest.raises(mafr.NotFittedError, match="calibrate"):
@@ -231,7 +231,7 @@ def test_edge_levels_of_the_wrong_shape_are_corrupt_and_old_ones_still_load(cali
     shutil.copytree(tmp_path / "det", tmp_path / "old")
     _rewrite(tmp_path / "old", lambda t: t.update({k: t[k].norm(dim=1).contiguous()
                                                    for k in ("calibration.edge_2d", "calibration.edge_3d")}))
-    old = mafr.MAFRDetector.from_pretrained(tmp_path / "old")
+    old = mafr.MAFRDetector.from_pretrained(tmp_path / "old", device="cpu")  # the formula below is on CPU tensors
     assert old.calibration_["edge_2d"].dim() == 1 and math.isfinite(old.predict(part.rgb, part.xyz).score)
     # ... by the rule it was saved under: L2 over channels per distance, the calibrated maps summed.
     from mafr.scoring import score_maps
