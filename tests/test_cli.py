@@ -190,7 +190,7 @@ def test_evaluate_generated_creates_missing_data_with_documented_defaults(tmp_pa
                        "seed": 0, "defect_specs": mafr.datasets.DEFECT_SPECS})]
     calls.clear()
     main(["evaluate", "--dataset", "generated", "--split", "tuning", "--root", str(tmp_path / "gen"), "--quiet"])
-    assert calls[0][1] == ["dome", "ring", "plate", "tile"] and calls[0][2]["seed"] == 1000
+    assert calls[0][1] == ["dome", "ring", "plate", "tile", "shaft"] and calls[0][2]["seed"] == 1000
     calls.clear()
     main(["evaluate", "--dataset", "generated", "--split", "tuning", "--difficulty", "hard", "--root",
           str(tmp_path / "gen"), "--quiet"])

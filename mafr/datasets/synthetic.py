@@ -5,9 +5,10 @@ A top-down pinhole camera (:func:`camera_intrinsics`) looks at a part lying on a
 Z forward = depth; zeros = no measurement) and an RGB image rendered with Lambertian shading from
 the normals of the same geometry, so shape shows in the image as it does on a real part.
 
-Eight categories differ in shape and surface (:data:`CATEGORY_INFO`): round, ring-shaped,
-rectangular, a flat plate with through-holes, a lying cylinder; matte, speckled, brushed
-(straight and circular) and multi-coloured (checkered tile, labelled cylinder) surfaces. Parts
+Nine categories differ in shape and surface (:data:`CATEGORY_INFO`): round, ring-shaped,
+rectangular, a flat plate with through-holes, a lying cylinder, a thin grooved shaft; matte,
+speckled, brushed (straight, circular and turned) and multi-coloured (checkered tile, labelled
+cylinder) surfaces. Parts
 vary in pose, size, colour, texture and lighting; the sensor adds depth noise, camera noise and
 dropouts. They are split into a *tuning* set and a *report* set (:data:`BENCHMARK_SPLITS`, different
 categories and seeds): defaults are chosen on the first, figures are reported on the second
@@ -54,6 +55,7 @@ CATEGORY_INFO: dict[str, str] = {
     "cylinder": "cylinder lying on its side, multi-coloured label bands",
     "tile": "square tile, multi-coloured checker pattern with speckle",
     "disc": "round disc with a shallow centre recess, circular-brushed metal",
+    "shaft": "thin turned shaft lying on its side, two shallow grooves, lathe-turned metal",
 }
 #: Object shapes the generator knows.
 CATEGORIES: tuple[str, ...] = tuple(CATEGORY_INFO)
@@ -61,7 +63,7 @@ CATEGORIES: tuple[str, ...] = tuple(CATEGORY_INFO)
 #: Tuning categories (choose defaults here) and report categories (publish these), each with the
 #: base seed :func:`write_dataset` uses for it. No category or seed is shared.
 BENCHMARK_SPLITS: dict[str, tuple[tuple[str, ...], int]] = {
-    "tuning": (("dome", "ring", "plate", "tile"), 1000),
+    "tuning": (("dome", "ring", "plate", "tile", "shaft"), 1000),
     "report": (("puck", "block", "cylinder", "disc"), 0),
 }
 TUNING_CATEGORIES, REPORT_CATEGORIES = BENCHMARK_SPLITS["tuning"][0], BENCHMARK_SPLITS["report"][0]
@@ -143,6 +145,7 @@ _BASE_ALBEDO = {
     "cylinder": (0.30, 0.42, 0.68),
     "tile": (0.72, 0.32, 0.24),
     "disc": (0.70, 0.70, 0.73),
+    "shaft": (0.64, 0.62, 0.58),
 }
 # Round parts may lie at any angle; the others are roughly aligned by a fixture.
 _ROUND = {"dome", "puck", "disc"}
@@ -250,6 +253,19 @@ def _cylinder_h(x, y, sdf):
     return np.where(sdf < 0, _CYL_R + np.sqrt(np.clip(_CYL_R**2 - y * y, 0.0, None)), 0.0)
 
 
+_SHAFT_R = 0.010
+
+
+def _shaft_sdf(x, y):
+    return _round_rect_sdf(x, y, 0.046, _SHAFT_R, 0.0015)
+
+
+def _shaft_h(x, y, sdf):
+    # Two turned grooves 0.6 mm deep, 3 mm wide, 30 mm either side of the middle.
+    groove = 0.0006 * np.clip(1.0 - np.abs(np.abs(x) - 0.030) / 0.0015, 0.0, 1.0)
+    return np.where(sdf < 0, _SHAFT_R + np.sqrt(np.clip(_SHAFT_R**2 - y * y, 0.0, None)) - groove, 0.0)
+
+
 def _tile_sdf(x, y):
     return _round_rect_sdf(x, y, 0.040, 0.040, 0.003)
 
@@ -277,6 +293,7 @@ _SHAPES: dict[str, _Shape] = {
     "cylinder": _Shape(_cylinder_sdf, _cylinder_h, 0.10),
     "tile": _Shape(_tile_sdf, _tile_h, 0.08),
     "disc": _Shape(_disc_sdf, _disc_h, 0.096),
+    "shaft": _Shape(_shaft_sdf, _shaft_h, 0.08),
 }
 
 
@@ -363,6 +380,8 @@ def _surface(category: str, nuis: np.random.Generator, xo: np.ndarray, yo: np.nd
         albedo = albedo * (1.0 + 0.18 * np.sign(speck) * np.abs(speck) ** 0.5)[..., None]
     elif category == "plate":  # brushed along the object's x axis
         albedo = albedo * (1.0 + 0.10 * _streaks(nuis, yo, 0.0003, 0.07))[..., None]
+    elif category == "shaft":  # turned on a lathe: fine rings around the axis
+        albedo = albedo * (1.0 + 0.10 * _streaks(nuis, xo, 0.0003, 0.07))[..., None]
     elif category == "disc":  # circular brushing
         albedo = albedo * (1.0 + 0.10 * _streaks(nuis, np.hypot(xo, yo), 0.0003, 0.07))[..., None]
     elif category == "tile":  # 4 x 4 checker of two colours, plus speckle
