@@ -94,6 +94,9 @@ class PointConfig(_Strict):
     #: one per entry of ``deviation_scales``. Wider keeps the noise of a fine scale from reading
     #: as a peak; narrower keeps a small peak's height (docs/ablations.md).
     deviation_peak_sigma: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...] = (3.0,)
+    #: Order of the local polynomial the deviation is measured from: 2 (a quadric), 3 or 4. A
+    #: higher order follows a narrow cylinder's cross-section (docs/ablations.md).
+    deviation_order: Literal[2, 3, 4] = 2
     #: Point -> pixel interpolation weights ``1 / (d**idw_power + 1e-8)`` over the 3 nearest
     #: centres: 1 (pointnet2's ``three_interpolate``) or 2 (the reference's squared distance).
     idw_power: Literal[1, 2] = 1

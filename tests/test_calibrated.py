@@ -334,6 +334,35 @@ def test_surface_deviation_ignores_invalid_pixels_and_validates():
         SurfaceDeviationExtractor(stride=0)
 
 
+def test_surface_deviation_of_higher_order_follows_a_narrow_cylinder():
+    # A cylinder of 10 mm radius lying along u, 40 px (20 mm) across: its circular cross-section
+    # is no quadric. A quartic leaves far less residual over the part, and a bump still stands out.
+    v, u = np.mgrid[0:64, 0:64].astype(np.float64)
+    y = (v - 31.5) * 0.0005
+    part = np.abs(y) < 0.0095
+    z = np.where(part, 0.5 - np.sqrt(np.clip(0.01**2 - y * y, 0, None)), 0.0)
+    xyz = torch.tensor(np.stack([u * 0.0005, v * 0.0005, z], -1), dtype=torch.float32)[None]
+    valid = torch.tensor(part)[None]
+    residual = {}
+    for order in (2, 3, 4):
+        ex = SurfaceDeviationExtractor((6.0, 12.0), stride=1, order=order)
+        assert ex.out_dim == 3 and len(ex._terms) == (order + 1) * (order + 2) // 2
+        out = ex(xyz, valid)[0]
+        residual[order] = float(out[:2][:, part].abs().mean())
+    assert residual[4] < 0.5 * residual[2] and residual[3] <= residual[2] * 1.01
+    g = 0.0005 * np.exp(-((u - 32) ** 2 + (v - 31.5) ** 2) / (2 * 3.0**2))  # 0.5 mm bump on the crest
+    bumped = torch.tensor(np.stack([u * 0.0005, v * 0.0005, np.where(part, z - g, 0.0)], -1), dtype=torch.float32)[None]
+    out = SurfaceDeviationExtractor((6.0, 12.0), stride=1, order=4)(bumped, valid)[0]
+    assert float(out[0, 32, 32]) > 0.1  # mm, towards the camera
+    # The default stays the quadric, bit for bit (the order-2 terms in their old order).
+    assert SurfaceDeviationExtractor((6.0,))._terms == [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
+    for bad in (1, 5, 2.0, True):
+        with pytest.raises(ValueError, match="order"):
+            SurfaceDeviationExtractor(order=bad)
+    cfg = mafr.MAFRConfig(preset="offline", points={"deviation_order": 4})
+    assert mafr.MAFRDetector(cfg).point_extractor.order == 4 and mafr.MAFRConfig(preset="offline").points.deviation_order == 2
+
+
 def test_surface_deviation_peaks_keep_a_small_bumps_height_through_the_grid_cell_mean():
     from mafr.projection import pool_to_grid
 

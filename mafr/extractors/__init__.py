@@ -70,9 +70,11 @@ def build_point_extractor(config) -> nn.Module:
     :class:`SurfaceDeviationExtractor` / :class:`FPFHExtractor` (plus deviation channels)."""
     p = config.points
     if p.kind == "deviation":
-        return SurfaceDeviationExtractor(p.deviation_scales, peaks=p.deviation_peaks, peak_sigma=p.deviation_peak_sigma)
+        return SurfaceDeviationExtractor(p.deviation_scales, peaks=p.deviation_peaks, peak_sigma=p.deviation_peak_sigma,
+                                         order=p.deviation_order)
     if p.kind == "fpfh":
-        return (OrganizedGeometryExtractor(p.deviation_scales, peaks=p.deviation_peaks, peak_sigma=p.deviation_peak_sigma)
+        return (OrganizedGeometryExtractor(p.deviation_scales, peaks=p.deviation_peaks, peak_sigma=p.deviation_peak_sigma,
+                                            order=p.deviation_order)
                 if p.deviation_scales else FPFHExtractor())
     wanted = _pointmae_config(config)
     weights = p.weights or config.extractor_weights
