@@ -94,9 +94,10 @@ class PointConfig(_Strict):
     #: one per entry of ``deviation_scales``. Wider keeps the noise of a fine scale from reading
     #: as a peak; narrower keeps a small peak's height (docs/ablations.md).
     deviation_peak_sigma: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...] = (3.0,)
-    #: Order of the local polynomial the deviation is measured from: 2 (a quadric), 3 or 4. A
-    #: higher order follows a narrow cylinder's cross-section (docs/ablations.md).
-    deviation_order: Literal[2, 3, 4] = 2
+    #: Order of the local polynomial the deviation is measured from: 2 (a quadric), 3 or 4, for
+    #: every scale or one per scale. A higher order follows a narrow cylinder's cross-section
+    #: (docs/ablations.md).
+    deviation_order: tuple[Literal[2, 3, 4], ...] = (2,)
     #: Point -> pixel interpolation weights ``1 / (d**idw_power + 1e-8)`` over the 3 nearest
     #: centres: 1 (pointnet2's ``three_interpolate``) or 2 (the reference's squared distance).
     idw_power: Literal[1, 2] = 1
@@ -109,6 +110,12 @@ class PointConfig(_Strict):
             raise ValueError(
                 f"points.deviation_peak_sigma must hold one width or one per deviation scale ({scales}), "
                 f"got {n}: {self.deviation_peak_sigma!r}; set it together with points.deviation_scales"
+            )
+        n = len(self.deviation_order)
+        if n == 0 or (scales and n not in (1, scales)):
+            raise ValueError(
+                f"points.deviation_order must hold one order or one per deviation scale ({scales}), "
+                f"got {n}: {self.deviation_order!r}; set it together with points.deviation_scales"
             )
         return self
 

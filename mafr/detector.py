@@ -195,7 +195,7 @@ def _decode_config(data: Any) -> MAFRConfig:
                                    ("rgb", "rarity_on_part", False), ("scoring", "channel_reduce_2d", "rms"),
                                    ("points", "deviation_peaks", False), ("scoring", "edge_cap", 3),
                                    ("scoring", "levels_parts", "held_out"), ("scoring", "level_quantile", 0.9),
-                                   ("points", "deviation_peak_sigma", (3.0,)), ("points", "deviation_order", 2)):
+                                   ("points", "deviation_peak_sigma", (3.0,)), ("points", "deviation_order", (2,))):
         part = data.get(section)
         if isinstance(part, dict) and field not in part:
             data[section] = {**part, field: before}

@@ -346,7 +346,7 @@ def test_surface_deviation_of_higher_order_follows_a_narrow_cylinder():
     residual = {}
     for order in (2, 3, 4):
         ex = SurfaceDeviationExtractor((6.0, 12.0), stride=1, order=order)
-        assert ex.out_dim == 3 and len(ex._terms) == (order + 1) * (order + 2) // 2
+        assert ex.out_dim == 3 and ex.order == (order, order) and len(ex._terms[0]) == (order + 1) * (order + 2) // 2
         out = ex(xyz, valid)[0]
         residual[order] = float(out[:2][:, part].abs().mean())
     assert residual[4] < 0.5 * residual[2] and residual[3] <= residual[2] * 1.01
@@ -355,12 +355,20 @@ def test_surface_deviation_of_higher_order_follows_a_narrow_cylinder():
     out = SurfaceDeviationExtractor((6.0, 12.0), stride=1, order=4)(bumped, valid)[0]
     assert float(out[0, 32, 32]) > 0.1  # mm, towards the camera
     # The default stays the quadric, bit for bit (the order-2 terms in their old order).
-    assert SurfaceDeviationExtractor((6.0,))._terms == [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
-    for bad in (1, 5, 2.0, True):
+    assert SurfaceDeviationExtractor((6.0,))._terms == [[(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]]
+    for bad in (1, 5, 2.0, True, (), (2, 4)):  # the default has three scales
         with pytest.raises(ValueError, match="order"):
             SurfaceDeviationExtractor(order=bad)
-    cfg = mafr.MAFRConfig(preset="offline", points={"deviation_order": 4})
-    assert mafr.MAFRDetector(cfg).point_extractor.order == 4 and mafr.MAFRConfig(preset="offline").points.deviation_order == 2
+    # One order per scale: each scale's channel is what that order alone gives.
+    mixed = SurfaceDeviationExtractor((6.0, 12.0), stride=1, order=(2, 4))(xyz, valid)[0]
+    two = SurfaceDeviationExtractor((6.0, 12.0), stride=1, order=2)(xyz, valid)[0]
+    four = SurfaceDeviationExtractor((6.0, 12.0), stride=1, order=4)(xyz, valid)[0]
+    assert torch.equal(mixed[0], two[0]) and torch.equal(mixed[1:], four[1:])  # the curvature: the last scale's fit
+    cfg = mafr.MAFRConfig(preset="offline", points={"deviation_order": (2, 4)})
+    assert mafr.MAFRDetector(cfg).point_extractor.order == (2, 4)
+    assert mafr.MAFRConfig(preset="offline").points.deviation_order == (2,)
+    with pytest.raises(ValueError, match="deviation_order"):
+        mafr.MAFRConfig(preset="offline", points={"deviation_order": (2, 3, 4)})
 
 
 def test_surface_deviation_peaks_keep_a_small_bumps_height_through_the_grid_cell_mean():

@@ -70,7 +70,7 @@ def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted
     assert old.points.resize == "nearest" and old.rgb.ring_radii == () and old.points.deviation_peaks is False
     assert old.scoring.edge_cap == 3 and old.scoring.levels_parts == "held_out" and old.scoring.level_quantile == 0.9
     assert old.points.deviation_peak_sigma == (3.0,)  # one width for every scale, as then
-    assert old.points.deviation_order == 2
+    assert old.points.deviation_order == (2,)
     new = _decode_config(MAFRConfig(preset="offline").to_json_dict())
     assert new.points.resize == "mean" and new.rgb.ring_radii == (21, 33) and new.points.deviation_peaks is True
     assert new.framing == "part" and new.rgb.rarity_on_part is True and new.scoring.channel_reduce_2d == "max"

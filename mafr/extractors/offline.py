@@ -653,9 +653,10 @@ class SurfaceDeviationExtractor(nn.Module):
     over about 5, 10 and 20 mm). The local curvature ``d2z/du2 + d2z/dv2`` of the largest scale is
     appended so that the autoencoder knows what shape the deviation sits on.
 
-    ``order`` 3 or 4 fits a cubic or quartic polynomial instead of the quadric: a narrow cylinder's
-    circular cross-section, which a quadric over a window as wide as the part cannot follow
-    towards the silhouette, leaves less residual (docs/ablations.md, the ``shaft``).
+    ``order`` 3 or 4 fits a cubic or quartic polynomial instead of the quadric (one order for
+    every scale, or one per scale): a narrow cylinder's circular cross-section, which a quadric
+    over a window as wide as the part cannot follow towards the silhouette, leaves less residual
+    (docs/ablations.md, the ``shaft``).
 
     ``peaks=True`` replaces each scale's deviation by two channels: the highest rise and the
     deepest sink of the deviation, lightly smoothed (Gaussian of ``peak_sigma`` px over the valid
@@ -682,16 +683,13 @@ class SurfaceDeviationExtractor(nn.Module):
 
     def __init__(self, scales: tuple[float, ...] = (3.0, 6.0, 12.0), *, truncate: float = 2.5,
                  stride: int = 2, peaks: bool = False, peak_sigma: float | tuple[float, ...] = 3.0,
-                 peak_window: int = 9, order: int = 2) -> None:
+                 peak_window: int = 9, order: int | tuple[int, ...] = 2) -> None:
         super().__init__()
         if not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be a positive integer, got {stride!r}")
         if not isinstance(peak_window, int) or peak_window < 1 or peak_window % 2 == 0:
             raise ValueError(f"peak_window must be a positive odd number of pixels, got {peak_window!r}")
-        if isinstance(order, bool) or not isinstance(order, int) or order not in (2, 3, 4):
-            raise ValueError(f"order must be 2 (a quadric), 3 or 4, got {order!r}")
         self.stride = stride
-        self.order = order
         self.peaks = bool(peaks)
         self.peak_window = peak_window
         scales = tuple(float(s) for s in scales)
@@ -708,14 +706,20 @@ class SurfaceDeviationExtractor(nn.Module):
         self.peak_sigma: tuple[float, ...] = tuple(float(s) for s in sigmas) * (len(scales) if len(sigmas) == 1 else 1)
         self.truncate = float(truncate)
         self.out_dim: int = (2 if self.peaks else 1) * len(scales) + 1
-        # Exponents (i, j) of u^i v^j of the fitted polynomial, by degree; the normal equations
+        orders = tuple(order) if isinstance(order, (tuple, list)) else (order,)
+        if not orders or any(isinstance(o, bool) or not isinstance(o, int) or o not in (2, 3, 4) for o in orders):
+            raise ValueError(f"order must be 2 (a quadric), 3 or 4, or one of those per scale, got {order!r}")
+        if len(orders) not in (1, len(scales)):
+            raise ValueError(f"order must be one value or one per scale ({len(scales)}), got {len(orders)}: {order!r}")
+        #: The polynomial order of each scale's fit.
+        self.order: tuple[int, ...] = orders * (len(scales) if len(orders) == 1 else 1)
+        # Exponents (i, j) of u^i v^j of each scale's polynomial, by degree; the normal equations
         # need window sums up to twice the order in each of u and v.
-        self._terms = [(i, d - i) for d in range(order + 1) for i in range(d, -1, -1)]
-        self._powers = 2 * order + 1
+        self._terms = [[(i, d - i) for d in range(o + 1) for i in range(d, -1, -1)] for o in self.order]
 
     def extra_repr(self) -> str:
         peaks = f", peaks=(sigma={self.peak_sigma}, window={self.peak_window})" if self.peaks else ""
-        order = f", order={self.order}" if self.order != 2 else ""
+        order = f", order={self.order}" if set(self.order) != {2} else ""
         return f"scales={self.scales}{order}{peaks}, out_dim={self.out_dim}"
 
     def _peaks(self, dev: Tensor, valid: Tensor) -> Tensor:
@@ -743,14 +747,14 @@ class SurfaceDeviationExtractor(nn.Module):
         # The maximum reaches past the outline; unmeasured pixels must stay exactly zero.
         return peaks * m
 
-    def _kernels(self, scale: float, device) -> tuple[int, list[Tensor]]:
-        """1-D kernels ``w(t) * t^p`` for p = 0 .. 2 * order, and the half width."""
+    def _kernels(self, scale: float, device, powers: int = 5) -> tuple[int, list[Tensor]]:
+        """1-D kernels ``w(t) * t^p`` for p = 0 .. powers - 1, and the half width."""
         half = max(1, int(math.ceil(self.truncate * scale)))
         t = torch.arange(-half, half + 1, dtype=torch.float32, device=device)
         w = torch.exp(-0.5 * (t / scale) ** 2)
         # Coordinates in units of the scale keep the normal equations well conditioned.
         ts = t / scale
-        return half, [w * ts**p for p in range(self._powers)]
+        return half, [w * ts**p for p in range(powers)]
 
     @torch.no_grad()
     def forward(self, xyz: Tensor, valid: Tensor) -> Tensor:
@@ -775,12 +779,12 @@ class SurfaceDeviationExtractor(nn.Module):
         z = ((z - mean_z) * vs * 1000.0).float()
         m = vs.float()
         out = []
-        for scale in self.scales:
-            half, k = self._kernels(scale / f, xyz.device)
+        for scale, terms, order in zip(self.scales, self._terms, self.order):
+            P = 2 * order + 1
+            half, k = self._kernels(scale / f, xyz.device, P)
             K = 2 * half + 1
             # Separable window sums of u^i v^j * {m, z}: one pass along rows with the P power
             # kernels, one along columns (conv2d correlates: offsets are neighbour - centre).
-            P = self._powers
             row_w = torch.stack(k).view(P, 1, 1, K)
             col_w = torch.stack(k).view(P, 1, K, 1)
             rows = F.conv2d(F.pad(torch.cat([m, z]), (half, half, 0, 0)), row_w)  # (2B, P, h, w)
@@ -789,21 +793,21 @@ class SurfaceDeviationExtractor(nn.Module):
             both = both.view(2, B, P, P, h, w)  # [m or z, batch, i (u power), j (v power)]
             mom, zm = both[0], both[1]
             A = torch.stack(
-                [torch.stack([mom[:, ip + iq, jp + jq] for iq, jq in self._terms], dim=-1)
-                 for ip, jp in self._terms], dim=-2)  # (B, h, w, T, T)
-            rhs = torch.stack([zm[:, i, j] for i, j in self._terms], dim=-1)  # (B, h, w, T)
+                [torch.stack([mom[:, ip + iq, jp + jq] for iq, jq in terms], dim=-1)
+                 for ip, jp in terms], dim=-2)  # (B, h, w, T, T)
+            rhs = torch.stack([zm[:, i, j] for i, j in terms], dim=-1)  # (B, h, w, T)
             sel = (vs[:, 0] & (mom[:, 0, 0] > 0)).nonzero(as_tuple=True)
             As, bs = A[sel].double(), rhs[sel].double()
             # A tiny ridge keeps windows with too few or collinear points solvable; their fit
             # degrades to a lower-order one instead of failing.
             ridge = 1e-6 * As.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(1e-12)
-            coef = torch.linalg.solve(As + torch.diag_embed(ridge.expand(-1, len(self._terms))), bs.unsqueeze(-1))[..., 0]
+            coef = torch.linalg.solve(As + torch.diag_embed(ridge.expand(-1, len(terms))), bs.unsqueeze(-1))[..., 0]
             dev = torch.zeros(B, h, w, dtype=torch.float64, device=xyz.device)
             dev[sel] = coef[:, 0] - z[:, 0][sel].double()  # fitted minus measured: + towards camera
             out.append(dev)
         # Curvature of the largest scale's fit (the loop's last) at the centre, per pixel^2.
         curvature = torch.zeros_like(out[-1])
-        u2, v2 = self._terms.index((2, 0)), self._terms.index((0, 2))
+        u2, v2 = terms.index((2, 0)), terms.index((0, 2))
         curvature[sel] = 2.0 * (coef[:, u2] + coef[:, v2]) / self.scales[-1] ** 2
         out.append(curvature)
         feats = torch.stack(out, dim=1)
@@ -823,7 +827,7 @@ class OrganizedGeometryExtractor(nn.Module):
     context_channels = SurfaceDeviationExtractor.context_channels  # the curvature, last
 
     def __init__(self, deviation_scales: tuple[float, ...] = (3.0, 6.0, 12.0), *, peaks: bool = False,
-                 peak_sigma: float | tuple[float, ...] = 3.0, order: int = 2) -> None:
+                 peak_sigma: float | tuple[float, ...] = 3.0, order: int | tuple[int, ...] = 2) -> None:
         super().__init__()
         self.fpfh = FPFHExtractor()
         self.deviation = SurfaceDeviationExtractor(deviation_scales, peaks=peaks, peak_sigma=peak_sigma, order=order)
