@@ -103,7 +103,7 @@ class PointConfig(_Strict):
     idw_power: Literal[1, 2] = 1
 
     @model_validator(mode="after")
-    def _check_peak_sigma(self) -> "PointConfig":
+    def _check_per_scale_settings(self) -> "PointConfig":
         n, scales = len(self.deviation_peak_sigma), len(self.deviation_scales)
         # Only read when there are peaks to smooth: FPFH alone (no scales) ignores it.
         if n == 0 or (self.deviation_peaks and scales and n not in (1, scales)):

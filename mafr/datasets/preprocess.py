@@ -63,10 +63,6 @@ def _check_rgb(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return arr[..., :3]
 
 
-def _valid(xyz: np.ndarray) -> np.ndarray:
-    return measured_pixels(xyz)
-
-
 def fit_border_plane(
     xyz: np.ndarray,
     *,
@@ -96,7 +92,7 @@ def fit_border_plane(
         raise ValueError(f"inlier_distance must be > 0, got {inlier_distance!r}")
     frame = np.zeros((h, w), dtype=bool)
     frame[:border], frame[-border:], frame[:, :border], frame[:, -border:] = True, True, True, True
-    pts = xyz[frame & _valid(xyz)].astype(np.float64)
+    pts = xyz[frame & measured_pixels(xyz)].astype(np.float64)
     if len(pts) < ransac_n:
         raise ValueError(f"too few valid points in the {border}-pixel border to fit the table plane: "
                          f"need at least ransac_n={ransac_n}, got {len(pts)}")
@@ -155,7 +151,7 @@ def remove_background_plane(
                              inlier_distance=inlier_distance, seed=seed)
     out = xyz.copy()
     dist = np.abs(xyz.astype(np.float64) @ plane[:3] + plane[3])
-    out[(dist < remove_distance) & _valid(xyz)] = 0
+    out[(dist < remove_distance) & measured_pixels(xyz)] = 0
     return out
 
 
@@ -207,7 +203,7 @@ def keep_largest_component(
     if not isinstance(window, (int, np.integer)) or window < 1:
         raise ValueError(f"window must be a positive integer, got {window!r}")
     h, w = xyz.shape[:2]
-    valid = _valid(xyz)
+    valid = measured_pixels(xyz)
     n = int(valid.sum())
     out = np.zeros_like(xyz)
     if n == 0:
@@ -254,14 +250,14 @@ def preprocess_sample(
     """
     xyz = _check_xyz(xyz)
     rgb = _check_rgb(rgb, xyz.shape[:2])
-    before = _valid(xyz)
+    before = measured_pixels(xyz)
     planeless = remove_background_plane(xyz, seed=seed)
     if mask_background:
-        rgb = np.where((before & ~_valid(planeless))[..., None], 0, rgb).astype(rgb.dtype)
+        rgb = np.where((before & ~measured_pixels(planeless))[..., None], 0, rgb).astype(rgb.dtype)
     rgb, planeless = pad_to_square(rgb, planeless)
     cleaned = keep_largest_component(planeless)
     if mask_background:
-        dropped = _valid(planeless) & ~_valid(cleaned)
+        dropped = measured_pixels(planeless) & ~measured_pixels(cleaned)
         rgb = np.where(dropped[..., None], 0, rgb).astype(rgb.dtype)
     return rgb, cleaned
 

@@ -727,9 +727,9 @@ class SurfaceDeviationExtractor(nn.Module):
         the largest sink (both >= 0), after a Gaussian smoothing of that scale's ``peak_sigma``
         (cut at ``truncate`` widths, like the quadric fits' weights) normalised over valid pixels."""
         m = valid.float().unsqueeze(1)
-        smooth = []
+        smooth = torch.empty_like(dev)
         # Scales that share a width are blurred in one pass (the default: all of them).
-        for sigma in dict.fromkeys(self.peak_sigma):
+        for sigma in set(self.peak_sigma):
             idx = [i for i, s in enumerate(self.peak_sigma) if s == sigma]
             half, (k, *_) = self._kernels(sigma, dev.device)  # the quadric fits' Gaussian
             k = k / k.sum()
@@ -739,8 +739,7 @@ class SurfaceDeviationExtractor(nn.Module):
             x = F.conv2d(F.pad(x, (0, 0, half, half)), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
             # Normalised by the blurred mask: pixels next to a dropout or the outline average
             # only what was measured, so missing depth does not read as a sink.
-            smooth.extend(zip(idx, (x[:, :-1] / x[:, -1:].clamp_min(1e-6) * m).unbind(1)))
-        smooth = torch.stack([c for _, c in sorted(smooth, key=lambda t: t[0])], dim=1)
+            smooth[:, idx] = x[:, :-1] / x[:, -1:].clamp_min(1e-6) * m
         signed = torch.cat([smooth.clamp_min(0), (-smooth).clamp_min(0)], dim=1)  # rises, sinks
         # A w x w maximum as a 1 x w then a w x 1 maximum: the same values as one w x w pool.
         peaks = _running_max(_running_max(signed, self.peak_window, -1), self.peak_window, -2)
