@@ -52,6 +52,10 @@ class RGBConfig(_Strict):
     #: background is not a colour of the part. No effect without ``ring_radii``. A config saved
     #: before this field existed loads with ``False``. See docs/ablations.md.
     rarity_on_part: bool = False
+    #: With ``ring_radii``: weight of the intensity axis in the colour-rarity distance (chroma
+    #: weighs 1). Below 1 because shading moves intensity across a curved part while leaving the
+    #: chroma alone; 0 compares chroma only. See docs/ablations.md.
+    ring_intensity_weight: float = Field(0.5, ge=0.0, allow_inf_nan=False)
 
 
 class PointConfig(_Strict):

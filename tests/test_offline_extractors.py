@@ -465,3 +465,31 @@ def test_timing_at_224() -> None:
     print(f"\n224 x 224, FPFH on {int(valid.sum())} valid points; 1 / {default_threads} threads:")
     for name, (one, default) in timings.items():
         print(f"  {name}: {one * 1e3:.1f} ms / {default * 1e3:.1f} ms")
+
+
+def test_colour_rarity_intensity_weight_sets_how_much_a_shade_counts() -> None:
+    """A darker patch of the part's own hue (a shading change) is rare in proportion to the
+    intensity weight; a patch of another hue is rare at any weight. The config field reaches
+    the extractor."""
+    from mafr import MAFRConfig
+    from mafr.extractors import build_rgb_extractor
+
+    grey = torch.tensor([0.6, 0.62, 0.66]).view(1, 3, 1, 1)
+    base = grey.expand(1, 3, 224, 224).clone()
+    shade, hue = base.clone(), base.clone()
+    shade[:, :, 106:118, 106:118] *= 0.6
+    hue[:, :, 106:118, 106:118] = torch.tensor([0.62, 0.45, 0.40]).view(1, 3, 1, 1)
+
+    def rarity(weight: float, rgb: torch.Tensor) -> float:
+        ex = ColorGradientExtractor(ring_radii=(21, 33), ring_intensity_weight=weight)
+        return float(ex(_rgb_to_input(rgb))[0, 15, 13:15, 13:15].min())
+
+    # Darkening a tinted grey shrinks its chroma a little too: a small rest at weight 0.
+    assert rarity(0.0, shade) < 0.1 * rarity(0.5, shade)
+    assert 1.8 < rarity(1.0, shade) / rarity(0.5, shade) < 2.2
+    assert min(rarity(w, hue) for w in (0.0, 0.5, 1.0)) > 0.1
+    ex = build_rgb_extractor(MAFRConfig(preset="offline", rgb={"ring_intensity_weight": 0.25}))
+    assert ex.ring_intensity_weight == 0.25
+    assert build_rgb_extractor(MAFRConfig(preset="offline")).ring_intensity_weight == 0.5
+    with pytest.raises(Exception, match="ring_intensity_weight"):
+        MAFRConfig(preset="offline", rgb={"ring_intensity_weight": -1.0})

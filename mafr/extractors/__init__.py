@@ -47,7 +47,10 @@ def build_rgb_extractor(config) -> nn.Module:
     ``patch_size``."""
     rgb = config.rgb
     if rgb.kind == "offline":
-        return ColorGradientExtractor(ring_radii=rgb.ring_radii, rarity_on_part=rgb.rarity_on_part)
+        return ColorGradientExtractor(
+            ring_radii=rgb.ring_radii, rarity_on_part=rgb.rarity_on_part,
+            ring_intensity_weight=rgb.ring_intensity_weight,
+        )
     weights = rgb.weights or config.extractor_weights
     return RGBExtractor(rgb.model_name, weights, rgb.image_size, rgb.timm_kwargs, seed=config.extractor_seed)
 
