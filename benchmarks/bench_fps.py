@@ -62,10 +62,10 @@ def main() -> int:
         out[f"fps_b{b}_speedup"] = round(loop_s / fast_s, 2)
     out["same_centres_as_cpu"] = same
 
-    det._point_grid_features(prep)  # builds the extractor
-    stage_s = _median_time(lambda: det._point_grid_features(prep), args.repeats, device)
+    det._point_grid_features([prep])[0]  # builds the extractor
+    stage_s = _median_time(lambda: det._point_grid_features([prep])[0], args.repeats, device)
     with no_kernel:
-        stage_loop_s = _median_time(lambda: det._point_grid_features(prep), args.repeats, device)
+        stage_loop_s = _median_time(lambda: det._point_grid_features([prep])[0], args.repeats, device)
     out["points_to_grid_s"] = round(stage_s, 4)
     out["points_to_grid_torch_loop_s"] = round(stage_loop_s, 4)
     out["points_to_grid_speedup"] = round(stage_loop_s / stage_s, 2)

@@ -55,7 +55,7 @@ def _breakdown(det, probe, device: torch.device, repeats: int) -> dict:
     return {
         "prepare": round(_median_time(lambda: det._prepare((probe.rgb, probe.xyz)), repeats, device), 4),
         "rgb_extractor": round(_median_time(rgb, repeats, device), 4),
-        "points_to_grid": round(_median_time(lambda: det._point_grid_features(prep), repeats, device), 4),
+        "points_to_grid": round(_median_time(lambda: det._point_grid_features([prep])[0], repeats, device), 4),
         "autoencoder_scoring_maps": round(_median_time(lambda: det._results([prep], feats), repeats, device), 4),
     }
 

@@ -18,7 +18,10 @@ random-weights paper-architecture detector and reports the size of its ``model.s
 
 Prints one JSON line; exits 1 when a target is missed.
 
-    python benchmarks/bench_update.py [--category puck] [--paper-size]
+    python benchmarks/bench_update.py [--category puck] [--seeds 0 1 2] [--set JSON] [--paper-size]
+
+Update settings are chosen on tuning categories (``--category dome``, ...), reported on the
+report set's (docs/concepts.md, section 11).
 """
 
 from __future__ import annotations
@@ -99,9 +102,9 @@ def paper_size(n_parts: int) -> dict:
             "paper_replay_parts": len(det.replay_), "paper_weights_mb": round((total - store) / 1e6, 2)}
 
 
-def _run(data: dict, seed: int) -> dict:
+def _run(data: dict, seed: int, overrides: dict | None = None) -> dict:
     """The whole comparison with one fit seed (fit, update and both refits)."""
-    cfg = mafr.MAFRConfig(preset="offline")
+    cfg = mafr.MAFRConfig(preset="offline", **(overrides or {}))
     t0 = time.perf_counter()
     det = mafr.MAFRDetector(cfg).fit(data["fit"], seed=seed, progress=False)
     fit_s = time.perf_counter() - t0
@@ -140,6 +143,7 @@ def main() -> int:
     parser.add_argument("--per-defect", type=int, default=2, help="test parts per defect type and appearance")
     parser.add_argument("--good", type=int, default=10, help="good test parts per appearance")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", default="{}", help="config overrides (JSON) on top of the offline preset")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="fit seeds; with several, the figures (and the targets) are their means")
     parser.add_argument("--paper-size", action="store_true", help="also measure the paper architecture's file size")
@@ -147,10 +151,11 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     data = _sets(args.category, args.size, args.per_defect, args.good)
-    runs = [_run(data, seed) for seed in args.seeds]
+    overrides = json.loads(args.set)
+    runs = [_run(data, seed, overrides) for seed in args.seeds]
     out: dict = {"bench": "update", "category": args.category, "preset": "offline", "fit_parts": 10, "update_parts": 5,
                  "test_good_per_appearance": args.good, "test_defects_per_appearance": len(DEFECTS) * args.per_defect,
-                 "seeds": list(args.seeds)}
+                 "seeds": list(args.seeds), "set": overrides}
     # Several fit seeds: the targets are judged on the mean (one seed's I-AUROC over 20 defective
     # parts moves by 0.05 per part), and every seed's figures are kept.
     out.update(_mean(runs) if len(runs) > 1 else runs[0])

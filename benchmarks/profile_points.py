@@ -23,10 +23,10 @@ def main() -> int:
     det = mafr.MAFRDetector(mafr.MAFRConfig(extractor_weights="random"), device=args.device)
     part = generate_sample("dome", seed=0)
     prep = det._prepare((part.rgb, part.xyz))
-    det._point_grid_features(prep)  # warm-up
+    det._point_grid_features([prep])[0]  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if det.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        det._point_grid_features(prep)
+        det._point_grid_features([prep])[0]
         if det.device.type == "cuda":
             torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows))

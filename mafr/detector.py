@@ -383,12 +383,33 @@ class MAFRDetector(
         return 1
 
     @torch.inference_mode()
-    def _point_grid_features(self, prep: _Prepared) -> torch.Tensor:
-        """3D features on the autoencoder's grid, ``(C, grid, grid)``."""
+    def _point_grid_features(self, preps: Sequence[_Prepared]) -> list[torch.Tensor]:
+        """3D features of each sample on the autoencoder's grid, ``(C, grid, grid)`` each. The
+        extractor runs once for the batch: organized maps share the network's input size, and
+        PointMAE's groups have one shape whatever a cloud's size (each cloud grouped on its own)."""
         extractor = self.point_extractor
-        size, grid = prep.valid.shape[-1], self.config.grid_size
+        grid = self.config.grid_size
         if getattr(extractor, "organized", False):
-            return pool_to_grid(extractor(prep.xyz.unsqueeze(0), prep.valid.unsqueeze(0))[0], grid)
+            maps = extractor(torch.stack([p.xyz for p in preps]), torch.stack([p.valid for p in preps]))
+            return [pool_to_grid(m, grid) for m in maps]
+        clouds = [self._cloud(prep) for prep in preps]
+        if hasattr(extractor, "group") and hasattr(extractor, "encode"):
+            groups = [extractor.group(points) for points, _ in clouds]
+            with self._autocast():
+                feats = extractor.encode(torch.cat([g[0] for g in groups]), torch.cat([g[1] for g in groups]))
+            per_sample = [(f.unsqueeze(0), g[1]) for f, g in zip(feats.float(), groups)]
+        else:  # a point extractor without the split: one cloud at a time
+            per_sample = []
+            for points, _ in clouds:
+                with self._autocast():
+                    f, centres = extractor(points)
+                per_sample.append((f.float(), centres))
+        return [self._centres_to_grid(points, pixel_index, f, centres, prep.valid.shape[-1])
+                for (points, pixel_index), (f, centres), prep in zip(clouds, per_sample, preps)]
+
+    def _cloud(self, prep: _Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """The measured points ``(1, N, 3)`` of a prepared sample and their pixel indices."""
+        size = prep.valid.shape[-1]
         n_valid = int(prep.valid.sum())
         need = self._min_points()
         if n_valid < need:
@@ -398,10 +419,11 @@ class MAFRDetector(
                 "points); the part covers too little of the image or most points are missing"
             )
         pixel_index = prep.valid.flatten().nonzero().squeeze(1)
-        points = prep.xyz.reshape(-1, 3)[pixel_index].unsqueeze(0)
-        with self._autocast():
-            feats, centres = extractor(points)
-        feats = feats.float()
+        return prep.xyz.reshape(-1, 3)[pixel_index].unsqueeze(0), pixel_index
+
+    def _centres_to_grid(self, points, pixel_index, feats, centres, size: int) -> torch.Tensor:
+        """Per-centre features ``(1, G, C)`` -> ``(C, grid, grid)`` (docs/concepts.md, section 3)."""
+        grid = self.config.grid_size
         if grid == size:
             # The reference's own path: per-point features scattered at full resolution.
             per_point = three_nn_interpolate(points, centres, feats, power=self.config.points.idw_power)[0]
@@ -423,8 +445,8 @@ class MAFRDetector(
                 rgb = extractor(images)
         rgb_maps = upsample_rgb(rgb.float(), grid).permute(0, 2, 3, 1)
         out = []
-        for prep, rgb_map in zip(preps, rgb_maps):
-            xyz_map = self._point_grid_features(prep).permute(1, 2, 0)
+        for prep, rgb_map, xyz_map in zip(preps, rgb_maps, self._point_grid_features(preps)):
+            xyz_map = xyz_map.permute(1, 2, 0)
             valid_grid = valid_grid_mask(prep.valid, grid)
             out.append(_Features(rgb_map.contiguous(), xyz_map.contiguous(), valid_grid, prep.valid, prep.framing))
         return out

@@ -149,13 +149,33 @@ def test_fast_3d_alignment_equals_reference_path(fitted):
 
     s = generate_sample("ring", "dent", seed=3, size=64)
     prep = fitted._prepare(s)
-    fast = fitted._point_grid_features(prep)
+    fast = fitted._point_grid_features([prep])[0]
     idx = prep.valid.flatten().nonzero().squeeze(1)
     pts = prep.xyz.reshape(-1, 3)[idx].unsqueeze(0)
     feats, centres = fitted.point_extractor(pts)
     dense = pool_to_grid(scatter_to_pixels(three_nn_interpolate(pts, centres, feats)[0], idx, 64), 8)
     torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-4)
 
+
+
+def test_3d_stage_of_a_batch_equals_one_sample_at_a_time(fitted):
+    """predict_batch runs the 3D extractor once for the batch: PointMAE's groups of clouds with
+    different numbers of points are encoded together, organized maps are stacked. Each sample's
+    grid features must be what it gets alone."""
+    import torch
+
+    parts = [generate_sample("ring", "dent", seed=3, size=64), generate_sample("dome", seed=7, size=64),
+             generate_sample("ring", "hole", seed=5, size=64)]
+    preps = [fitted._prepare(s) for s in parts]
+    assert len({int(p.valid.sum()) for p in preps}) == 3  # three cloud sizes
+    together = fitted._point_grid_features(preps)
+    for prep, got in zip(preps, together):
+        torch.testing.assert_close(got, fitted._point_grid_features([prep])[0], atol=1e-5, rtol=1e-4)
+    offline = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", rgb={"image_size": 64}, grid_size=16))
+    preps = [offline._prepare(s) for s in parts]
+    together = offline._point_grid_features(preps)
+    for prep, got in zip(preps, together):
+        torch.testing.assert_close(got, offline._point_grid_features([prep])[0], atol=1e-5, rtol=1e-4)
 
 @pytest.mark.full
 def test_full_size_default_architecture_fits_and_predicts():

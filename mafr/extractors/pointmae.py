@@ -283,7 +283,16 @@ class PointMAEEncoder(nn.Module):
         """points (B, N, 3) -> (features (B, G, out_dim), centres (B, G, 3)).
 
         Points are moved to the encoder's device and dtype; the caller's tensor is not modified.
+        The same as :meth:`group` then :meth:`encode`.
         """
+        neighborhood, centres = self.group(points)
+        return self.encode(neighborhood, centres), centres
+
+    def group(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """points (B, N, 3) -> (neighbourhoods (B, G, K, 3), centres (B, G, 3)): FPS and kNN.
+
+        Every cloud gives ``num_groups`` groups of ``group_size`` points whatever its N, so clouds
+        of different sizes, grouped one at a time, are encoded together (:meth:`encode`)."""
         self._check_points(points)
         cfg = self.config
         ref = self.norm.weight
@@ -292,9 +301,13 @@ class PointMAEEncoder(nn.Module):
             # Grouping picks neighbours by distance: under a caller's bf16/fp16 autocast, cdist
             # would round distances and change which points form a group.
             with torch.autocast(device_type=pts.device.type, enabled=False):
-                neighborhood, centres = group_points(
-                    pts, cfg.num_groups, cfg.group_size, cfg.fps_max_points
-                )
+                return group_points(pts, cfg.num_groups, cfg.group_size, cfg.fps_max_points)
+
+    def encode(self, neighborhood: Tensor, centres: Tensor) -> Tensor:
+        """Groups from :meth:`group` (any number of clouds, concatenated along the batch) ->
+        features (B, G, out_dim): the mini-PointNet tokens and the transformer blocks."""
+        cfg = self.config
+        with torch.no_grad():
             x = self.encoder(neighborhood)
             pos = self.pos_embed(centres)
             wanted = set(cfg.out_indices)
@@ -305,8 +318,7 @@ class PointMAEEncoder(nn.Module):
                     outputs[i] = self.norm(x)
                     if len(outputs) == len(wanted):
                         break  # later blocks feed no output
-            features = torch.cat([outputs[i] for i in cfg.out_indices], dim=-1)
-        return features, centres
+            return torch.cat([outputs[i] for i in cfg.out_indices], dim=-1)
 
     # ------------------------------------------------------------------ construction / IO
 
