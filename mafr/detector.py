@@ -393,19 +393,11 @@ class MAFRDetector(
             maps = extractor(torch.stack([p.xyz for p in preps]), torch.stack([p.valid for p in preps]))
             return [pool_to_grid(m, grid) for m in maps]
         clouds = [self._cloud(prep) for prep in preps]
-        if hasattr(extractor, "group") and hasattr(extractor, "encode"):
-            groups = [extractor.group(points) for points, _ in clouds]
-            with self._autocast():
-                feats = extractor.encode(torch.cat([g[0] for g in groups]), torch.cat([g[1] for g in groups]))
-            per_sample = [(f.unsqueeze(0), g[1]) for f, g in zip(feats.float(), groups)]
-        else:  # a point extractor without the split: one cloud at a time
-            per_sample = []
-            for points, _ in clouds:
-                with self._autocast():
-                    f, centres = extractor(points)
-                per_sample.append((f.float(), centres))
-        return [self._centres_to_grid(points, pixel_index, f, centres, prep.valid.shape[-1])
-                for (points, pixel_index), (f, centres), prep in zip(clouds, per_sample, preps)]
+        groups = [extractor.group(points) for points, _ in clouds]
+        with self._autocast():
+            feats = extractor.encode(torch.cat([g[0] for g in groups]), torch.cat([g[1] for g in groups])).float()
+        return [self._centres_to_grid(points, pixel_index, f.unsqueeze(0), centres, prep.valid.shape[-1])
+                for (points, pixel_index), f, (_, centres), prep in zip(clouds, feats, groups, preps)]
 
     def _cloud(self, prep: _Prepared) -> tuple[torch.Tensor, torch.Tensor]:
         """The measured points ``(1, N, 3)`` of a prepared sample and their pixel indices."""
