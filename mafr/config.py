@@ -231,11 +231,25 @@ class ScoringConfig(_Strict):
     #: cells per band: with levels from every fit part the offline preset uses a higher one. A
     #: config saved before this field existed loads with 0.9. See docs/ablations.md.
     level_quantile: float = Field(0.9, gt=0.0, lt=1.0)
+    #: With ``fusion="calibrated"``: quantiles of what the autoencoder restores that split each
+    #: channel's good-part levels further, per distance band and per bin between them
+    #: (``scoring.binned_edge_scales``): a part's own relief (a chamfer, a groove) is restored as
+    #: itself and with larger errors than the plain surface beside it, so one level per band
+    #: would be set by it. ``()``: one level per band. A config saved before this field existed
+    #: loads with ``()``. See docs/ablations.md for the offline preset's choice.
+    level_bins: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...] = ()
     #: ``defect_mask``: pixels whose fused map exceeds ``mask_level`` times the highest value
     #: any held-out good part reached (so no good calibration pixel is marked), and at least
     #: ``mask_relative`` of the part's own peak (keeps the mask on the defect, not its halo).
     mask_level: float = Field(1.0, gt=0.0)
     mask_relative: float = Field(0.7, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check_level_bins(self) -> "ScoringConfig":
+        b = self.level_bins
+        if any(hi <= lo for lo, hi in zip(b, b[1:])):
+            raise ValueError(f"scoring.level_bins must be increasing quantiles in (0, 1), got {b!r}")
+        return self
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -272,7 +286,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "points": {"kind": "deviation", "deviation_scales": (9.0, 18.0), "resize": "mean", "deviation_peaks": True},
         # Chosen on the generated benchmark's tuning set (docs/ablations.md).
         "scoring": {"fusion": "calibrated", "channel_reduce_2d": "max", "edge_cap": 7, "threshold_parts": "all", "levels_parts": "all",
-                    "level_quantile": 0.97, "log_spread_floor": 0.2,
+                    "level_quantile": 0.97, "level_bins": (0.5, 0.8, 0.95), "log_spread_floor": 0.2,
                     "mask_relative": 0.6},
     },
 }

@@ -15,7 +15,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -45,10 +45,12 @@ from .projection import (
     valid_grid_mask,
 )
 from .scoring import (
+    binned_edge_scales,
     box_smooth,
     edge_distance,
     channel_normalised,
     edge_scales,
+    restored_bins,
     modality_levels,
     score_maps,
     upsampled_maps,
@@ -111,13 +113,30 @@ def _check_edge_levels(cal: dict[str, torch.Tensor], rgb_dim: int, xyz_dim: int,
     e2, e3 = cal["edge_2d"], cal["edge_3d"]
     per_channel = e2.dim() == 2 and e3.dim() == 2 and e2.shape[1] == rgb_dim and e3.shape[1] == xyz_dim
     per_distance = e2.dim() == 1 and e3.dim() == 1  # detectors saved by mafr 0.2
-    if not (per_channel or per_distance) or e2.shape[0] != e3.shape[0] or e2.shape[0] < 1:
+    per_bin = (e2.dim() == 3 and e3.dim() == 3 and e2.shape[1:] == (e3.shape[1], rgb_dim) and e3.shape[2] == xyz_dim
+               and e2.shape[1] >= 2)
+    if not (per_channel or per_distance or per_bin) or e2.shape[0] != e3.shape[0] or e2.shape[0] < 1:
         raise _errors.CorruptModelError(
             f"{where}: calibration.edge_2d {tuple(e2.shape)} and calibration.edge_3d {tuple(e3.shape)} do not "
-            f"match the features (expected (k, {rgb_dim}) and (k, {xyz_dim}), or (k,) and (k,))",
+            f"match the features (expected (k, {rgb_dim}) and (k, {xyz_dim}), (k, b, {rgb_dim}) and (k, b, {xyz_dim}), "
+            "or (k,) and (k,))",
             path=where,
         )
-    for name in ("edge_2d", "edge_3d", "modality"):
+    names = ["edge_2d", "edge_3d", "modality"]
+    if per_bin:  # each channel's bin edges: (channels, bins - 1), finite and ascending
+        for name, dim in (("bins_2d", rgb_dim), ("bins_3d", xyz_dim)):
+            edges = cal.get(name)
+            if (edges is None or tuple(edges.shape) != (dim, e2.shape[1] - 1) or not bool(torch.isfinite(edges).all())
+                    or not bool((edges[:, 1:] >= edges[:, :-1]).all())):
+                shape = None if edges is None else tuple(edges.shape)
+                raise _errors.CorruptModelError(
+                    f"{where}: calibration.{name} is missing or not ascending finite bin edges of shape "
+                    f"{(dim, e2.shape[1] - 1)} (got {shape})",
+                    path=where,
+                )
+    elif "bins_2d" in cal or "bins_3d" in cal:
+        raise _errors.CorruptModelError(f"{where}: calibration holds bin edges but its levels have no bins", path=where)
+    for name in names:
         v = cal[name]
         if not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
             raise _errors.CorruptModelError(
@@ -195,7 +214,8 @@ def _decode_config(data: Any) -> MAFRConfig:
                                    ("rgb", "rarity_on_part", False), ("scoring", "channel_reduce_2d", "rms"),
                                    ("points", "deviation_peaks", False), ("scoring", "edge_cap", 3),
                                    ("scoring", "levels_parts", "held_out"), ("scoring", "level_quantile", 0.9),
-                                   ("points", "deviation_peak_sigma", (3.0,)), ("points", "deviation_order", (2,))):
+                                   ("points", "deviation_peak_sigma", (3.0,)), ("points", "deviation_order", (2,)),
+                                   ("scoring", "level_bins", ())):
         part = data.get(section)
         if isinstance(part, dict) and field not in part:
             data[section] = {**part, field: before}
@@ -233,6 +253,22 @@ class _Prepared:
         self.window = window if window is not None else (0, 0, max(height, width))
         #: The fitted window side it was framed with (``None``: the whole image).
         self.framing = framing
+
+
+class _Residuals(NamedTuple):
+    """What the autoencoder made of a batch: signed errors and restored values ``(B, g, g, C)`` of
+    each modality (in normalised units), and pixel and grid validity."""
+
+    err2: torch.Tensor
+    err3: torch.Tensor
+    valid_pixels: torch.Tensor
+    valid_grid: torch.Tensor
+    restored2: torch.Tensor
+    restored3: torch.Tensor
+
+    def head(self, n: int) -> "_Residuals":
+        """The first ``n`` parts."""
+        return _Residuals(*(t[:n] for t in self))
 
 
 class _Features:
@@ -826,11 +862,18 @@ class MAFRDetector(
         training = list(training)
         self.calibration_ = {}
         levels_from = feats + training if sc.levels_parts == "all" else feats
-        err2, err3, valid_pixels, valid_grid = self._residual_grids(levels_from)
+        res = self._residual_grids(levels_from)
+        err2, err3, valid_pixels, valid_grid = res.err2, res.err3, res.valid_pixels, res.valid_grid
         if sc.fusion == "calibrated":
-            self.calibration_.update(edge_2d=edge_scales(err2, valid_grid, sc.edge_cap, sc.level_quantile).cpu(),
-                                     edge_3d=edge_scales(err3, valid_grid, sc.edge_cap, sc.level_quantile).cpu())
-            r2, r3 = self._edge_normalised(err2, err3, valid_grid)
+            if sc.level_bins:
+                for key, err, restored in (("2d", err2, res.restored2), ("3d", err3, res.restored3)):
+                    levels, edges = binned_edge_scales(err, restored, valid_grid, sc.edge_cap, sc.level_quantile,
+                                                       sc.level_bins)
+                    self.calibration_.update({f"edge_{key}": levels.cpu(), f"bins_{key}": edges.cpu()})
+            else:
+                self.calibration_.update(edge_2d=edge_scales(err2, valid_grid, sc.edge_cap, sc.level_quantile).cpu(),
+                                         edge_3d=edge_scales(err3, valid_grid, sc.edge_cap, sc.level_quantile).cpu())
+            r2, r3 = self._edge_normalised(res)
             values_2d, values_3d = [], []
             # A few parts at a time: an update with a full replay store calibrates on hundreds,
             # whose maps at the network's resolution would otherwise all be held at once.
@@ -842,7 +885,7 @@ class MAFRDetector(
             self.calibration_.update(modality=modality_levels(torch.cat(values_2d), torch.cat(values_3d)).cpu())
         # The held-out parts come first in levels_from: their maps set the thresholds below.
         n = len(feats)
-        fused, _, _, scores = self._maps_from_residuals(err2[:n], err3[:n], valid_pixels[:n], valid_grid[:n])
+        fused, _, _, scores = self._maps_from_residuals(res.head(n))
         if not bool(torch.isfinite(scores).all()) or not bool(torch.isfinite(fused).all()):
             raise _errors.TrainingDivergedError(
                 "the fitted autoencoder gives non-finite scores on good parts: it cannot judge a part, "
@@ -877,8 +920,9 @@ class MAFRDetector(
 
     # ------------------------------------------------------------------ predict
     @torch.inference_mode()
-    def _residual_grids(self, feats: Sequence[_Features]):
-        """Signed restoration errors ``(B, g, g, C)`` of each modality, pixel and grid validity."""
+    def _residual_grids(self, feats: Sequence[_Features]) -> _Residuals:
+        """Signed restoration errors and restored values ``(B, g, g, C)`` of each modality, pixel
+        and grid validity."""
         ae = self.autoencoder_
         pairs = [self._normalise(f) for f in feats]
         rgb = torch.stack([p[0] for p in pairs])
@@ -888,24 +932,33 @@ class MAFRDetector(
         # Replayed parts (update) live on the CPU, new ones on the device: move each, then stack.
         valid_pixels = torch.stack([f.valid_pixels.to(self.device) for f in feats])
         valid_grid = torch.stack([f.valid_grid.to(self.device) for f in feats])
-        return out_rgb.float() - rgb, out_xyz.float() - xyz, valid_pixels, valid_grid
+        out_rgb, out_xyz = out_rgb.float(), out_xyz.float()
+        return _Residuals(out_rgb - rgb, out_xyz - xyz, valid_pixels, valid_grid, out_rgb, out_xyz)
 
-    def _edge_normalised(self, err2, err3, valid_grid):
+    def _edge_normalised(self, res: _Residuals):
         """``(B, g, g)`` residual of each modality in units of what good held-out parts show at
         the same distance from the part's edge (``calibration_["edge_2d"]`` / ``["edge_3d"]``;
         docs/concepts.md, section 7): per channel, then the RMS over the channels that are evidence
         (a 3D extractor's trailing ``context_channels``, such as curvature, are restored but not
-        scored). Detectors saved by mafr 0.2 hold one level per distance: the L2 norm over it."""
+        scored). Levels per bin of the restored value too (``scoring.level_bins``) are picked by
+        the bin each channel's restored value falls in (``calibration_["bins_2d"]`` /
+        ``["bins_3d"]``). Detectors saved by mafr 0.2 hold one level per distance: the L2 norm over it."""
+        err2, err3 = res.err2, res.err3
         e2, e3 = self.calibration_["edge_2d"].to(err2.device), self.calibration_["edge_3d"].to(err2.device)
-        dist = edge_distance(valid_grid, e2.shape[0] - 1)  # shared by both modalities
+        dist = edge_distance(res.valid_grid, e2.shape[0] - 1)  # shared by both modalities
         if e2.dim() == 1:
             return err2.norm(dim=-1) / e2[dist], err3.norm(dim=-1) / e3[dist]
+        bins2 = bins3 = None
+        if e2.dim() == 3:
+            bins2 = restored_bins(res.restored2, self.calibration_["bins_2d"].to(err2.device))
+            bins3 = restored_bins(res.restored3, self.calibration_["bins_3d"].to(err2.device))
         context = getattr(self.point_extractor, "context_channels", 0)
         evidence = err3.shape[-1] - context if 0 < context < err3.shape[-1] else None
         reduce_2d = self.config.scoring.channel_reduce_2d
-        return channel_normalised(err2, e2, dist, reduce=reduce_2d), channel_normalised(err3, e3, dist, evidence)
+        return (channel_normalised(err2, e2, dist, reduce=reduce_2d, bins=bins2),
+                channel_normalised(err3, e3, dist, evidence, bins=bins3))
 
-    def _maps_from_residuals(self, err2, err3, valid_pixels, valid_grid):
+    def _maps_from_residuals(self, res: _Residuals):
         sc = self.config.scoring
         scales, mode = None, sc.fusion
         if sc.fusion == "calibrated":
@@ -914,28 +967,28 @@ class MAFRDetector(
                     "fusion='calibrated' needs the detector calibrated on good parts: call .fit(), or "
                     ".calibrate(good_parts) on a converted detector"
                 )
-            res2, res3 = self._edge_normalised(err2, err3, valid_grid)
+            res2, res3 = self._edge_normalised(res)
             scales = self.calibration_["modality"].to(res2.device)
             if self.calibration_["edge_2d"].dim() == 1:  # saved by mafr 0.2: its sum, as it scored then
                 mode = "calibrated_sum"
         else:
-            res2, res3 = err2.norm(dim=-1), err3.norm(dim=-1)
+            res2, res3 = res.err2.norm(dim=-1), res.err3.norm(dim=-1)
         return score_maps(
             res2,
             res3,
-            valid_pixels,
+            res.valid_pixels,
             mode=mode,
             box5_passes=sc.box5_passes,
             box7_passes=sc.box7_passes,
             reference=sc.maps == "reference",
-            valid_grid=valid_grid,
+            valid_grid=res.valid_grid,
             scales=scales,
             score=sc.score,
         )
 
     @torch.inference_mode()
     def _score_features(self, feats: Sequence[_Features]):
-        return self._maps_from_residuals(*self._residual_grids(feats))
+        return self._maps_from_residuals(self._residual_grids(feats))
 
     def _to_input_resolution(self, maps: torch.Tensor, prep: _Prepared) -> np.ndarray:
         """``(k, S, S)`` network-resolution maps -> ``(k, H, W)`` float32 at the input RGB's size."""

@@ -92,8 +92,66 @@ def edge_scales(residual: torch.Tensor, valid_grid: torch.Tensor, cap: int = 3,
     return torch.stack(out)
 
 
+#: Fewest good cells a (distance band, restored-value bin) level is taken from; a bin with fewer
+#: keeps its band's level (:func:`binned_edge_scales`): a 97th percentile of a handful of cells is
+#: their maximum, noise rather than a level.
+MIN_BIN_CELLS = 30
+
+
+def restored_bins(restored: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """``(..., C)`` restored values and ``(C, k)`` ascending bin edges -> ``(..., C)`` long: each
+    channel's bin, 0 .. k (the number of its edges the value lies above)."""
+    return (restored.unsqueeze(-1) > edges.to(restored.dtype)).sum(-1)
+
+
+def binned_edge_scales(residual: torch.Tensor, restored: torch.Tensor, valid_grid: torch.Tensor, cap: int,
+                       quantile: float, bins: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`edge_scales` per bin of what the autoencoder restored, too: good parts' signed
+    errors ``residual`` and restored values ``restored`` ``(B, g, g, C)`` -> ``(levels, edges)``,
+    ``levels`` ``(cap + 1, len(bins) + 1, C)`` (distance band, bin, channel) and ``edges``
+    ``(C, len(bins))``, each channel's restored values at the quantiles ``bins`` over the good
+    cells. A part's own structure (a chamfer, a groove, a cylinder's crest) is restored as what it
+    is, and restored with a larger error than plain surface at the same distance from the edge;
+    one level per band is set by those cells and hides a shallow defect on the plain surface
+    around them. The restored value says which kind of cell a cell is without looking at its
+    input, which a defect changes. A (band, bin) with fewer than :data:`MIN_BIN_CELLS` good cells
+    keeps the band's level (docs/concepts.md, section 7)."""
+    band = edge_scales(residual, valid_grid, cap, quantile)  # (cap + 1, C)
+    cells = restored[valid_grid].float()
+    if cells.shape[0] == 0:
+        raise ValueError("no position with 3D data in the calibration parts: cannot calibrate the maps")
+    qs = torch.tensor(bins, dtype=cells.dtype, device=cells.device)
+    edges = torch.quantile(cells, qs, dim=0).T.contiguous()  # (C, k)
+    which = restored_bins(restored.float(), edges)
+    dist = edge_distance(valid_grid, cap)
+    errors = residual.abs().float()
+    levels = band.unsqueeze(1).repeat(1, len(bins) + 1, 1)
+    for k in range(cap + 1):
+        sel = valid_grid & (dist == k)
+        e, b = errors[sel], which[sel]
+        if e.shape[0] == 0:
+            continue
+        # One sort per band, by (bin, error) within each channel, instead of one per bin: an
+        # update calibrates on every stored part. Then torch.quantile's linear rule per segment.
+        e64, b = e.double().T.contiguous(), b.T.contiguous()  # (C, N): each channel's cells in a row
+        ordered = e64.gather(1, torch.argsort(b * (e64.amax() + 1.0) + e64, dim=1))
+        counts = torch.stack([(b == j).sum(1) for j in range(len(bins) + 1)])  # (bins + 1, C)
+        starts = counts.cumsum(0) - counts
+        for j in range(len(bins) + 1):
+            n = counts[j]
+            pos = quantile * (n - 1).clamp_min(0).double()
+            lo = pos.floor().long()
+            hi = torch.minimum(lo + 1, (n - 1).clamp_min(0))
+            v_lo = ordered.gather(1, (starts[j] + lo).clamp_max(e.shape[0] - 1).unsqueeze(1))[:, 0]
+            v_hi = ordered.gather(1, (starts[j] + hi).clamp_max(e.shape[0] - 1).unsqueeze(1))[:, 0]
+            level = (v_lo + (v_hi - v_lo) * (pos - lo)).to(levels.dtype)
+            levels[k, j] = torch.where(n >= MIN_BIN_CELLS, level.clamp_min(1e-12), levels[k, j])
+    return levels, edges
+
+
 def channel_normalised(errors: torch.Tensor, scales: torch.Tensor, dist: torch.Tensor,
-                       channels: Optional[int] = None, reduce: Literal["rms", "max"] = "rms") -> torch.Tensor:
+                       channels: Optional[int] = None, reduce: Literal["rms", "max"] = "rms",
+                       bins: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Signed restoration errors ``(B, g, g, C)`` -> ``(B, g, g)``: each channel divided by its
     good-part level at the cell's distance from the edge (``scales``, ``(cap + 1, C)`` from
     :func:`edge_scales`; ``dist`` from :func:`edge_distance` with the same ``cap``), then the root
@@ -101,8 +159,16 @@ def channel_normalised(errors: torch.Tensor, scales: torch.Tensor, dist: torch.T
     the largest of them in absolute value: a defect that moves a few channels out of many (a
     stain: the colour ones) is not averaged with the rest. Dividing per channel first keeps a quiet channel that carries a defect (a few
     tenths of a millimetre of relief) from being drowned by channels that are noisy on every
-    part; the L2 norm of :func:`residual_map` weights each channel by its raw spread instead."""
-    z = errors / scales[dist]
+    part; the L2 norm of :func:`residual_map` weights each channel by its raw spread instead.
+    With ``scales`` per bin (``(cap + 1, k + 1, C)`` from :func:`binned_edge_scales`), ``bins``
+    ``(B, g, g, C)`` (:func:`restored_bins`) picks each channel's bin at each cell."""
+    if scales.dim() == 3:
+        if bins is None:
+            raise ValueError("levels per restored-value bin need each cell's bins")
+        channel = torch.arange(errors.shape[-1], device=errors.device)
+        z = errors / scales[dist.unsqueeze(-1), bins, channel]
+    else:
+        z = errors / scales[dist]
     if channels is not None:
         z = z[..., :channels]
     if reduce == "max":

@@ -13,7 +13,16 @@ import torch.nn.functional as F
 import mafr
 from mafr.datasets import generate_sample
 from mafr.extractors.offline import OrganizedGeometryExtractor, SurfaceDeviationExtractor
-from mafr.scoring import channel_normalised, edge_distance, edge_scales, fuse, modality_scales
+from mafr.scoring import (
+    MIN_BIN_CELLS,
+    binned_edge_scales,
+    channel_normalised,
+    edge_distance,
+    edge_scales,
+    fuse,
+    modality_scales,
+    restored_bins,
+)
 from mafr.viz import OUTLINE_COLOUR, mask_outline, overlay
 
 
@@ -76,6 +85,40 @@ def test_edge_scales_per_channel_and_channel_normalised_residual():
     assert channel_normalised(bad, levels, cells, channels=1)[0, 4, 4] == pytest.approx(1.0)
 
 
+def test_levels_per_restored_bin_keep_a_part_s_own_relief_from_hiding_a_defect_beside_it():
+    # One part, one band (cap 0): a groove restored as itself (restored 5) with errors of 4 on
+    # a tenth of the cells, plain surface (restored 0) with errors of 1 elsewhere.
+    g = 40
+    valid = torch.ones(1, g, g, dtype=torch.bool)
+    groove = torch.zeros(1, g, g, dtype=torch.bool)
+    groove[0, :, :4] = True  # 160 of 1600 cells
+    restored = torch.where(groove, 5.0, 0.0).unsqueeze(-1)
+    errors = torch.where(groove, 4.0, 1.0).unsqueeze(-1)
+    band = edge_scales(errors, valid, cap=0, quantile=0.97)
+    levels, edges = binned_edge_scales(errors, restored, valid, 0, 0.97, (0.5, 0.85))
+    assert band.shape == (1, 1) and float(band) == pytest.approx(4.0)  # one level: the groove's
+    assert levels.shape == (1, 3, 1) and edges.shape == (1, 2)
+    which = restored_bins(restored, edges)
+    assert set(which[~groove].unique().tolist()) == {0} and set(which[groove].unique().tolist()) == {2}
+    assert levels[0, 0, 0] == pytest.approx(1.0) and levels[0, 2, 0] == pytest.approx(4.0)
+    assert levels[0, 1, 0] == pytest.approx(4.0)  # an empty bin keeps the band's level
+    # A dent of 3 on the plain surface: one level per band says "normal", per bin three times it.
+    bad = errors.clone()
+    bad[0, 20, 20, 0] = 3.0
+    cells = edge_distance(valid, cap=0)
+    assert float(channel_normalised(bad, band, cells)[0, 20, 20]) < 1.0
+    assert float(channel_normalised(bad, levels, cells, bins=which)[0, 20, 20]) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="bins"):
+        channel_normalised(bad, levels, cells)
+    # Fewer good cells than MIN_BIN_CELLS in a bin: it keeps its band's level, not their maximum.
+    few = torch.zeros(1, g, g, dtype=torch.bool)
+    few[0, 0, : MIN_BIN_CELLS - 1] = True
+    r_few = torch.where(few, 5.0, 0.0).unsqueeze(-1)
+    e_few = torch.where(few, 9.0, 1.0).unsqueeze(-1)
+    lv, ed = binned_edge_scales(e_few, r_few, valid, 0, 0.97, (0.99,))
+    assert lv[0, 1, 0] == pytest.approx(float(edge_scales(e_few, valid, cap=0, quantile=0.97)))
+
+
 def test_channel_normalised_max_keeps_a_defect_that_moves_few_channels():
     valid = torch.ones(1, 6, 6, dtype=torch.bool)
     cells = edge_distance(valid, cap=1)
@@ -117,13 +160,17 @@ def calibrated():
 
 def test_calibration_is_fitted_saved_and_verified(calibrated, tmp_path):
     cal = calibrated.calibration_
-    assert set(cal) == {"edge_2d", "edge_3d", "modality", "pixel_threshold"}
-    # One level per channel and distance from the edge (0 .. scoring.edge_cap).
-    bands = calibrated.config.scoring.edge_cap + 1
-    assert bands == 8  # the offline preset's
-    assert cal["edge_2d"].shape == (bands, calibrated.stats_["rgb_mean"].shape[0])
-    assert cal["edge_3d"].shape == (bands, calibrated.stats_["xyz_mean"].shape[0])
-    assert all(bool(torch.isfinite(v).all()) and bool((v > 0).all()) for v in cal.values())
+    assert set(cal) == {"edge_2d", "edge_3d", "bins_2d", "bins_3d", "modality", "pixel_threshold"}
+    # One level per distance from the edge (0 .. scoring.edge_cap), bin of the restored value
+    # (scoring.level_bins) and channel; each channel's bin edges.
+    bands, bins = calibrated.config.scoring.edge_cap + 1, len(calibrated.config.scoring.level_bins)
+    assert (bands, bins) == (8, 3)  # the offline preset's
+    c2, c3 = calibrated.stats_["rgb_mean"].shape[0], calibrated.stats_["xyz_mean"].shape[0]
+    assert cal["edge_2d"].shape == (bands, bins + 1, c2) and cal["edge_3d"].shape == (bands, bins + 1, c3)
+    assert cal["bins_2d"].shape == (c2, bins) and cal["bins_3d"].shape == (c3, bins)
+    assert all(bool((e[:, 1:] >= e[:, :-1]).all()) for e in (cal["bins_2d"], cal["bins_3d"]))
+    levels = [cal[k] for k in ("edge_2d", "edge_3d", "modality", "pixel_threshold")]
+    assert all(bool(torch.isfinite(v).all()) and bool((v > 0).all()) for v in levels)
     part = generate_sample("puck", "hole", seed=40, size=128)
     before = calibrated.predict(part.rgb, part.xyz)
     calibrated.save_pretrained(tmp_path / "det")
@@ -170,8 +217,8 @@ def test_modality_levels_gathered_a_few_parts_at_a_time_equal_the_levels_of_all_
     det = copy.deepcopy(calibrated)
     det._calibrate_on(feats[:2], feats[2:])
     sc = det.config.scoring
-    err2, err3, vp, vg = det._residual_grids(feats)
-    m2, m3, valid = upsampled_maps(*det._edge_normalised(err2, err3, vg), vp)
+    res = det._residual_grids(feats)
+    m2, m3, valid = upsampled_maps(*det._edge_normalised(res), res.valid_pixels)
     smooth = lambda m: box_smooth(m, sc.box5_passes, sc.box7_passes)  # noqa: E731
     torch.testing.assert_close(det.calibration_["modality"], modality_scales(smooth(m2), smooth(m3) * valid, valid))
     # The first chunk alone gives other levels: every chunk counted.
@@ -189,12 +236,17 @@ def test_offline_fusion_levels_pool_every_fit_part_and_the_pixel_threshold_stays
     assert held and train
     cap, q = calibrated.config.scoring.edge_cap, calibrated.config.scoring.level_quantile
     assert q == 0.97  # the offline preset's
-    err2, err3, _, grid = calibrated._residual_grids([feats[i] for i in held + train])
-    torch.testing.assert_close(calibrated.calibration_["edge_2d"], edge_scales(err2, grid, cap, q))
-    torch.testing.assert_close(calibrated.calibration_["edge_3d"], edge_scales(err3, grid, cap, q))
-    assert not torch.allclose(calibrated.calibration_["edge_2d"], edge_scales(err2, grid, cap))  # not 0.9
+    bins = calibrated.config.scoring.level_bins
+    res = calibrated._residual_grids([feats[i] for i in held + train])
+    for key, err, restored in (("2d", res.err2, res.restored2), ("3d", res.err3, res.restored3)):
+        levels, edges = binned_edge_scales(err, restored, res.valid_grid, cap, q, bins)
+        torch.testing.assert_close(calibrated.calibration_[f"edge_{key}"], levels)
+        torch.testing.assert_close(calibrated.calibration_[f"bins_{key}"], edges)
+    not_q = binned_edge_scales(res.err2, res.restored2, res.valid_grid, cap, 0.9, bins)[0]
+    assert not torch.allclose(calibrated.calibration_["edge_2d"], not_q)  # not 0.9
     # The held-out parts alone give other levels: the setting is what made the difference.
-    only_held = edge_scales(*calibrated._residual_grids([feats[i] for i in held])[::3], cap, q)
+    held_res = calibrated._residual_grids([feats[i] for i in held])
+    only_held = binned_edge_scales(held_res.err2, held_res.restored2, held_res.valid_grid, cap, q, bins)[0]
     assert not torch.allclose(calibrated.calibration_["edge_2d"], only_held)
     # No held-out good pixel would be marked: the pixel threshold is the held-out parts' peak,
     # not the training parts'. Hold out the part with the lowest peak, so that any training part
@@ -210,13 +262,16 @@ def test_offline_fusion_levels_pool_every_fit_part_and_the_pixel_threshold_stays
 def test_curvature_is_restored_but_not_scored(calibrated):
     assert calibrated.point_extractor.context_channels == 1  # the curvature, the last channel
     c2, c3 = calibrated.stats_["rgb_mean"].shape[0], calibrated.stats_["xyz_mean"].shape[0]
+    from mafr.detector import _Residuals
+
     valid = torch.ones(1, 28, 28, dtype=torch.bool)
     err3 = torch.zeros(1, 28, 28, c3)
     err3[..., -1] = 1e3  # a huge curvature error alone
-    _, res3 = calibrated._edge_normalised(torch.zeros(1, 28, 28, c2), err3, valid)
+    zeros2, zeros3 = torch.zeros(1, 28, 28, c2), torch.zeros(1, 28, 28, c3)
+    _, res3 = calibrated._edge_normalised(_Residuals(zeros2, err3, valid, valid, zeros2, zeros3))
     assert float(res3.abs().max()) == 0.0
     err3[..., 0] = 1e3  # the same error in a deviation channel counts
-    _, res3 = calibrated._edge_normalised(torch.zeros(1, 28, 28, c2), err3, valid)
+    _, res3 = calibrated._edge_normalised(_Residuals(zeros2, err3, valid, valid, zeros2, zeros3))
     assert float(res3.min()) > 0
 
 
@@ -229,15 +284,18 @@ def test_edge_levels_of_the_wrong_shape_are_corrupt_and_old_ones_still_load(cali
     calibrated.save_pretrained(tmp_path / "det")
     # mafr 0.2 saved one level per distance (of the L2 norm): such a detector still scores.
     shutil.copytree(tmp_path / "det", tmp_path / "old")
-    _rewrite(tmp_path / "old", lambda t: t.update({k: t[k].norm(dim=1).contiguous()
-                                                   for k in ("calibration.edge_2d", "calibration.edge_3d")}))
+    def to_0_2(t):
+        t.update({k: t[k].flatten(1).norm(dim=1).contiguous() for k in ("calibration.edge_2d", "calibration.edge_3d")})
+        del t["calibration.bins_2d"], t["calibration.bins_3d"]
+
+    _rewrite(tmp_path / "old", to_0_2)
     old = mafr.MAFRDetector.from_pretrained(tmp_path / "old", device="cpu")  # the formula below is on CPU tensors
     assert old.calibration_["edge_2d"].dim() == 1 and math.isfinite(old.predict(part.rgb, part.xyz).score)
     # ... by the rule it was saved under: L2 over channels per distance, the calibrated maps summed.
     from mafr.scoring import score_maps
 
     feats = old.extract_features([part])
-    err2, err3, vp, vg = old._residual_grids(feats)
+    err2, err3, vp, vg = old._residual_grids(feats)[:4]
     d = edge_distance(vg, old.calibration_["edge_2d"].shape[0] - 1)  # one band per saved level
     r2, r3 = err2.norm(dim=-1) / old.calibration_["edge_2d"][d], err3.norm(dim=-1) / old.calibration_["edge_3d"][d]
     expected = score_maps(r2, r3, vp, mode="calibrated_sum", valid_grid=vg, scales=old.calibration_["modality"],
@@ -247,6 +305,25 @@ def test_edge_levels_of_the_wrong_shape_are_corrupt_and_old_ones_still_load(cali
     _rewrite(tmp_path / "narrow", lambda t: t.__setitem__("calibration.edge_2d", t["calibration.edge_2d"][:, :3].contiguous()))
     with pytest.raises(mafr.CorruptModelError, match="edge_2d"):
         mafr.MAFRDetector.from_pretrained(tmp_path / "narrow")
+    for name, bad in (("bins_3d", lambda t: t.__delitem__("calibration.bins_3d")),
+                      ("bins_2d", lambda t: t["calibration.bins_2d"].__setitem__((0, 0), 1e9)),  # not ascending
+                      ("bins_2d", lambda t: t["calibration.bins_2d"].__setitem__((1, 1), math.nan))):
+        shutil.rmtree(tmp_path / "bins", ignore_errors=True)
+        shutil.copytree(tmp_path / "det", tmp_path / "bins")
+        _rewrite(tmp_path / "bins", bad)
+        with pytest.raises(mafr.CorruptModelError, match=name):
+            mafr.MAFRDetector.from_pretrained(tmp_path / "bins")
+    # Levels per channel only (saved before level_bins) score as they were fitted, whatever the
+    # preset asks for now.
+    shutil.copytree(tmp_path / "det", tmp_path / "per_channel")
+
+    def per_channel(t):
+        t.update({k: t[k][:, 0].contiguous() for k in ("calibration.edge_2d", "calibration.edge_3d")})
+        del t["calibration.bins_2d"], t["calibration.bins_3d"]
+
+    _rewrite(tmp_path / "per_channel", per_channel)
+    before = mafr.MAFRDetector.from_pretrained(tmp_path / "per_channel", device="cpu")
+    assert before.calibration_["edge_2d"].dim() == 2 and math.isfinite(before.predict(part.rgb, part.xyz).score)
     _rewrite(tmp_path / "det", lambda t: t["calibration.edge_3d"].view(-1).__setitem__(0, 0.0))
     with pytest.raises(mafr.CorruptModelError, match="edge_3d"):
         mafr.MAFRDetector.from_pretrained(tmp_path / "det")
