@@ -13,7 +13,8 @@ only (``rgb.rarity_on_part``) masks the colours once before the circle compariso
 channels' maximum (``scoring.channel_reduce_2d="max"``) replaces their RMS. The 56 x 56 grid
 (``grid_size=56``; 28 before) gives the autoencoder four times the positions and the calibration
 levels four times the cells; extraction and the maps at the network's input size are unchanged.
-The stride-1 box smoothing and the running maximum are computed as shifted sums and maxima
+Levels per restored-value bin (``scoring.level_bins``) add one comparison of each channel's
+restored value with its bin edges per cell. The stride-1 box smoothing and the running maximum are computed as shifted sums and maxima
 (``benchmarks/bench_filters.py``) in every configuration but ``released``.
 Three detectors are fitted on the same generated parts (400 px, as the benchmark's) and timed
 alternately, one predict per part:
@@ -21,9 +22,9 @@ alternately, one predict per part:
 - ``released``: the offline preset before the rises and sinks (``deviation_peaks=False``,
   ``edge_cap=3``, levels from held-out parts at 0.9), run with the torch pooling filters it shipped
   with (``avg_pool2d`` / ``max_pool2d``, swapped in for its calls only): that release as users had it;
-- ``previous``: the previous release's offline preset (the part framed; colour rarity on the
-  part, 2D channels by their maximum; a 28 x 28 grid) on this release's code (what this
-  release's grid costs);
+- ``previous``: the previous release's offline preset (the 56 x 56 grid, the reference's loss;
+  one good-part level per distance band) on this release's code (what this release's levels per
+  restored-value bin cost);
 - ``current``: this release's offline preset.
 
 Prints one JSON line; exits 1 when ``current / released`` exceeds 1.10. ``current / previous``
@@ -89,8 +90,9 @@ def main() -> int:
     whole = {"framing": "image", "grid_size": 28, "train": previous_loss, "rgb": {"ring_radii": (14, 22), "rarity_on_part": False},
              "points": {"deviation_scales": (6.0, 12.0)}}
     old = {**whole, "points": {**whole["points"], "deviation_peaks": False},
-           "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9, "channel_reduce_2d": "rms"}}
-    previous = {"grid_size": 28, "train": previous_loss}
+           "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9, "channel_reduce_2d": "rms",
+                       "level_bins": ()}}
+    previous = {"scoring": {"level_bins": ()}}
     variants = {"released": old, "previous": previous, "current": {}}
     detectors = {}
     for name, overrides in variants.items():

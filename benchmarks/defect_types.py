@@ -43,15 +43,17 @@ ATTENTION = ("cbam", "se", "none")
 COLOUR = {"colour rarity on circles of 21 and 33 px, on the part only (default)": {},
           "colour rarity compared with every pixel, with 3D or not": {"rarity_on_part": False},
           "without colour rarity": {"ring_radii": ()}}
-#: This release's first change alone: the 56 x 56 grid, with the previous release's loss.
-V09A = {"train": {"loss_form": "mafr", "smoothness_first_two_channels": False}}
-#: The previous release: stains seen on the part, on a 28 x 28 grid.
+#: The previous release: one good-part level per distance band (no restored-value bins).
+V10 = {"scoring": {"level_bins": ()}}
+#: The previous release's first change alone: the 56 x 56 grid, with the loss before it.
+V09A = {**V10, "train": {"loss_form": "mafr", "smoothness_first_two_channels": False}}
+#: Two releases ago: stains seen on the part, on a 28 x 28 grid.
 V08 = {**V09A, "grid_size": 28}
-#: Two releases ago: the part framed (colour rarity against every pixel, channels by their RMS).
-V07 = {**V08, "rgb": {"rarity_on_part": False}, "scoring": {"channel_reduce_2d": "rms"}}
+#: Three releases ago: the part framed (colour rarity against every pixel, channels by their RMS).
+V07 = {**V08, "rgb": {"rarity_on_part": False}, "scoring": {**V10["scoring"], "channel_reduce_2d": "rms"}}
 #: The widths in network pixels set for the whole image, and the threshold floor, of the release before.
 _WIDTHS_BEFORE = {"rgb": {"ring_radii": (14, 22), "rarity_on_part": False}, "points": {"deviation_scales": (6.0, 12.0)},
-                  "scoring": {"edge_cap": 5, "log_spread_floor": 0.1, "channel_reduce_2d": "rms"}}
+                  "scoring": {**V10["scoring"], "edge_cap": 5, "log_spread_floor": 0.1, "channel_reduce_2d": "rms"}}
 #: The release before that: the whole image.
 V06 = {"framing": "image", **V08, **_WIDTHS_BEFORE}
 #: The release before it: fusion levels from the two held-out parts only.
@@ -63,7 +65,8 @@ V03 = {**V04, "points": {**V04["points"], "resize": "nearest"}, "rgb": {"ring_ra
 #: The offline preset as released in 0.1: FPFH, product fusion, mean + 3 std of held-out parts.
 V01 = {"framing": "image", **V08, "points": {"kind": "fpfh", "deviation_scales": (), "resize": "nearest", "deviation_peaks": False},
        "rgb": {"ring_radii": ()},
-       "scoring": {"fusion": "product", "threshold_rule": "sigma", "threshold_sigma": 3.0, "threshold_parts": "held_out"}}
+       "scoring": {**V10["scoring"], "fusion": "product", "threshold_rule": "sigma", "threshold_sigma": 3.0,
+                   "threshold_parts": "held_out"}}
 
 
 def _summary(result: dict) -> dict:
@@ -131,13 +134,14 @@ def run_category(root: Path, category: str, emit, studies=STUDIES) -> dict:
             scored("attention", attention, _summary(evaluate_detector(d, test, progress=False)), s)
     for variant, overrides in () if "release" not in studies else (
         ("offline preset 0.1 (FPFH, product, mean + 3 std)", V01),
-        ("six releases ago (nearest-neighbour resize, no colour rarity)", V03),
-        ("five releases ago (signed deviation, cell mean)", V04),
-        ("four releases ago (fusion levels from the held-out parts only)", V05),
-        ("three releases ago (the whole image)", V06),
-        ("two releases ago (the part framed)", V07),
-        ("previous release (stains seen on the part; 28 x 28 grid)", V08),
-        ("the 56 x 56 grid, the previous release's loss (this release's first change alone)", V09A),
+        ("seven releases ago (nearest-neighbour resize, no colour rarity)", V03),
+        ("six releases ago (signed deviation, cell mean)", V04),
+        ("five releases ago (fusion levels from the held-out parts only)", V05),
+        ("four releases ago (the whole image)", V06),
+        ("three releases ago (the part framed)", V07),
+        ("two releases ago (stains seen on the part; 28 x 28 grid)", V08),
+        ("the 56 x 56 grid with the loss before it (the previous release's first change alone)", V09A),
+        ("previous release (the 56 x 56 grid and the reference's loss; one level per distance band)", V10),
     ):
         d, _, s = fitted(**overrides)
         scored("release", variant, _summary(evaluate_detector(d, test, progress=False)), s)

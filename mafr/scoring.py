@@ -131,19 +131,22 @@ def binned_edge_scales(residual: torch.Tensor, restored: torch.Tensor, valid_gri
         e, b = errors[sel], which[sel]
         if e.shape[0] == 0:
             continue
-        # One sort per band, by (bin, error) within each channel, instead of one per bin: an
-        # update calibrates on every stored part. Then torch.quantile's linear rule per segment.
-        e64, b = e.double().T.contiguous(), b.T.contiguous()  # (C, N): each channel's cells in a row
-        ordered = e64.gather(1, torch.argsort(b * (e64.amax() + 1.0) + e64, dim=1))
+        # Each channel's errors sorted by (bin, error) once per band, not once per bin (an update
+        # calibrates on every stored part): by error, then stably by bin. Float32 throughout (MPS
+        # has no float64). Then torch.quantile's linear rule on each bin's segment.
+        e, b = e.T.contiguous(), b.T.contiguous()  # (C, N): each channel's cells in a row
+        by_error = torch.argsort(e, dim=1)
+        order = by_error.gather(1, torch.sort(b.gather(1, by_error), dim=1, stable=True).indices)
+        ordered = e.gather(1, order)
         counts = torch.stack([(b == j).sum(1) for j in range(len(bins) + 1)])  # (bins + 1, C)
         starts = counts.cumsum(0) - counts
         for j in range(len(bins) + 1):
             n = counts[j]
-            pos = quantile * (n - 1).clamp_min(0).double()
+            pos = quantile * (n - 1).clamp_min(0).to(e.dtype)
             lo = pos.floor().long()
             hi = torch.minimum(lo + 1, (n - 1).clamp_min(0))
-            v_lo = ordered.gather(1, (starts[j] + lo).clamp_max(e.shape[0] - 1).unsqueeze(1))[:, 0]
-            v_hi = ordered.gather(1, (starts[j] + hi).clamp_max(e.shape[0] - 1).unsqueeze(1))[:, 0]
+            v_lo = ordered.gather(1, (starts[j] + lo).clamp_max(e.shape[1] - 1).unsqueeze(1))[:, 0]
+            v_hi = ordered.gather(1, (starts[j] + hi).clamp_max(e.shape[1] - 1).unsqueeze(1))[:, 0]
             level = (v_lo + (v_hi - v_lo) * (pos - lo)).to(levels.dtype)
             levels[k, j] = torch.where(n >= MIN_BIN_CELLS, level.clamp_min(1e-12), levels[k, j])
     return levels, edges
