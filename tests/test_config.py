@@ -54,6 +54,10 @@ def test_presets_fill_only_what_was_not_given():
     for bad in ((), (1.0, 2.0, 3.0), (0.0,), (float("nan"), 3.0)):
         with pytest.raises(ValidationError, match="deviation_peak_sigma"):
             MAFRConfig(preset="offline", points={"deviation_peak_sigma": bad})
+    assert off.scoring.level_bins == (0.5, 0.8, 0.95) and MAFRConfig().scoring.level_bins == ()
+    for bad in ((0.8, 0.5), (0.5, 0.5), (0.0,), (1.0,), (float("nan"),)):
+        with pytest.raises(ValidationError, match="level_bins"):
+            MAFRConfig(preset="offline", scoring={"level_bins": bad})
 
 
 def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted_with():
@@ -63,7 +67,7 @@ def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted
     del saved["points"]["resize"], saved["rgb"]["ring_radii"], saved["points"]["deviation_peaks"]  # as before they existed
     del saved["scoring"]["edge_cap"], saved["scoring"]["levels_parts"], saved["scoring"]["level_quantile"]
     del saved["framing"], saved["rgb"]["rarity_on_part"], saved["scoring"]["channel_reduce_2d"]
-    del saved["points"]["deviation_peak_sigma"], saved["points"]["deviation_order"]
+    del saved["points"]["deviation_peak_sigma"], saved["points"]["deviation_order"], saved["scoring"]["level_bins"]
     old = _decode_config(saved)
     assert old.framing == "image"
     assert old.rgb.rarity_on_part is False and old.scoring.channel_reduce_2d == "rms"
@@ -71,10 +75,12 @@ def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted
     assert old.scoring.edge_cap == 3 and old.scoring.levels_parts == "held_out" and old.scoring.level_quantile == 0.9
     assert old.points.deviation_peak_sigma == (3.0,)  # one width for every scale, as then
     assert old.points.deviation_order == (2,)
+    assert old.scoring.level_bins == ()  # one level per distance band, as then
     new = _decode_config(MAFRConfig(preset="offline").to_json_dict())
     assert new.points.resize == "mean" and new.rgb.ring_radii == (21, 33) and new.points.deviation_peaks is True
     assert new.framing == "part" and new.rgb.rarity_on_part is True and new.scoring.channel_reduce_2d == "max"
     assert new.scoring.edge_cap == 7 and new.scoring.levels_parts == "all" and new.scoring.level_quantile == 0.97
+    assert new.scoring.level_bins == (0.5, 0.8, 0.95)
 
 
 def test_json_round_trip():
