@@ -122,7 +122,6 @@ def _check_edge_levels(cal: dict[str, torch.Tensor], rgb_dim: int, xyz_dim: int,
             "or (k,) and (k,))",
             path=where,
         )
-    names = ["edge_2d", "edge_3d", "modality"]
     if per_bin:  # each channel's bin edges: (channels, bins - 1), finite and ascending
         for name, dim in (("bins_2d", rgb_dim), ("bins_3d", xyz_dim)):
             edges = cal.get(name)
@@ -136,7 +135,7 @@ def _check_edge_levels(cal: dict[str, torch.Tensor], rgb_dim: int, xyz_dim: int,
                 )
     elif "bins_2d" in cal or "bins_3d" in cal:
         raise _errors.CorruptModelError(f"{where}: calibration holds bin edges but its levels have no bins", path=where)
-    for name in names:
+    for name in ("edge_2d", "edge_3d", "modality"):
         v = cal[name]
         if not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
             raise _errors.CorruptModelError(

@@ -129,26 +129,13 @@ def binned_edge_scales(residual: torch.Tensor, restored: torch.Tensor, valid_gri
     for k in range(cap + 1):
         sel = valid_grid & (dist == k)
         e, b = errors[sel], which[sel]
-        if e.shape[0] == 0:
-            continue
-        # Each channel's errors sorted by (bin, error) once per band, not once per bin (an update
-        # calibrates on every stored part): by error, then stably by bin. Float32 throughout (MPS
-        # has no float64). Then torch.quantile's linear rule on each bin's segment.
-        e, b = e.T.contiguous(), b.T.contiguous()  # (C, N): each channel's cells in a row
-        by_error = torch.argsort(e, dim=1)
-        order = by_error.gather(1, torch.sort(b.gather(1, by_error), dim=1, stable=True).indices)
-        ordered = e.gather(1, order)
-        counts = torch.stack([(b == j).sum(1) for j in range(len(bins) + 1)])  # (bins + 1, C)
-        starts = counts.cumsum(0) - counts
         for j in range(len(bins) + 1):
-            n = counts[j]
-            pos = quantile * (n - 1).clamp_min(0).to(e.dtype)
-            lo = pos.floor().long()
-            hi = torch.minimum(lo + 1, (n - 1).clamp_min(0))
-            v_lo = ordered.gather(1, (starts[j] + lo).clamp_max(e.shape[1] - 1).unsqueeze(1))[:, 0]
-            v_hi = ordered.gather(1, (starts[j] + hi).clamp_max(e.shape[1] - 1).unsqueeze(1))[:, 0]
-            level = (v_lo + (v_hi - v_lo) * (pos - lo)).to(levels.dtype)
-            levels[k, j] = torch.where(n >= MIN_BIN_CELLS, level.clamp_min(1e-12), levels[k, j])
+            inside = b == j
+            enough = inside.sum(0) >= MIN_BIN_CELLS
+            if bool(enough.any()):
+                # Each channel's own cells of this bin: the others are NaN, which nanquantile skips.
+                level = torch.nanquantile(torch.where(inside, e, torch.nan), quantile, dim=0)
+                levels[k, j] = torch.where(enough, level.nan_to_num(1.0).clamp_min(1e-12), levels[k, j])
     return levels, edges
 
 
