@@ -45,8 +45,6 @@ COLOUR = {"colour rarity on circles of 21 and 33 px, on the part only (default)"
           "without colour rarity": {"ring_radii": ()}}
 #: The previous release: one good-part level per distance band (no restored-value bins).
 V10 = {"scoring": {"level_bins": ()}}
-#: This release's first change alone: bins at the 50th, 80th and 95th percentiles, not quartiles.
-V11A = {"scoring": {"level_bins": (0.5, 0.8, 0.95)}}
 #: The previous release's first change alone: the 56 x 56 grid, with the loss before it.
 V09A = {**V10, "train": {"loss_form": "mafr", "smoothness_first_two_channels": False}}
 #: Two releases ago: stains seen on the part, on a 28 x 28 grid.
@@ -144,7 +142,6 @@ def run_category(root: Path, category: str, emit, studies=STUDIES) -> dict:
         ("two releases ago (stains seen on the part; 28 x 28 grid)", V08),
         ("the 56 x 56 grid with the loss before it (the previous release's first change alone)", V09A),
         ("previous release (the 56 x 56 grid and the reference's loss; one level per distance band)", V10),
-        ("this release's first change alone (bins at the 50th, 80th and 95th percentiles)", V11A),
     ):
         d, _, s = fitted(**overrides)
         scored("release", variant, _summary(evaluate_detector(d, test, progress=False)), s)

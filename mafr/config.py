@@ -286,10 +286,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "rgb": {"kind": "offline", "ring_radii": (21, 33), "rarity_on_part": True},
         # The finest scale (3 px before framing) measured sensor noise, not relief.
         "points": {"kind": "deviation", "deviation_scales": (9.0, 18.0), "resize": "mean", "deviation_peaks": True},
-        # Chosen on the generated benchmark's tuning set (docs/ablations.md). Quartile bins: the
-        # low end of what was restored needs a level of its own as much as the high end.
+        # Chosen on the generated benchmark's tuning set (docs/ablations.md).
         "scoring": {"fusion": "calibrated", "channel_reduce_2d": "max", "edge_cap": 7, "threshold_parts": "all", "levels_parts": "all",
-                    "level_quantile": 0.97, "level_bins": (0.25, 0.5, 0.75), "log_spread_floor": 0.2,
+                    "level_quantile": 0.97, "level_bins": (0.5, 0.8, 0.95), "log_spread_floor": 0.2,
                     "mask_relative": 0.6},
     },
 }

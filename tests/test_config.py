@@ -54,7 +54,7 @@ def test_presets_fill_only_what_was_not_given():
     for bad in ((), (1.0, 2.0, 3.0), (0.0,), (float("nan"), 3.0)):
         with pytest.raises(ValidationError, match="deviation_peak_sigma"):
             MAFRConfig(preset="offline", points={"deviation_peak_sigma": bad})
-    assert off.scoring.level_bins == (0.25, 0.5, 0.75) and MAFRConfig().scoring.level_bins == ()
+    assert off.scoring.level_bins == (0.5, 0.8, 0.95) and MAFRConfig().scoring.level_bins == ()
     for bad in ((0.8, 0.5), (0.5, 0.5), (0.0,), (1.0,), (float("nan"),)):
         with pytest.raises(ValidationError, match="level_bins"):
             MAFRConfig(preset="offline", scoring={"level_bins": bad})
@@ -80,10 +80,10 @@ def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted
     assert new.points.resize == "mean" and new.rgb.ring_radii == (21, 33) and new.points.deviation_peaks is True
     assert new.framing == "part" and new.rgb.rarity_on_part is True and new.scoring.channel_reduce_2d == "max"
     assert new.scoring.edge_cap == 7 and new.scoring.levels_parts == "all" and new.scoring.level_quantile == 0.97
-    assert new.scoring.level_bins == (0.25, 0.5, 0.75)
-    # A detector saved with the offline preset's earlier bins keeps them after the default moved.
-    earlier = MAFRConfig(preset="offline", scoring={"level_bins": (0.5, 0.8, 0.95)}).to_json_dict()
-    assert _decode_config(earlier).scoring.level_bins == (0.5, 0.8, 0.95)
+    assert new.scoring.level_bins == (0.5, 0.8, 0.95)
+    # Bins a detector was saved with are the bins it loads with, whatever the preset says.
+    other = MAFRConfig(preset="offline", scoring={"level_bins": (0.25, 0.5, 0.75)}).to_json_dict()
+    assert _decode_config(other).scoring.level_bins == (0.25, 0.5, 0.75)
 
 
 def test_json_round_trip():
