@@ -1,0 +1,104 @@
+"""Compare scoring-only settings on the generated benchmark, training each fit once.
+
+    python benchmarks/tune_scoring.py --root data/bench_tuning_hard --difficulty hard \\
+        --variant '{"scoring": {"level_bins": [0.25, 0.5, 0.75]}}' --variant '{"scoring": {"box7_passes": 0}}'
+
+Scoring settings (``config.scoring``: levels, bins, smoothing, threshold rule) act after the
+autoencoder is trained, so there is no need to train once per setting. Per category the fit
+and test parts' features are extracted once; per fit seed the offline preset's autoencoder is
+trained once; then every variant re-calibrates on the same held-out split (``_calibrate_on``,
+as ``fit`` does) and scores the test parts. The first row of each fit, ``default``, is exactly
+what ``benchmarks/tune.py`` reports; a variant row equals ``tune.py --set VARIANT``. A variant
+that changes anything but ``scoring`` is refused: it would need its own training.
+
+Prints one JSON line per (category, seed, variant), then one summary line per variant (the
+means of ``tune.py``'s summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import mafr
+from mafr import metrics
+from mafr.datasets import BENCHMARK_DIFFICULTIES, BENCHMARK_SPLITS, DEFECTS, MVTec3D, write_benchmark
+from mafr.detector import _held_out_split
+from tune import summarise
+
+
+def score_rows(det: mafr.MAFRDetector, test_feats, types: list[str]) -> dict:
+    """Image I-AUROC (all defects and per type), recall and false-alarm rate at the detector's threshold."""
+    scores = np.asarray(det.score_features(test_feats))
+    good = np.array([t == "good" for t in types])
+    labels = (~good).astype(int).tolist()
+    per_type = {}
+    for t in DEFECTS:
+        m = np.array([x == t for x in types])
+        if m.any():
+            per_type[t] = metrics.image_auroc([0] * int(good.sum()) + [1] * int(m.sum()),
+                                              list(scores[good]) + list(scores[m]))
+    return {"image_auroc": metrics.image_auroc(labels, list(scores)), "per_type": per_type,
+            "recall": float((scores[~good] > det.threshold_).mean()),
+            "false_alarm_rate": float((scores[good] > det.threshold_).mean())}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=None, help="benchmark data (written when missing)")
+    p.add_argument("--split", choices=tuple(BENCHMARK_SPLITS), default="tuning")
+    p.add_argument("--difficulty", choices=tuple(BENCHMARK_DIFFICULTIES), default="standard")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fit seeds")
+    p.add_argument("--variant", action="append", default=[], metavar="JSON",
+                   help="scoring overrides on top of the offline preset, e.g. '{\"scoring\": {...}}' (repeatable)")
+    p.add_argument("--category", nargs="+", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    variants = {"default": {}}
+    for text in args.variant:
+        overrides = json.loads(text)
+        if not isinstance(overrides, dict) or set(overrides) - {"scoring"}:
+            p.error(f"--variant must be a JSON object with only a 'scoring' key, got {text!r}")
+        mafr.MAFRConfig(preset="offline", **overrides)  # a bad override fails before any fit
+        variants[text] = overrides
+    torch.set_num_threads(args.threads)
+    cats = args.category or list(BENCHMARK_SPLITS[args.split][0])
+    suffix = "" if args.difficulty == "standard" else f"_{args.difficulty}"
+    root = Path(args.root or f"data/bench_{args.split}{suffix}")
+    if any(not (root / c).is_dir() for c in cats):
+        write_benchmark(root, args.split, difficulty=args.difficulty)
+
+    rows: dict[str, list[dict]] = {name: [] for name in variants}
+    for c in cats:
+        train, test = list(MVTec3D(root, c, "train")), list(MVTec3D(root, c, "test"))
+        base = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline"))
+        fit_feats, test_feats = base.extract_features(train), base.extract_features(test)
+        types = [s.defect_type if s.label else "good" for s in test]
+        for seed in args.seeds:
+            trained = copy.deepcopy(base)._fit_features(fit_feats, seed=seed)
+            for name, overrides in variants.items():
+                det = copy.deepcopy(trained)
+                det.config = mafr.MAFRConfig(preset="offline", **overrides)
+                # The split fit drew with this seed: the same parts calibrate every variant.
+                gen = torch.Generator().manual_seed(seed)
+                cal, fit = _held_out_split(len(fit_feats), det.config.train.calibration_fraction, gen)
+                fit_parts = [fit_feats[i] for i in fit]
+                if cal:
+                    det._calibrate_on([fit_feats[i] for i in cal], fit_parts)
+                else:  # too few parts to hold any out: fit calibrates on the training parts
+                    det._calibrate_on(fit_parts)
+                row = {"variant": name, "category": c, "seed": seed, **score_rows(det, test_feats, types)}
+                rows[name].append(row)
+                print(json.dumps(row), flush=True)
+    for name, overrides in variants.items():
+        print(json.dumps({"variant": name, "set": overrides, "seeds": args.seeds, **summarise(rows[name])}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
