@@ -53,26 +53,37 @@ def summarise(rows: list[dict]) -> dict:
             "worst_cell": {"category": worst[0], "type": worst[1], "image_auroc": cells[worst]}}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=None, help="tuning data (written when missing)")
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark-data and fit options shared by the tuning tools (``tune_scoring.py`` too)."""
+    p.add_argument("--root", default=None, help="benchmark data (written when missing)")
     p.add_argument("--split", choices=tuple(BENCHMARK_SPLITS), default="tuning")
     p.add_argument("--difficulty", choices=tuple(BENCHMARK_DIFFICULTIES), default="standard")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fit seeds")
-    p.add_argument("--set", default="{}", metavar="JSON", help="config overrides on top of the offline preset")
     p.add_argument("--category", nargs="+", default=None)
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
-    overrides = json.loads(args.set)
-    if not isinstance(overrides, dict):
-        p.error(f"--set must be a JSON object, got {args.set!r}")
-    mafr.MAFRConfig(preset="offline", **overrides)  # a bad override fails before any fit
+
+
+def prepare_data(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """Set the thread count, write missing data; the data root and the categories to score."""
     torch.set_num_threads(args.threads)
     cats = args.category or list(BENCHMARK_SPLITS[args.split][0])
     suffix = "" if args.difficulty == "standard" else f"_{args.difficulty}"
     root = Path(args.root or f"data/bench_{args.split}{suffix}")
     if any(not (root / c).is_dir() for c in cats):
         write_benchmark(root, args.split, difficulty=args.difficulty)
+    return root, cats
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(p)
+    p.add_argument("--set", default="{}", metavar="JSON", help="config overrides on top of the offline preset")
+    args = p.parse_args(argv)
+    overrides = json.loads(args.set)
+    if not isinstance(overrides, dict):
+        p.error(f"--set must be a JSON object, got {args.set!r}")
+    mafr.MAFRConfig(preset="offline", **overrides)  # a bad override fails before any fit
+    root, cats = prepare_data(args)
     rows = []
     for seed in args.seeds:
         for c in cats:

@@ -20,16 +20,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 import mafr
 from mafr import metrics
-from mafr.datasets import BENCHMARK_DIFFICULTIES, BENCHMARK_SPLITS, DEFECTS, MVTec3D, write_benchmark
+from mafr.datasets import DEFECTS, MVTec3D
 from mafr.detector import _held_out_split
-from tune import summarise
+from tune import add_data_arguments, prepare_data, summarise
 
 
 def score_rows(det: mafr.MAFRDetector, test_feats, types: list[str]) -> dict:
@@ -50,14 +49,9 @@ def score_rows(det: mafr.MAFRDetector, test_feats, types: list[str]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=None, help="benchmark data (written when missing)")
-    p.add_argument("--split", choices=tuple(BENCHMARK_SPLITS), default="tuning")
-    p.add_argument("--difficulty", choices=tuple(BENCHMARK_DIFFICULTIES), default="standard")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fit seeds")
+    add_data_arguments(p)
     p.add_argument("--variant", action="append", default=[], metavar="JSON",
                    help="scoring overrides on top of the offline preset, e.g. '{\"scoring\": {...}}' (repeatable)")
-    p.add_argument("--category", nargs="+", default=None)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     variants = {"default": {}}
     for text in args.variant:
@@ -66,12 +60,7 @@ def main(argv=None) -> int:
             p.error(f"--variant must be a JSON object with only a 'scoring' key, got {text!r}")
         mafr.MAFRConfig(preset="offline", **overrides)  # a bad override fails before any fit
         variants[text] = overrides
-    torch.set_num_threads(args.threads)
-    cats = args.category or list(BENCHMARK_SPLITS[args.split][0])
-    suffix = "" if args.difficulty == "standard" else f"_{args.difficulty}"
-    root = Path(args.root or f"data/bench_{args.split}{suffix}")
-    if any(not (root / c).is_dir() for c in cats):
-        write_benchmark(root, args.split, difficulty=args.difficulty)
+    root, cats = prepare_data(args)
 
     rows: dict[str, list[dict]] = {name: [] for name in variants}
     for c in cats:
