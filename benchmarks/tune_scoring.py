@@ -6,8 +6,8 @@
 Scoring settings (``config.scoring``: levels, bins, smoothing, threshold rule) act after the
 autoencoder is trained, so there is no need to train once per setting. Per category the fit
 and test parts' features are extracted once; per fit seed the offline preset's autoencoder is
-trained once; then every variant re-calibrates on the same held-out split (``_calibrate_on``,
-as ``fit`` does) and scores the test parts. The first row of each fit, ``default``, is exactly
+trained once; then every variant re-calibrates on the same held-out split, as ``fit`` does
+(``_calibrate_fit_split``), and scores the test parts. The first row of each fit, ``default``, is exactly
 what ``benchmarks/tune.py`` reports; a variant row equals ``tune.py --set VARIANT``. A variant
 that changes anything but ``scoring`` is refused: it would need its own training.
 
@@ -27,6 +27,7 @@ import torch
 import mafr
 from mafr import metrics
 from mafr.datasets import DEFECTS, MVTec3D
+from mafr.evaluation import decision_metrics
 from mafr.detector import _held_out_split
 from tune import add_data_arguments, prepare_data, summarise
 
@@ -42,9 +43,9 @@ def score_rows(det: mafr.MAFRDetector, test_feats, types: list[str]) -> dict:
         if m.any():
             per_type[t] = metrics.image_auroc([0] * int(good.sum()) + [1] * int(m.sum()),
                                               list(scores[good]) + list(scores[m]))
+    decided = decision_metrics(labels, [bool(s > det.threshold_) for s in scores])
     return {"image_auroc": metrics.image_auroc(labels, list(scores)), "per_type": per_type,
-            "recall": float((scores[~good] > det.threshold_).mean()),
-            "false_alarm_rate": float((scores[good] > det.threshold_).mean())}
+            "recall": decided["recall"], "false_alarm_rate": decided["false_alarm_rate"]}
 
 
 def main(argv=None) -> int:
@@ -75,12 +76,8 @@ def main(argv=None) -> int:
                 det.config = mafr.MAFRConfig(preset="offline", **overrides)
                 # The split fit drew with this seed: the same parts calibrate every variant.
                 gen = torch.Generator().manual_seed(seed)
-                cal, fit = _held_out_split(len(fit_feats), det.config.train.calibration_fraction, gen)
-                fit_parts = [fit_feats[i] for i in fit]
-                if cal:
-                    det._calibrate_on([fit_feats[i] for i in cal], fit_parts)
-                else:  # too few parts to hold any out: fit calibrates on the training parts
-                    det._calibrate_on(fit_parts)
+                split = _held_out_split(len(fit_feats), det.config.train.calibration_fraction, gen)
+                det._calibrate_fit_split(fit_feats, *split)
                 row = {"variant": name, "category": c, "seed": seed, **score_rows(det, test_feats, types)}
                 rows[name].append(row)
                 print(json.dumps(row), flush=True)

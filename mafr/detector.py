@@ -600,10 +600,7 @@ class MAFRDetector(
             history = self._train(train, gen, progress)
         self.autoencoder_.eval()
 
-        # With fewer than 3 parts nothing can be held out: calibrate on the training parts
-        # themselves (optimistic; the docs say so) rather than refuse to work.
-        cal = [feats[i] for i in cal_idx] if cal_idx else train
-        cal_scores = self._calibrate_on(cal, train if cal_idx else ())
+        cal_scores = self._calibrate_fit_split(feats, cal_idx, train_idx)
         held_out = torch.zeros(n, dtype=torch.bool)
         held_out[cal_idx] = True
         self.replay_ = ReplayStore.build(
@@ -628,6 +625,16 @@ class MAFRDetector(
             ],
         }
         return self
+
+    def _calibrate_fit_split(self, feats: Sequence[_Features], cal_idx: Sequence[int],
+                             train_idx: Sequence[int]) -> list[float]:
+        """Calibrate as :meth:`fit` does on its split of ``feats``; the held-out parts' scores."""
+        train = [feats[i] for i in train_idx]
+        if not cal_idx:
+            # With fewer than 3 parts nothing can be held out: calibrate on the training parts
+            # themselves (optimistic; the docs say so) rather than refuse to work.
+            return self._calibrate_on(train)
+        return self._calibrate_on([feats[i] for i in cal_idx], train)
 
     @_with_threads
     def update(self, samples: Iterable[Any], *, seed: int = 0, progress: bool = False) -> "MAFRDetector":
