@@ -56,6 +56,12 @@ class RGBConfig(_Strict):
     #: weighs 1). Below 1 because shading moves intensity across a curved part while leaving the
     #: chroma alone; 0 compares chroma only. See docs/ablations.md.
     ring_intensity_weight: float = Field(0.5, ge=0.0, allow_inf_nan=False)
+    #: With ``ring_radii``: weight of the difference of surface normals in the colour-rarity
+    #: distance, so that a matching colour must also face the same way (a stain on a cylinder's
+    #: lit crest no longer matches its shaded flank); 0: colours alone. See docs/ablations.md.
+    ring_normal_weight: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    #: Smoothing (pixels, Gaussian width) of the cloud before those normals are taken.
+    ring_normal_sigma: float = Field(8.0, gt=0.0, allow_inf_nan=False)
 
 
 class PointConfig(_Strict):

@@ -467,7 +467,10 @@ class MAFRDetector(
         # Weight-free extractors stay fp32: their histograms gain nothing from bf16.
         with self._autocast() if isinstance(extractor, RGBExtractor) else contextlib.nullcontext():
             if getattr(extractor, "reads_validity", False):  # colour rarity on the part only
-                rgb = extractor(images, torch.stack([p.valid for p in preps]).to(images.device, torch.bool))
+                valid = torch.stack([p.valid for p in preps]).to(images.device, torch.bool)
+                # ... and, with ring_normal_weight, between pixels that face the same way
+                xyz = torch.stack([p.xyz for p in preps]).to(images.device) if extractor.reads_geometry else None
+                rgb = extractor(images, valid, xyz=xyz)
             else:
                 rgb = extractor(images)
         rgb_maps = upsample_rgb(rgb.float(), grid).permute(0, 2, 3, 1)

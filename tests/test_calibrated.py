@@ -595,3 +595,25 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
     assert loaded.calibration_["edge_2d"].shape[0] == 4
     again = loaded.predict(part.rgb, part.xyz)
     assert again.score == before.score and again.is_anomalous == before.is_anomalous
+
+
+def test_colour_rarity_facing_the_same_way_reaches_the_detector_and_survives_saving(tmp_path):
+    """With ``rgb.ring_normal_weight`` the detector hands the framed cloud to the colour
+    extractor: only the colour-rarity channels change, a fitted detector scores and saves it."""
+    good = [generate_sample("cylinder", seed=s, size=128) for s in range(4)]
+    part = generate_sample("cylinder", "stain", seed=41, size=128)
+    cfg = {"train": {"steps": 20, "early_stop_patience": None}}
+    plain = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", **cfg), device="cpu")
+    facing = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", rgb={"ring_normal_weight": 0.02}, **cfg), device="cpu")
+    a, b = plain.extract_features(good[:2]), facing.extract_features(good[:2])
+    rarity = [i for i, n in enumerate(facing.rgb_extractor.feature_names) if n.endswith("colour_rarity")]
+    others = [i for i in range(a[0].rgb.shape[-1]) if i not in rarity]
+    for fa, fb in zip(a, b):
+        assert torch.equal(fa.rgb[..., others], fb.rgb[..., others]) and torch.equal(fa.xyz, fb.xyz)
+        assert not torch.equal(fa.rgb[..., rarity], fb.rgb[..., rarity])
+    facing.fit(good, seed=0, progress=False)
+    before = facing.predict(part.rgb, part.xyz)
+    facing.save_pretrained(tmp_path / "det")
+    loaded = mafr.MAFRDetector.from_pretrained(tmp_path / "det", device="cpu")
+    assert loaded.config.rgb.ring_normal_weight == 0.02 and loaded.rgb_extractor.reads_geometry
+    assert loaded.predict(part.rgb, part.xyz).score == before.score

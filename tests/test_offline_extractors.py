@@ -493,3 +493,88 @@ def test_colour_rarity_intensity_weight_sets_how_much_a_shade_counts() -> None:
     assert build_rgb_extractor(MAFRConfig(preset="offline")).ring_intensity_weight == 0.5
     with pytest.raises(Exception, match="ring_intensity_weight"):
         MAFRConfig(preset="offline", rgb={"ring_intensity_weight": -1.0})
+
+
+def test_smoothed_normals_of_a_tilted_plane_and_a_cylinder() -> None:
+    from mafr.extractors.offline import smoothed_normals
+
+    size = 64
+    x, y = _grid(size)
+    plane = _surface(0.5 + 0.3 * x - 0.2 * y)
+    valid = _all_valid(size)
+    valid[:, :, :4] = False  # a dropout band: its pixels get 0, its neighbours are not pulled
+    n = smoothed_normals(plane, valid, 3.0)[0]
+    expected = torch.tensor([0.3, -0.2, -1.0]) / math.sqrt(1 + 0.09 + 0.04)  # facing the camera (-z)
+    inside = n[:, 2:-2, 6:-2].reshape(3, -1)
+    assert torch.allclose(inside, expected.view(3, 1).expand_as(inside), atol=1e-3)
+    assert float(n[:, :, :4].abs().max()) == 0.0
+    # A cylinder lying along x: normals turn across it (v) and not along it (u).
+    radius = 20 * SPACING
+    z = 0.5 - torch.sqrt((radius**2 - y**2).clamp_min(0))
+    on = (y.abs() < 0.8 * radius).unsqueeze(0)
+    nc = smoothed_normals(_surface(z), on, 2.0)[0]
+    assert float((nc[:, 32, 10] - nc[:, 32, 50]).norm()) < 1e-3
+    assert float((nc[:, 26, 30] - nc[:, 38, 30]).norm()) > 0.4
+
+
+def _shaded_cylinder(size: int = 224, stain: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A grey cylinder lying along x under a light from above-left: its flanks are darker than
+    its crest. ``stain``: a patch on the crest painted the colour of the shaded flank."""
+    x, y = _grid(size)
+    radius = 60 * SPACING
+    on = y.abs() < 0.85 * radius
+    z = 0.5 - torch.sqrt((radius**2 - y**2).clamp_min(0))
+    n = torch.stack([torch.zeros_like(y), y / radius, (z - 0.5) / radius])  # outward, towards the camera
+    light = torch.tensor([0.0, 0.5, -1.0]) / math.sqrt(1.25)
+    shade = (n * light.view(3, 1, 1)).sum(0).clamp_min(0)
+    grey = torch.tensor([0.7, 0.72, 0.74]).view(3, 1, 1)
+    rgb = grey * (0.25 + 0.75 * shade)
+    if stain:
+        flank = rgb[:, 112 - 27, 112].clone()  # the shaded flank, within the circles' reach
+        rgb[:, 104:120, 104:120] = flank.view(3, 1, 1)
+    rgb = torch.where(on, rgb, torch.tensor(0.05))
+    return rgb.unsqueeze(0), _surface(z), on.unsqueeze(0)
+
+
+def test_colour_rarity_with_normals_sees_a_stain_the_colour_of_a_shaded_flank() -> None:
+    """On colours alone the stain on the crest finds its colour on the flank under its circles
+    and looks ordinary; counting the normals, no pixel of that colour faces the way it does.
+    The good cylinder stays ordinary either way: along its axis, colour and normal repeat."""
+    plain = ColorGradientExtractor(ring_radii=(21, 33), rarity_on_part=True)
+    facing = ColorGradientExtractor(ring_radii=(21, 33), rarity_on_part=True, ring_normal_weight=0.02)
+    assert facing.reads_geometry and facing.reads_validity and not plain.reads_geometry
+    good, xyz, valid = _shaded_cylinder()
+    bad, _, _ = _shaded_cylinder(stain=True)
+    r = 15  # s1_colour_rarity
+    stain_cells = (slice(13, 15), slice(13, 15))
+    on_plain = float(plain(_rgb_to_input(bad), valid)[0, r][stain_cells].min())
+    on_facing = float(facing(_rgb_to_input(bad), valid, xyz)[0, r][stain_cells].min())
+    good_facing = facing(_rgb_to_input(good), valid, xyz)[0, r]
+    inner = torch.zeros(28, 28, dtype=torch.bool)
+    inner[8:20, 4:24] = True  # the part, away from the outline and the image border
+    assert on_facing > 5 * max(on_plain, float(good_facing[inner].max()))
+    # The other channels are the plain extractor's.
+    keep = [c for c in range(45 + 3) if c % 16 != 15]
+    assert torch.equal(facing(_rgb_to_input(bad), valid, xyz)[0, keep], plain(_rgb_to_input(bad), valid)[0, keep])
+
+
+def test_colour_rarity_with_normals_needs_the_cloud_and_checks_its_settings() -> None:
+    from mafr import MAFRConfig
+    from mafr.extractors import build_rgb_extractor
+
+    good, xyz, valid = _shaded_cylinder(64)
+    facing = ColorGradientExtractor(ring_radii=(21,), rarity_on_part=True, ring_normal_weight=0.02)
+    with pytest.raises(ValueError, match="needs xyz"):
+        facing(_rgb_to_input(good), valid)
+    with pytest.raises(ValueError, match="xyz must be a tensor of shape"):
+        facing(_rgb_to_input(good), valid, xyz[:, :32])
+    for kwargs in ({"ring_normal_weight": -0.1}, {"ring_normal_weight": math.nan}, {"ring_normal_sigma": 0.0},
+                   {"ring_normal_weight": True}):
+        with pytest.raises(ValueError, match="ring_normal"):
+            ColorGradientExtractor(ring_radii=(21,), **kwargs)
+    # Without circles there is no rarity, so nothing reads the cloud.
+    assert not ColorGradientExtractor(ring_normal_weight=0.02).reads_geometry
+    built = build_rgb_extractor(MAFRConfig(preset="offline", rgb={"ring_normal_weight": 0.05, "ring_normal_sigma": 4.0}))
+    assert built.ring_normal_weight == 0.05 and built.ring_normal_sigma == 4.0 and built.reads_geometry
+    with pytest.raises(Exception, match="ring_normal_weight"):
+        MAFRConfig(preset="offline", rgb={"ring_normal_weight": -1.0})

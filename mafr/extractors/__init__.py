@@ -50,6 +50,7 @@ def build_rgb_extractor(config) -> nn.Module:
         return ColorGradientExtractor(
             ring_radii=rgb.ring_radii, rarity_on_part=rgb.rarity_on_part,
             ring_intensity_weight=rgb.ring_intensity_weight,
+            ring_normal_weight=rgb.ring_normal_weight, ring_normal_sigma=rgb.ring_normal_sigma,
         )
     weights = rgb.weights or config.extractor_weights
     return RGBExtractor(rgb.model_name, weights, rgb.image_size, rgb.timm_kwargs, seed=config.extractor_seed)

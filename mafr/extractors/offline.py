@@ -392,7 +392,11 @@ class ColorGradientExtractor(nn.Module):
       brushing, a label band continue past the circle), so on a good part some pixel on the
       circle matches; inside a stain smaller than the circles, no pixel on them has the stain's
       colour. Per-cell colour moments cannot tell a stained cell from a cell mixing two of the
-      part's colours; this can.
+      part's colours; this can. With ``ring_normal_weight``, the distance also counts how much
+      the two pixels' surface normals differ (:func:`smoothed_normals`), so a match has to
+      face the same way: on a lying cylinder the shaded flank has the colour of a dark stain on
+      its lit crest, but not its orientation, and under one light the same colour at the same
+      orientation is what a good part shows.
 
     With ``rarity_on_part``, the colour rarity is a statement about the part's surface only: a
     pixel is compared with the pixels on its circles that have a 3D measurement (the ``valid``
@@ -422,6 +426,12 @@ class ColorGradientExtractor(nn.Module):
             shading moves intensity across a curved part while leaving the chroma alone.
         rarity_on_part: compare only pixels with a 3D measurement (above); :meth:`forward` then
             needs ``valid``. No effect without ``ring_radii``.
+        ring_normal_weight: weight of the squared difference of unit normals (2 - 2 cos of the
+            angle between them) in the squared colour-rarity distance; 0: colours alone.
+            :meth:`forward` then needs ``xyz``. No effect without ``ring_radii``.
+        ring_normal_sigma: Gaussian width (pixels) the organized cloud is smoothed with before
+            its normals are taken; sensor noise of a few tenths of a millimetre tilts per-pixel
+            normals by degrees.
     """
 
     def __init__(
@@ -433,8 +443,17 @@ class ColorGradientExtractor(nn.Module):
         ring_radii: tuple[int, ...] = (),
         ring_intensity_weight: float = 0.5,
         rarity_on_part: bool = False,
+        ring_normal_weight: float = 0.0,
+        ring_normal_sigma: float = 8.0,
     ) -> None:
         super().__init__()
+        for name, value in (("ring_normal_weight", ring_normal_weight), ("ring_normal_sigma", ring_normal_sigma)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if ring_normal_sigma <= 0:
+            raise ValueError(f"ring_normal_sigma must be positive (pixels), got {ring_normal_sigma!r}")
+        self.ring_normal_weight = float(ring_normal_weight) if ring_radii else 0.0
+        self.ring_normal_sigma = float(ring_normal_sigma)
         self.rarity_on_part = bool(rarity_on_part) and bool(ring_radii)
         ring_radii = tuple(ring_radii)
         if any(not isinstance(r, int) or r < 1 for r in ring_radii) or len(set(ring_radii)) != len(ring_radii):
@@ -482,15 +501,22 @@ class ColorGradientExtractor(nn.Module):
     @property
     def reads_validity(self) -> bool:
         """Whether :meth:`forward` reads the network-resolution validity mask (the detector passes it)."""
-        return self.rarity_on_part
+        return self.rarity_on_part or self.reads_geometry
+
+    @property
+    def reads_geometry(self) -> bool:
+        """Whether :meth:`forward` reads the organized cloud at the network's resolution (the
+        detector passes it, with the validity mask)."""
+        return self.ring_normal_weight > 0
 
     def extra_repr(self) -> str:
         return (
             f"patch={self.patch}, scales={self.scales}, orientation_bins={self.orientation_bins}, "
-            f"ring_radii={self.ring_radii}, rarity_on_part={self.rarity_on_part}, out_dim={self.out_dim}"
+            f"ring_radii={self.ring_radii}, rarity_on_part={self.rarity_on_part}, "
+            f"ring_normal_weight={self.ring_normal_weight}, out_dim={self.out_dim}"
         )
 
-    def _validate(self, images: Tensor, valid: Optional[Tensor]) -> None:
+    def _validate(self, images: Tensor, valid: Optional[Tensor], xyz: Optional[Tensor] = None) -> None:
         if not isinstance(images, Tensor):
             raise ValueError("images must be a torch tensor")
         if images.dim() != 4 or images.shape[1] != 3:
@@ -502,7 +528,13 @@ class ColorGradientExtractor(nn.Module):
             raise ValueError(f"image size {H} x {W} must be a positive multiple of patch={self.patch}")
         if not bool(torch.isfinite(images).all()):
             raise ValueError("images contain NaN or inf")
-        if self.rarity_on_part:
+        if self.reads_geometry:
+            if xyz is None or valid is None:
+                raise ValueError("ring_normal_weight > 0 needs xyz, the (B, H, W, 3) organized cloud, and valid")
+            if not isinstance(xyz, Tensor) or tuple(xyz.shape) != (images.shape[0], H, W, 3):
+                raise ValueError(f"xyz must be a tensor of shape {(images.shape[0], H, W, 3)}, "
+                                 f"got {tuple(getattr(xyz, 'shape', ()))}")
+        if self.reads_validity:
             if valid is None:
                 raise ValueError("rarity_on_part=True needs valid, the (B, H, W) bool mask of pixels with 3D")
             if valid.dtype != torch.bool or tuple(valid.shape) != (images.shape[0], H, W):
@@ -540,10 +572,11 @@ class ColorGradientExtractor(nn.Module):
         return gx, gy
 
     @torch.no_grad()
-    def forward(self, images: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    def forward(self, images: Tensor, valid: Optional[Tensor] = None, xyz: Optional[Tensor] = None) -> Tensor:
         """Features of ImageNet-normalised images ``(B, 3, H, W)`` -> ``(B, out_dim, H/patch, W/patch)``.
-        ``valid`` (``(B, H, W)`` bool, pixels with 3D) is read only with ``rarity_on_part``."""
-        self._validate(images, valid)
+        ``valid`` (``(B, H, W)`` bool, pixels with 3D) is read only with ``rarity_on_part`` or
+        ``ring_normal_weight``; ``xyz`` (``(B, H, W, 3)``, the organized cloud) only with the latter."""
+        self._validate(images, valid, xyz)
         offset = images.float() * self.std  # RGB minus the ImageNet mean
         rgb = offset + self.mean
         # Moments about a fixed reference colour (the ImageNet mean), pooled in float64, so
@@ -565,7 +598,8 @@ class ColorGradientExtractor(nn.Module):
 
         per_pixel = [c, c * c, votes.double(), mag.double()]
         if self.ring_radii:
-            per_pixel.append(self._colour_rarity(c.float(), valid if self.rarity_on_part else None).double())
+            normals = smoothed_normals(xyz, valid, self.ring_normal_sigma) if self.reads_geometry else None
+            per_pixel.append(self._colour_rarity(c.float(), valid if self.rarity_on_part else None, normals).double())
         per_pixel = torch.cat(per_pixel, dim=1)
         centre = torch.einsum("oc,bchw->bohw", self.opponent, self.mean).double()
         feats = []
@@ -589,12 +623,16 @@ class ColorGradientExtractor(nn.Module):
     #: from float32's range, so the masking costs nothing in the loop over circle points.
     _OFF_PART = 1e3
 
-    def _colour_rarity(self, opponent: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    def _colour_rarity(self, opponent: Tensor, valid: Optional[Tensor] = None, normals: Optional[Tensor] = None) -> Tensor:
         """``(B, 3, H, W)`` opponent colours -> ``(B, 1, H, W)``: distance to the closest colour
         on the circles of ``ring_radii`` around each pixel (replicate padding at the border). With
         ``valid``, only pixels with 3D count as candidates (outside the image none does), and a
-        pixel without 3D, or without any candidate on its circles, gets 0."""
+        pixel without 3D, or without any candidate on its circles, gets 0. With ``normals``
+        (``(B, 3, H, W)``), ``ring_normal_weight`` times their squared difference is added to the
+        squared distance (three more coordinates of the compared vectors)."""
         x = opponent * opponent.new_tensor([1.0, 1.0, self.ring_intensity_weight]).view(1, 3, 1, 1)
+        if normals is not None:
+            x = torch.cat([x, math.sqrt(self.ring_normal_weight) * normals.to(x.dtype)], 1)
         H, W = x.shape[-2:]
         pad = max(self.ring_radii)
         if valid is None:
@@ -615,6 +653,32 @@ class ColorGradientExtractor(nn.Module):
             # A part colour is within a few units of 0; an off-part one is 1e3 away per axis.
             best = best.masked_fill(off | (best > self._OFF_PART), 0.0)
         return best.sqrt().unsqueeze(1)
+
+
+def smoothed_normals(xyz: Tensor, valid: Tensor, sigma: float) -> Tensor:
+    """Unit surface normals ``(B, 3, H, W)`` of an organized cloud ``(B, H, W, 3)``, oriented
+    towards the camera at the origin, 0 where ``valid`` is False. The cloud is first smoothed
+    with a Gaussian of ``sigma`` pixels over the valid pixels only (normalised by the smoothed
+    mask, so the outline and dropouts are not pulled towards the origin); the normal is the
+    cross product of the smoothed cloud's central differences along the two pixel axes, which
+    needs no metric pixel size and does not depend on the part's pose."""
+    m = valid.unsqueeze(1).to(torch.float32)
+    points = xyz.permute(0, 3, 1, 2).to(torch.float32) * m
+    half = max(1, int(math.ceil(2.5 * sigma)))
+    t = torch.arange(-half, half + 1, dtype=torch.float32, device=xyz.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = torch.cat([points, m], 1)
+    x = F.conv2d(F.pad(x, (half, half, 0, 0)), k.view(1, 1, 1, -1).expand(4, 1, 1, -1), groups=4)
+    x = F.conv2d(F.pad(x, (0, 0, half, half)), k.view(1, 1, -1, 1).expand(4, 1, -1, 1), groups=4)
+    smooth = x[:, :3] / x[:, 3:].clamp_min(1e-6)
+    sp = F.pad(smooth, (1, 1, 1, 1), mode="replicate")
+    du = sp[..., 1:-1, 2:] - sp[..., 1:-1, :-2]
+    dv = sp[..., 2:, 1:-1] - sp[..., :-2, 1:-1]
+    n = torch.cross(du, dv, dim=1)
+    n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    n = torch.where((n * smooth).sum(1, keepdim=True) > 0, -n, n)
+    return n * m
 
 
 def _running_max(x: Tensor, window: int, dim: int) -> Tensor:
