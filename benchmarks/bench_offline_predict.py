@@ -14,7 +14,9 @@ channels' maximum (``scoring.channel_reduce_2d="max"``) replaces their RMS. The 
 (``grid_size=56``; 28 before) gives the autoencoder four times the positions and the calibration
 levels four times the cells; extraction and the maps at the network's input size are unchanged.
 Levels per restored-value bin (``scoring.level_bins``) add one comparison of each channel's
-restored value with its bin edges per cell. The stride-1 box smoothing and the running maximum are computed as shifted sums and maxima
+restored value with its bin edges per cell. Colour rarity that faces the same way
+(``rgb.ring_normal_weight``) smooths the framed cloud once per part for its normals and compares
+six coordinates instead of three at each of the 64 circle points. The stride-1 box smoothing and the running maximum are computed as shifted sums and maxima
 (``benchmarks/bench_filters.py``) in every configuration but ``released``.
 Three detectors are fitted on the same generated parts (400 px, as the benchmark's) and timed
 alternately, one predict per part:
@@ -22,9 +24,8 @@ alternately, one predict per part:
 - ``released``: the offline preset before the rises and sinks (``deviation_peaks=False``,
   ``edge_cap=3``, levels from held-out parts at 0.9), run with the torch pooling filters it shipped
   with (``avg_pool2d`` / ``max_pool2d``, swapped in for its calls only): that release as users had it;
-- ``previous``: the previous release's offline preset (the 56 x 56 grid, the reference's loss;
-  one good-part level per distance band) on this release's code (what this release's levels per
-  restored-value bin cost);
+- ``previous``: the previous release's offline preset (levels per restored-value bin; colour
+  rarity on colours alone) on this release's code (what this release's normals cost);
 - ``current``: this release's offline preset.
 
 Prints one JSON line; exits 1 when ``current / released`` exceeds 1.10. ``current / previous``
@@ -87,12 +88,13 @@ def main() -> int:
     probes = [generate_sample("puck", "stain", seed=100 + i) for i in range(args.parts)]
     previous_loss = {"loss_form": "mafr", "smoothness_first_two_channels": False}
     # The whole image and the widths set for it (this release frames the part: mafr.framing).
-    whole = {"framing": "image", "grid_size": 28, "train": previous_loss, "rgb": {"ring_radii": (14, 22), "rarity_on_part": False},
+    whole = {"framing": "image", "grid_size": 28, "train": previous_loss,
+             "rgb": {"ring_radii": (14, 22), "rarity_on_part": False, "ring_normal_weight": 0.0},
              "points": {"deviation_scales": (6.0, 12.0)}}
     old = {**whole, "points": {**whole["points"], "deviation_peaks": False},
            "scoring": {"edge_cap": 3, "levels_parts": "held_out", "level_quantile": 0.9, "channel_reduce_2d": "rms",
                        "level_bins": ()}}
-    previous = {"scoring": {"level_bins": ()}}
+    previous = {"rgb": {"ring_normal_weight": 0.0}}
     variants = {"released": old, "previous": previous, "current": {}}
     detectors = {}
     for name, overrides in variants.items():

@@ -598,13 +598,14 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
 
 
 def test_colour_rarity_facing_the_same_way_reaches_the_detector_and_survives_saving(tmp_path):
-    """With ``rgb.ring_normal_weight`` the detector hands the framed cloud to the colour
-    extractor: only the colour-rarity channels change, a fitted detector scores and saves it."""
+    """With ``rgb.ring_normal_weight`` (the offline preset's 0.02) the detector hands the framed
+    cloud to the colour extractor: only the colour-rarity channels change, and a fitted detector
+    scores, saves and reloads with it."""
     good = [generate_sample("cylinder", seed=s, size=128) for s in range(4)]
     part = generate_sample("cylinder", "stain", seed=41, size=128)
     cfg = {"train": {"steps": 20, "early_stop_patience": None}}
-    plain = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", **cfg), device="cpu")
-    facing = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", rgb={"ring_normal_weight": 0.02}, **cfg), device="cpu")
+    plain = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", rgb={"ring_normal_weight": 0.0}, **cfg), device="cpu")
+    facing = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", **cfg), device="cpu")  # 0.02 in the preset
     a, b = plain.extract_features(good[:2]), facing.extract_features(good[:2])
     rarity = [i for i, n in enumerate(facing.rgb_extractor.feature_names) if n.endswith("colour_rarity")]
     others = [i for i in range(a[0].rgb.shape[-1]) if i not in rarity]

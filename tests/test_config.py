@@ -43,6 +43,8 @@ def test_presets_fill_only_what_was_not_given():
     assert ref.scoring.levels_parts == "held_out"
     assert off.scoring.level_quantile == 0.97 and paper.scoring.level_quantile == 0.9
     assert off.rgb.rarity_on_part and not paper.rgb.rarity_on_part
+    assert off.rgb.ring_normal_weight == 0.02 and paper.rgb.ring_normal_weight == ref.rgb.ring_normal_weight == 0.0
+    assert off.rgb.ring_normal_sigma == 8.0
     assert off.scoring.channel_reduce_2d == "max" and paper.scoring.channel_reduce_2d == ref.scoring.channel_reduce_2d == "rms"
     assert off.grid_size == 56 and paper.grid_size == 28 and ref.grid_size == 224
     assert off.train.loss_form == ref.train.loss_form == "reference" and paper.train.loss_form == "mafr"
@@ -68,6 +70,7 @@ def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted
     del saved["scoring"]["edge_cap"], saved["scoring"]["levels_parts"], saved["scoring"]["level_quantile"]
     del saved["framing"], saved["rgb"]["rarity_on_part"], saved["scoring"]["channel_reduce_2d"]
     del saved["points"]["deviation_peak_sigma"], saved["points"]["deviation_order"], saved["scoring"]["level_bins"]
+    del saved["rgb"]["ring_normal_weight"], saved["rgb"]["ring_normal_sigma"]
     old = _decode_config(saved)
     assert old.framing == "image"
     assert old.rgb.rarity_on_part is False and old.scoring.channel_reduce_2d == "rms"
@@ -76,11 +79,12 @@ def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted
     assert old.points.deviation_peak_sigma == (3.0,)  # one width for every scale, as then
     assert old.points.deviation_order == (2,)
     assert old.scoring.level_bins == ()  # one level per distance band, as then
+    assert old.rgb.ring_normal_weight == 0.0  # colours alone, as then
     new = _decode_config(MAFRConfig(preset="offline").to_json_dict())
     assert new.points.resize == "mean" and new.rgb.ring_radii == (21, 33) and new.points.deviation_peaks is True
     assert new.framing == "part" and new.rgb.rarity_on_part is True and new.scoring.channel_reduce_2d == "max"
     assert new.scoring.edge_cap == 7 and new.scoring.levels_parts == "all" and new.scoring.level_quantile == 0.97
-    assert new.scoring.level_bins == (0.5, 0.8, 0.95)
+    assert new.scoring.level_bins == (0.5, 0.8, 0.95) and new.rgb.ring_normal_weight == 0.02
     # Bins a detector was saved with are the bins it loads with, whatever the preset says.
     other = MAFRConfig(preset="offline", scoring={"level_bins": (0.25, 0.5, 0.75)}).to_json_dict()
     assert _decode_config(other).scoring.level_bins == (0.25, 0.5, 0.75)

