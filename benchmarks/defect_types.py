@@ -40,25 +40,32 @@ DESCRIPTORS = {
 }
 ATTENTION = ("cbam", "se", "none")
 #: 2D descriptor variants (the 3D one at its default).
-COLOUR = {"colour rarity on circles of 21 and 33 px, on the part only (default)": {},
+COLOUR = {"colour rarity on circles of 21 and 33 px, on the part only, facing the same way (default)": {},
+          "colour rarity on colours alone (no normals)": {"ring_normal_weight": 0.0},
           "colour rarity compared with every pixel, with 3D or not": {"rarity_on_part": False},
           "without colour rarity": {"ring_radii": ()}}
-#: The previous release: one good-part level per distance band (no restored-value bins).
-V10 = {"scoring": {"level_bins": ()}}
-#: The previous release's first change alone: the 56 x 56 grid, with the loss before it.
+# Earlier offline defaults, newest first, each named by what it had (not by how many releases
+# ago it was, which changes with every release). Every one rates colours alone in the rarity.
+_COLOURS_ALONE = {"ring_normal_weight": 0.0}
+#: Levels per restored-value bin, colour rarity on colours alone.
+V_BINS = {"rgb": _COLOURS_ALONE}
+#: One good-part level per distance band (the 56 x 56 grid and the reference's loss).
+V10 = {**V_BINS, "scoring": {"level_bins": ()}}
+#: The 56 x 56 grid alone, with the loss before it.
 V09A = {**V10, "train": {"loss_form": "mafr", "smoothness_first_two_channels": False}}
-#: Two releases ago: stains seen on the part, on a 28 x 28 grid.
+#: Stains seen on the part, on a 28 x 28 grid.
 V08 = {**V09A, "grid_size": 28}
-#: Three releases ago: the part framed (colour rarity against every pixel, channels by their RMS).
-V07 = {**V08, "rgb": {"rarity_on_part": False}, "scoring": {**V10["scoring"], "channel_reduce_2d": "rms"}}
+#: The part framed (colour rarity against every pixel, channels by their RMS).
+V07 = {**V08, "rgb": {**_COLOURS_ALONE, "rarity_on_part": False}, "scoring": {**V10["scoring"], "channel_reduce_2d": "rms"}}
 #: The widths in network pixels set for the whole image, and the threshold floor, of the release before.
-_WIDTHS_BEFORE = {"rgb": {"ring_radii": (14, 22), "rarity_on_part": False}, "points": {"deviation_scales": (6.0, 12.0)},
+_WIDTHS_BEFORE = {"rgb": {**_COLOURS_ALONE, "ring_radii": (14, 22), "rarity_on_part": False},
+                  "points": {"deviation_scales": (6.0, 12.0)},
                   "scoring": {**V10["scoring"], "edge_cap": 5, "log_spread_floor": 0.1, "channel_reduce_2d": "rms"}}
-#: The release before that: the whole image.
+#: The whole image.
 V06 = {"framing": "image", **V08, **_WIDTHS_BEFORE}
-#: The release before it: fusion levels from the two held-out parts only.
+#: Fusion levels from the two held-out parts only.
 V05 = {**V06, "scoring": {**V06["scoring"], "levels_parts": "held_out", "level_quantile": 0.9}}
-#: The release before that: the signed deviation, pooled by the cell mean, four distance bands.
+#: The signed deviation, pooled by the cell mean, four distance bands.
 V04 = {**V05, "points": {**V05["points"], "deviation_peaks": False}, "scoring": {**V05["scoring"], "edge_cap": 3}}
 #: Also nearest-neighbour resize of the cloud, no colour rarity.
 V03 = {**V04, "points": {**V04["points"], "resize": "nearest"}, "rgb": {"ring_radii": ()}}
@@ -67,6 +74,19 @@ V01 = {"framing": "image", **V08, "points": {"kind": "fpfh", "deviation_scales":
        "rgb": {"ring_radii": ()},
        "scoring": {**V10["scoring"], "fusion": "product", "threshold_rule": "sigma", "threshold_sigma": 3.0,
                    "threshold_parts": "held_out"}}
+#: The "release" study's rows, oldest first.
+RELEASES = (
+    ("offline preset 0.1 (FPFH, product, mean + 3 std)", V01),
+    ("nearest-neighbour resize, no colour rarity", V03),
+    ("signed deviation, cell mean", V04),
+    ("fusion levels from the held-out parts only", V05),
+    ("the whole image", V06),
+    ("the part framed", V07),
+    ("stains seen on the part; 28 x 28 grid", V08),
+    ("the 56 x 56 grid with the loss before it", V09A),
+    ("the 56 x 56 grid and the reference's loss; one level per distance band", V10),
+    ("levels per restored-value bin; colour rarity on colours alone", V_BINS),
+)
 
 
 def _summary(result: dict) -> dict:
@@ -132,17 +152,7 @@ def run_category(root: Path, category: str, emit, studies=STUDIES) -> dict:
         else:
             d, _, s = fitted(model={"attention": attention})
             scored("attention", attention, _summary(evaluate_detector(d, test, progress=False)), s)
-    for variant, overrides in () if "release" not in studies else (
-        ("offline preset 0.1 (FPFH, product, mean + 3 std)", V01),
-        ("seven releases ago (nearest-neighbour resize, no colour rarity)", V03),
-        ("six releases ago (signed deviation, cell mean)", V04),
-        ("five releases ago (fusion levels from the held-out parts only)", V05),
-        ("four releases ago (the whole image)", V06),
-        ("three releases ago (the part framed)", V07),
-        ("two releases ago (stains seen on the part; 28 x 28 grid)", V08),
-        ("the 56 x 56 grid with the loss before it (the previous release's first change alone)", V09A),
-        ("previous release (the 56 x 56 grid and the reference's loss; one level per distance band)", V10),
-    ):
+    for variant, overrides in RELEASES if "release" in studies else ():
         d, _, s = fitted(**overrides)
         scored("release", variant, _summary(evaluate_detector(d, test, progress=False)), s)
     return default
