@@ -3,6 +3,8 @@
 - ``docs/pipeline.png``: the MAFR pipeline as boxes and arrows, about 1400 px wide.
 - ``docs/framing.png``: what the network sees with ``framing="image"`` and ``framing="part"``
   (a generated lying cylinder; no fitting).
+- ``docs/rarity_normals.png``: colour rarity on a generated lying shaft with a stain, on colours
+  alone and facing the same way, and the normals behind the difference (no fitting).
 - ``docs/example_panel.png``: a real result panel. A detector with the weight-free ``"offline"``
   preset is fitted on 6 generated good "puck" parts (under a minute on a 2-core CPU), then scores a
   generated part with a crack.
@@ -250,12 +252,70 @@ def draw_example_panel(path: Path) -> Path:
     return path
 
 
+def draw_rarity_normals(path: Path) -> Path:
+    """Colour rarity on a lying shaft with a dark stain on its crest, on colours alone and facing
+    the same way (``rgb.ring_normal_weight``), per pixel before pooling, on one colour scale; and
+    the normals that make the difference (x and y components as red and green). The network's
+    framed input, cropped to the part."""
+    import numpy as np
+    import torch
+
+    import mafr
+    from mafr.datasets.synthetic import generate_sample
+    from mafr.extractors.offline import smoothed_normals
+
+    detector = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline"))
+    detector.extract_features([generate_sample("shaft", seed=s) for s in range(4)])  # sets the framing
+    # Of the generated stains on this shaft, one that colours alone rank low (seeds 100-123).
+    part = generate_sample("shaft", "stain", seed=117)
+    prep = detector._prepare(part, detector.framing_)
+    extractor = detector.rgb_extractor
+    images, valid, xyz = prep.image[None], prep.valid[None].bool(), prep.xyz[None].float()
+    opponent = torch.einsum("oc,bchw->bohw", extractor.opponent, images * extractor.std)
+    normals = smoothed_normals(xyz, valid, extractor.ring_normal_sigma)
+    alone = extractor._colour_rarity(opponent, valid)[0, 0].numpy()
+    facing = extractor._colour_rarity(opponent, valid, normals)[0, 0].numpy()
+    on = valid[0].numpy()
+    ys, xs = np.nonzero(on)
+    box = (max(xs.min() - 6, 0), max(ys.min() - 6, 0), min(xs.max() + 7, on.shape[1]), min(ys.max() + 7, on.shape[0]))
+
+    def heat(values: np.ndarray, top: float) -> Image.Image:
+        t = np.clip(values / top, 0, 1)
+        rgb = np.stack([255 * np.clip(2 * t, 0, 1), 255 * np.clip(2 * t - 1, 0, 1), 60 * (1 - t)], -1)
+        return Image.fromarray(rgb.astype(np.uint8))
+
+    picture = (images[0].permute(1, 2, 0) * extractor.std[0, :, 0, 0] + extractor.mean[0, :, 0, 0]).numpy()
+    n = normals[0].numpy()
+    # Each rarity map on the scale of its own 99.9th percentile over the part: the stain against
+    # what the rest of the part reaches.
+    tiles = [
+        (Image.fromarray((picture.clip(0, 1) * 255).astype(np.uint8)), "framed part: a dark stain on the crest"),
+        (heat(alone, float(np.percentile(alone[on], 99.9))), "colour rarity, colours alone (rgb.ring_normal_weight=0)"),
+        (heat(facing, float(np.percentile(facing[on], 99.9))), "colour rarity facing the same way (0.02, the offline preset)"),
+        (Image.fromarray((np.stack([n[0], n[1], np.zeros_like(n[0])], -1) * 127 + 128 * on[..., None])
+                         .clip(0, 255).astype(np.uint8)), "smoothed normals (x as red, y as green)"),
+    ]
+    crop_w = box[2] - box[0]
+    width = 640
+    height = round((box[3] - box[1]) * width / crop_w)
+    pad, head = 14, 22
+    img = Image.new("RGB", (2 * pad + width, pad + len(tiles) * (head + height + pad)), "white")
+    draw = ImageDraw.Draw(img)
+    for i, (tile, title) in enumerate(tiles):
+        y = pad + i * (head + height + pad)
+        draw.text((pad, y), title, fill=(30, 30, 30), font=_font(14))
+        img.paste(tile.crop(box).resize((width, height), Image.NEAREST), (pad, y + head))
+    img.save(path)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-panel", action="store_true", help="only draw the pipeline (no fitting)")
     args = parser.parse_args()
     print("wrote", draw_pipeline(DOCS / "pipeline.png"))
     print("wrote", draw_framing(DOCS / "framing.png"))
+    print("wrote", draw_rarity_normals(DOCS / "rarity_normals.png"))
     if not args.skip_panel:
         print("wrote", draw_example_panel(DOCS / "example_panel.png"))
 
