@@ -568,6 +568,10 @@ def test_colour_rarity_with_normals_needs_the_cloud_and_checks_its_settings() ->
         facing(_rgb_to_input(good), valid)
     with pytest.raises(ValueError, match="xyz must be a tensor of shape"):
         facing(_rgb_to_input(good), valid, xyz[:, :32])
+    broken = xyz.clone()
+    broken[0, 5, 5, 2] = math.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        facing(_rgb_to_input(good), valid, broken)
     for kwargs in ({"ring_normal_weight": -0.1}, {"ring_normal_weight": math.nan}, {"ring_normal_sigma": 0.0},
                    {"ring_normal_weight": True}):
         with pytest.raises(ValueError, match="ring_normal"):

@@ -534,6 +534,8 @@ class ColorGradientExtractor(nn.Module):
             if not isinstance(xyz, Tensor) or tuple(xyz.shape) != (images.shape[0], H, W, 3):
                 raise ValueError(f"xyz must be a tensor of shape {(images.shape[0], H, W, 3)}, "
                                  f"got {tuple(getattr(xyz, 'shape', ()))}")
+            if not bool(torch.isfinite(xyz).all()):
+                raise ValueError("xyz contains NaN or inf")
         if self.reads_validity:
             if valid is None:
                 raise ValueError("rarity_on_part=True needs valid, the (B, H, W) bool mask of pixels with 3D")
