@@ -23,6 +23,7 @@ and return float32.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Optional
@@ -657,6 +658,19 @@ class ColorGradientExtractor(nn.Module):
         return best.sqrt().unsqueeze(1)
 
 
+@functools.lru_cache(maxsize=8)
+def _gaussian_band(n: int, sigma: float, device: str) -> Tensor:
+    """The Gaussian of ``sigma`` pixels, truncated at 2.5 widths and normalised to sum 1 over its
+    taps, as an ``n x n`` banded matrix (zeros beyond the border): one matrix product per axis
+    is about 6x faster on CPU than a grouped 41-tap convolution. Cached: every part of a run
+    has the network's size."""
+    half = max(1, int(math.ceil(2.5 * sigma)))
+    norm = torch.exp(-0.5 * (torch.arange(-half, half + 1, dtype=torch.float32) / sigma) ** 2).sum()
+    offset = torch.arange(n, device=device)
+    d = (offset.view(-1, 1) - offset.view(1, -1)).float()
+    return torch.where(d.abs() <= half, torch.exp(-0.5 * (d / sigma) ** 2), 0.0) / norm.to(device)
+
+
 def smoothed_normals(xyz: Tensor, valid: Tensor, sigma: float) -> Tensor:
     """Unit surface normals ``(B, 3, H, W)`` of an organized cloud ``(B, H, W, 3)``, oriented
     towards the camera at the origin, 0 where ``valid`` is False. The cloud is first smoothed
@@ -666,17 +680,9 @@ def smoothed_normals(xyz: Tensor, valid: Tensor, sigma: float) -> Tensor:
     needs no metric pixel size and does not depend on the part's pose."""
     m = valid.unsqueeze(1).to(torch.float32)
     points = xyz.permute(0, 3, 1, 2).to(torch.float32) * m
-    half = max(1, int(math.ceil(2.5 * sigma)))
-    norm = torch.exp(-0.5 * (torch.arange(-half, half + 1, dtype=torch.float32) / sigma) ** 2).sum()
-
-    def band(n: int) -> Tensor:
-        # The truncated Gaussian as an n x n banded matrix (zeros beyond the border): one matrix
-        # product per axis is about 6x faster on CPU than a grouped 41-tap convolution.
-        offset = torch.arange(n, device=xyz.device)
-        d = (offset.view(-1, 1) - offset.view(1, -1)).float()
-        return torch.where(d.abs() <= half, torch.exp(-0.5 * (d / sigma) ** 2), 0.0) / norm
-
-    x = band(xyz.shape[1]) @ torch.cat([points, m], 1) @ band(xyz.shape[2]).T
+    device = str(xyz.device)
+    x = _gaussian_band(xyz.shape[1], float(sigma), device) @ torch.cat([points, m], 1) @ \
+        _gaussian_band(xyz.shape[2], float(sigma), device).T
     smooth = x[:, :3] / x[:, 3:].clamp_min(1e-6)
     sp = F.pad(smooth, (1, 1, 1, 1), mode="replicate")
     du = sp[..., 1:-1, 2:] - sp[..., 1:-1, :-2]
