@@ -26,7 +26,6 @@ import torch
 
 import mafr
 from mafr.datasets import BENCHMARK_DIFFICULTIES, BENCHMARK_SPLITS, DEFECTS, MVTec3D, write_benchmark
-from mafr.detector import _held_out_split
 from mafr.evaluation import evaluate_detector
 
 FUSIONS = ("product", "sum", "max", "rgb", "xyz", "calibrated")
@@ -96,14 +95,6 @@ def _summary(result: dict) -> dict:
     return out
 
 
-def _recalibrate(det: mafr.MAFRDetector, train_feats, seed: int = 0) -> None:
-    """Held-out parts exactly as ``fit`` chose them, calibrated again for the current scoring
-    (the threshold pooling the training parts' scores too, as ``fit`` does)."""
-    held, train = _held_out_split(len(train_feats), det.config.train.calibration_fraction,
-                                  torch.Generator().manual_seed(seed))
-    det._calibrate_on([train_feats[i] for i in held], [train_feats[i] for i in train])
-
-
 STUDIES = ("fusion", "descriptor", "colour", "attention", "release")
 
 
@@ -128,7 +119,8 @@ def run_category(root: Path, category: str, emit, studies=STUDIES) -> dict:
     # fitted, and that one default detector is every study's default row (evaluated once).
     for fusion in FUSIONS if "fusion" in studies else ("calibrated",):
         det.config.scoring.fusion = fusion
-        _recalibrate(det, feats)
+        # The held-out parts exactly as fit chose them, calibrated again for this fusion.
+        det._recalibrate_as_fitted(feats, seed=0)
         if "fusion" in studies and fusion != "calibrated":
             scored("fusion", fusion, _summary(evaluate_detector(det, test, progress=False)))
     default = _summary(evaluate_detector(det, test, progress=False))

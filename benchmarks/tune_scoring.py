@@ -7,7 +7,7 @@ Scoring settings (``config.scoring``: levels, bins, smoothing, threshold rule) a
 autoencoder is trained, so there is no need to train once per setting. Per category the fit
 and test parts' features are extracted once; per fit seed the offline preset's autoencoder is
 trained once; then every variant re-calibrates on the same held-out split, as ``fit`` does
-(``_calibrate_fit_split``), and scores the test parts. The first row of each fit, ``default``, is exactly
+(``_recalibrate_as_fitted``), and scores the test parts. The first row of each fit, ``default``, is exactly
 what ``benchmarks/tune.py`` reports; a variant row equals ``tune.py --set VARIANT``. A variant
 that changes anything but ``scoring`` is refused: it would need its own training.
 
@@ -22,13 +22,11 @@ import copy
 import json
 
 import numpy as np
-import torch
 
 import mafr
 from mafr import metrics
 from mafr.datasets import DEFECTS, MVTec3D
 from mafr.evaluation import decision_metrics
-from mafr.detector import _held_out_split
 from tune import add_data_arguments, prepare_data, summarise
 
 
@@ -75,9 +73,7 @@ def main(argv=None) -> int:
                 det = copy.deepcopy(trained)
                 det.config = mafr.MAFRConfig(preset="offline", **overrides)
                 # The split fit drew with this seed: the same parts calibrate every variant.
-                gen = torch.Generator().manual_seed(seed)
-                split = _held_out_split(len(fit_feats), det.config.train.calibration_fraction, gen)
-                det._calibrate_fit_split(fit_feats, *split)
+                det._recalibrate_as_fitted(fit_feats, seed)
                 row = {"variant": name, "category": c, "seed": seed, **score_rows(det, test_feats, types)}
                 rows[name].append(row)
                 print(json.dumps(row), flush=True)

@@ -629,6 +629,13 @@ class MAFRDetector(
         }
         return self
 
+    def _recalibrate_as_fitted(self, feats: Sequence[_Features], seed: int) -> list[float]:
+        """Calibrate again, for the current scoring settings, on the split :meth:`fit` with
+        ``seed`` drew from ``feats`` (its generator's first draw). For studies that change only
+        scoring on one trained autoencoder (``benchmarks/tune_scoring.py``, ``defect_types.py``)."""
+        split = _held_out_split(len(feats), self.config.train.calibration_fraction, torch.Generator().manual_seed(seed))
+        return self._calibrate_fit_split(feats, *split)
+
     def _calibrate_fit_split(self, feats: Sequence[_Features], cal_idx: Sequence[int],
                              train_idx: Sequence[int]) -> list[float]:
         """Calibrate as :meth:`fit` does on its split of ``feats``; the held-out parts' scores."""
