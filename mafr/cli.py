@@ -19,6 +19,9 @@ from typing import Any, Callable, Optional, Sequence
 RGB_SUFFIXES = (".png", ".jpg", ".jpeg")
 XYZ_SUFFIXES = (".tiff", ".tif", ".npy")
 EXIT_OK, EXIT_ANOMALOUS, EXIT_USAGE = 0, 1, 2
+#: The detector has no finite threshold, so no part was judged: neither "good" (0) nor
+#: "anomalous" (1), and not a crash (2).
+EXIT_NO_THRESHOLD = 3
 #: Every error exits 2, never 1 ("anomalous"): a script must not read a crash as a verdict.
 EXIT_ERROR = EXIT_USAGE
 
@@ -282,7 +285,7 @@ def _cmd_predict(args: argparse.Namespace, out: _Out) -> int:
                 "xyz": str(part.xyz),
                 "score": res.score,
                 "threshold": res.threshold,
-                "is_anomalous": bool(res.is_anomalous),
+                "is_anomalous": res.is_anomalous,
                 "flags": list(res.flags),
             }
             if res.flags:
@@ -293,6 +296,12 @@ def _cmd_predict(args: argparse.Namespace, out: _Out) -> int:
                 line["panel"] = str(panel)
             anomalous |= bool(res.is_anomalous)
             print(json.dumps(_jsonable(line)), flush=True)
+    if not math.isfinite(det.threshold_):
+        print(f"mafr: error: {args.detector} has no decision threshold, so no part was judged (scores only; "
+              "is_anomalous is null). Set one from good parts with `det.calibrate(good_parts)` in Python "
+              "(then save_pretrained), or convert again with `mafr convert ... --threshold T`",
+              file=sys.stderr)
+        return EXIT_NO_THRESHOLD
     return EXIT_ANOMALOUS if anomalous else EXIT_OK
 
 
@@ -597,9 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "predict", "score parts with a saved detector",
              "Score parts with a saved detector. Writes one JSON line per part to stdout:\n"
              '  {"name", "rgb", "xyz", "score", "threshold", "is_anomalous", "flags"[, "panel"]}\n'
-             "(threshold is null when the detector has none, e.g. a converted reference checkpoint).\n\n"
+             "(threshold and is_anomalous are null when the detector has none, e.g. a converted reference checkpoint).\n\n"
              "INPUTS are `RGB XYZ` file pairs and/or folders.\n" + PAIRING + "\n\n"
-             "Exit status: 0 if every part is good, 1 if any part is anomalous, 2 on an error.",
+             "Exit status: 0 if every part is good, 1 if any part is anomalous, 2 on an error, 3 if the detector "
+             "has no threshold (scores only, nothing judged).",
              "  mafr predict detector part.png part.tiff --overlay panels\n"
              "  mafr predict hf-user/mafr-puck new_parts/ --batch-size 4 > scores.jsonl", [common])
     p.add_argument("detector", metavar="DETECTOR_DIR", help="saved detector directory or Hugging Face repo id")

@@ -334,6 +334,11 @@ class MAFRConfig(_Strict):
     #: so a part that fills a third of the frame gets about 1.5x the pixels. See
     #: docs/concepts.md, "Framing", and docs/ablations.md.
     framing: Literal["image", "part"] = "image"
+    #: A raw scan's measured support (table, fixture, conveyor): ``"auto"`` finds it in the
+    #: scan's border and sets it aside before framing and 3D features, at fit and at predict, so
+    #: raw and preprocessed scans give the same decisions (a scan without one is left as it is);
+    #: ``"keep"`` scores the scan as given. See ``mafr.support`` and docs/concepts.md, "Raw scans".
+    support: Literal["auto", "keep"] = "auto"
     rgb: RGBConfig = Field(default_factory=RGBConfig)
     points: PointConfig = Field(default_factory=PointConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

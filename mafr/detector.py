@@ -31,6 +31,7 @@ from . import _integrity
 from . import framing as _framing
 from . import errors as _errors
 from . import runtime as _runtime
+from . import support as _support
 from .io import as_sample, load_sample, measured_pixels, resize_nearest
 from .losses import restoration_loss
 from .model import FusionAutoencoder
@@ -209,6 +210,7 @@ def _decode_config(data: Any) -> MAFRConfig:
     # preset's newer default: the fitted autoencoder must see the features it was trained on.
     if isinstance(data.get("rgb"), dict):  # a saved config (it has every section): before framing
         data.setdefault("framing", "image")
+        data.setdefault("support", "keep")  # fitted on scans as given
     for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ()),
                                    ("rgb", "rarity_on_part", False), ("scoring", "channel_reduce_2d", "rms"),
                                    ("points", "deviation_peaks", False), ("scoring", "edge_cap", 3),
@@ -382,7 +384,7 @@ class MAFRDetector(
     def _prepare(self, item: Any, framing: Optional[float] = None) -> _Prepared:
         """One sample in network coordinates, framed by ``framing`` (a window side from
         :func:`mafr.framing.fit_side`; ``None``: the whole image)."""
-        rgb, xyz = load_sample(item)
+        rgb, xyz, support_flags = self._load(item)
         h, w = rgb.shape[:2]
         size = self.config.rgb.image_size
         valid_input = measured_pixels(xyz)
@@ -407,10 +409,28 @@ class MAFRDetector(
         dev = self.device
         xyz_s, valid = xyz_s.to(dev), valid.to(dev)
         # Fail closed before any feature is computed: judged on what was measured, not filled.
-        flags = _integrity.judge_input(rgb, valid)
+        flags = support_flags + _integrity.judge_input(rgb, valid)
         if self.config.points.fill_holes:
             xyz_s, valid = fill_small_holes(xyz_s, valid, self.config.points.fill_holes)
         return _Prepared(image.to(dev), xyz_s, valid, h, w, rgb, xyz[..., 2].copy(), valid_input, flags, win, framing)
+
+    def _load(self, item: Any, warn: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """``(rgb, xyz, flags)`` of one part, its measured support set aside (``config.support``;
+        :mod:`mafr.support`). Where part and support cannot be told apart the scan is kept as it
+        came, with a warning and the flag ``"support_unclear"``: judged, but never silently."""
+        rgb, xyz = load_sample(item)
+        if self.config.support == "keep":
+            return rgb, xyz, []
+        xyz, report = _support.set_aside_support(xyz)
+        if report.status != "unclear":
+            return rgb, xyz, []
+        if warn:
+            import warnings
+
+            warnings.warn(f"mafr: {_describe(item)}: cannot tell the part from its support, so the scan is judged "
+                          f"with its support in it ({report.describe()}); see result.flags",
+                          _errors.DegenerateInputWarning, stacklevel=4)
+        return rgb, xyz, ["support_unclear"]
 
     def _min_points(self) -> int:
         if self.config.points.kind == "pointmae":
@@ -543,7 +563,7 @@ class MAFRDetector(
         masks = []
         for i, item in enumerate(items):
             with _naming_part(i, len(items), item):
-                _, xyz = load_sample(item)
+                _, xyz, _ = self._load(item, warn=False)  # extraction warns, once per part
             masks.append(measured_pixels(xyz))
         try:
             return _framing.fit_side(masks)
@@ -1026,9 +1046,10 @@ class MAFRDetector(
                     "content, so the part cannot be judged"
                 )
             flags = list(prep.flags)
-            if self.threshold_ == math.inf:
+            # No finite threshold, no decision: None, never a "good" nobody judged (fail closed).
+            is_anomalous = score > self.threshold_ if math.isfinite(self.threshold_) else None
+            if is_anomalous is None:
                 flags.append("no_threshold")
-            is_anomalous = score > self.threshold_
             pixel_threshold, defect_mask = self._defect_mask(maps[0], is_anomalous)
             results.append(
                 AnomalyResult(
@@ -1048,9 +1069,10 @@ class MAFRDetector(
             )
         return results
 
-    def _defect_mask(self, fused: np.ndarray, is_anomalous: bool) -> tuple[Optional[float], Optional[np.ndarray]]:
-        """Pixel threshold and mask of ``fused`` (input resolution); see ``ScoringConfig.mask_level``."""
-        if "pixel_threshold" not in self.calibration_:
+    def _defect_mask(self, fused: np.ndarray, is_anomalous: Optional[bool]) -> tuple[Optional[float], Optional[np.ndarray]]:
+        """Pixel threshold and mask of ``fused`` (input resolution); see ``ScoringConfig.mask_level``.
+        No mask without an image decision (``is_anomalous=None``): an empty one would read as "good"."""
+        if "pixel_threshold" not in self.calibration_ or is_anomalous is None:
             return None, None
         sc = self.config.scoring
         level = float(self.calibration_["pixel_threshold"][0]) * sc.mask_level

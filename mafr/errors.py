@@ -67,6 +67,12 @@ class DegenerateInputWarning(UserWarning):
     detector without a threshold); the result's ``flags`` say which."""
 
 
+class PartRemovedWarning(DegenerateInputWarning):
+    """Preprocessing (``mafr.datasets.preprocess_sample``) would take the part with its support,
+    or cannot tell them apart; the message gives the share of measured pixels kept and the
+    estimated part height, and names the file where there is one."""
+
+
 class TrainingDivergedError(MAFRError, RuntimeError):
     """Training (``fit`` or ``update``) produced a non-finite loss or non-finite calibration
     scores: the detector it would leave cannot judge a part, so none is returned. The message

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -100,7 +101,8 @@ def evaluate_detector(
                 scores.append(score)
                 maps.append(amap)
                 masks.append(None if sample.mask is None else _network_mask(sample.mask, size))
-                decisions.append(None if detector.threshold_ is None else bool(score > detector.threshold_))
+                decisions.append(None if detector.threshold_ is None or not math.isfinite(detector.threshold_)
+                                 else bool(score > detector.threshold_))
                 ious.append(None)
             continue
         for sample, res in zip(chunk, detector.predict_batch(chunk, batch_size=batch_size)):
@@ -108,7 +110,7 @@ def evaluate_detector(
                 raise ValueError(f"test sample {sample.name or start} has no label")
             labels.append(int(sample.label))
             scores.append(res.score)
-            decisions.append(bool(res.is_anomalous))
+            decisions.append(res.is_anomalous)
             maps.append(_resize_map(res.anomaly_map, eval_size))
             if sample.mask is not None:
                 masks.append(_resize_mask(sample.mask, eval_size))

@@ -88,7 +88,9 @@ class AnomalyResult(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
     score: float
-    is_anomalous: bool
+    #: ``score > threshold``; ``None`` when the detector has no finite threshold (converted
+    #: without ``--threshold``, never calibrated): no decision was made, so none is reported.
+    is_anomalous: Optional[bool]
     threshold: float
     anomaly_map: np.ndarray = Field(repr=False)
     map_2d: np.ndarray = Field(repr=False)
@@ -100,7 +102,10 @@ class AnomalyResult(BaseModel):
     depth: Optional[np.ndarray] = Field(None, repr=False)
     #: Why this judgement deserves a second look, empty for ordinary parts: ``"small_image"``
     #: (a side under 32 px), ``"little_3d"`` (under 2% of the network input has 3D),
-    #: ``"no_threshold"`` (the detector has none; nothing is flagged anomalous). Each but the last
+    #: ``"support_unclear"`` (the scan's border is measured, but the part could not be told
+    #: from its support, so the support was left in; :mod:`mafr.support`),
+    #: ``"no_threshold"`` (the detector has none: ``is_anomalous`` and ``defect_mask`` are
+    #: ``None``; set one with ``det.calibrate(good_parts)``). Each but the last
     #: also raised a :class:`mafr.DegenerateInputWarning`. See docs/api.md, "Errors".
     flags: tuple[str, ...] = ()
     #: Pixels judged defective (H x W bool at the input resolution): where the fused map exceeds
@@ -142,7 +147,7 @@ class AnomalyResult(BaseModel):
         """JSON-ready scalars (no maps)."""
         return {
             "score": float(self.score),
-            "is_anomalous": bool(self.is_anomalous),
+            "is_anomalous": None if self.is_anomalous is None else bool(self.is_anomalous),
             "threshold": float(self.threshold),
             "map_max": float(self.anomaly_map.max()) if self.anomaly_map.size else 0.0,
             "valid_fraction": float(self.valid_mask.mean()) if self.valid_mask.size else 0.0,

@@ -127,14 +127,14 @@ def result_panel(result, tile_height: int = 224) -> Image.Image:
     width = sum(im.width + gap for _, im in images) + bar.width + gap
     panel = Image.new("RGB", (width, header + title_h + tile_height + gap), "white")
     draw = ImageDraw.Draw(panel)
-    verdict = "ANOMALOUS" if result.is_anomalous else "GOOD"
-    colour = (200, 30, 30) if result.is_anomalous else (20, 140, 60)
-    draw.text(
-        (gap, 6),
-        f"{verdict}   score {result.score:.3f}  {'>' if result.is_anomalous else '<='}  threshold {result.threshold:.3f}",
-        fill=colour,
-        font=_font(16),
-    )
+    if result.is_anomalous is None:
+        headline, colour = f"NOT JUDGED (no threshold)   score {result.score:.3f}", (200, 120, 0)
+    else:
+        verdict = "ANOMALOUS" if result.is_anomalous else "GOOD"
+        colour = (200, 30, 30) if result.is_anomalous else (20, 140, 60)
+        relation = ">" if result.is_anomalous else "<="
+        headline = f"{verdict}   score {result.score:.3f}  {relation}  threshold {result.threshold:.3f}"
+    draw.text((gap, 6), headline, fill=colour, font=_font(16))
     x = gap
     for title, im in images:
         draw.text((x, header), title, fill="black", font=_font(13))

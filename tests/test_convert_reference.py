@@ -163,13 +163,17 @@ def test_converted_detector_state_round_trips_and_predicts(tmp_path, capsys):
     assert "No threshold" in card and "Converted from the reference" in card and CATEGORY in card
     part = generate_sample("puck", seed=3, size=64)
     res = det.predict(part.rgb, part.xyz)
-    assert np.isfinite(res.score) and res.is_anomalous is False
-    # From the command line: strict JSON, so the missing threshold is null; nothing is flagged.
+    # No threshold, no decision: neither "good" nor an empty defect mask (fail closed).
+    assert np.isfinite(res.score) and res.is_anomalous is None and res.defect_mask is None
+    assert "no_threshold" in res.flags and res.summary()["is_anomalous"] is None
+    # From the command line: strict JSON (null), and an exit status of its own, not 0 ("good").
     Image.fromarray(part.rgb).save(tmp_path / "p.png")
     np.save(tmp_path / "p.npy", part.xyz)
-    assert main(["predict", str(out), str(tmp_path / "p.png"), str(tmp_path / "p.npy")]) == 0
-    line = json.loads(capsys.readouterr().out)
-    assert line["threshold"] is None and line["is_anomalous"] is False
+    assert main(["predict", str(out), str(tmp_path / "p.png"), str(tmp_path / "p.npy")]) == 3
+    captured = capsys.readouterr()
+    line = json.loads(captured.out)
+    assert line["threshold"] is None and line["is_anomalous"] is None
+    assert "no decision threshold" in captured.err and "calibrate(good_parts)" in captured.err
     assert line["score"] == pytest.approx(res.score, rel=1e-4)
 
     out2 = convert_reference_checkpoints(tmp_path / "ckpt", tmp_path / "det2", CATEGORY, config=_config(), threshold=2.5)

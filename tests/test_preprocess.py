@@ -74,12 +74,14 @@ def test_plane_fit_is_deterministic_under_seed_and_accurate(scene):
 
 def test_plane_removal_needs_border_points(scene):
     _, none, _ = scene
-    with pytest.raises(ValueError, match="too few valid points in the 10-pixel border"):
+    with pytest.raises(ValueError, match="too few valid points in the scan's border"):
         remove_background_plane(none.xyz)
+    with pytest.raises(ValueError, match="too few valid points in the 10-pixel border"):
+        remove_background_plane(none.xyz, remove_distance=0.005)  # the reference's fixed rule
     with pytest.raises(ValueError, match="H x W x 3 point map"):
         remove_background_plane(np.zeros((10, 10)))
     with pytest.raises(ValueError, match="border must be an integer"):
-        remove_background_plane(np.ones((30, 30, 3), np.float32), border=15)
+        remove_background_plane(np.ones((30, 30, 3), np.float32), border=15, remove_distance=0.005)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,11 @@ the cloud (so the two stay aligned on any image size; MVTec's 800 x 800 images n
 and otherwise left as it is, unless ``mask_background=True`` blackens the pixels whose points
 steps 1 and 3 removed (what the BTF/M3DM scripts do).
 
+Step 1 differs by default: the tolerance is measured on each scan's border, not fixed
+(:mod:`mafr.support`), because a fixed 5 mm removes any part thinner than that with the table;
+``remove_distance=0.005`` restores the reference's rule. Either way a
+:class:`mafr.errors.PartRemovedWarning` says when a step takes the part with it.
+
 Here step 3 is connected components on the pixel grid (neighbours within ``window`` pixels that
 are both valid and closer than ``eps`` in 3D): no open3d, and on organized scans the two agree
 except where DBSCAN would bridge a gap of missing pixels (use ``window`` > 1 for that).
@@ -27,19 +32,25 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
 import numpy as np
 
 from .._graph import connected_components
+from ..errors import PartRemovedWarning
 from ..io import measured_pixels
+from ..support import find_support
 import tifffile
 from PIL import Image
 
 from .mvtec3d import SPLITS, categories as list_categories, load_mask_png, load_xyz_tiff
 
 PathLike = Union[str, Path]
+#: Fewer measured points than this left after removing the support: the part went with it
+#: (DBSCAN's ``min_points`` of the reference's clustering step).
+_MIN_PART_POINTS = 30
 
 
 def _check_xyz(xyz: np.ndarray, name: str = "xyz") -> np.ndarray:
@@ -135,24 +146,62 @@ def remove_background_plane(
     ransac_n: int = 50,
     iterations: int = 1000,
     inlier_distance: float = 0.004,
-    remove_distance: float = 0.005,
+    remove_distance: Optional[float] = None,
     seed: int = 0,
 ) -> np.ndarray:
-    """A copy of ``xyz`` with every point within ``remove_distance`` of the table plane zeroed.
+    """A copy of ``xyz`` with its measured support (the table) zeroed.
 
-    The plane is fitted by :func:`fit_border_plane` (RANSAC on the valid points of the
-    ``border``-pixel frame). Raises ValueError when the frame has fewer than ``ransac_n`` valid
-    points (e.g. a cloud whose background was already removed).
+    ``remove_distance=None`` (default): the support and its tolerance are measured on the scan's
+    border (:func:`mafr.support.find_support`: a plane, and a tolerance that follows how evenly
+    the border was measured), so a part 1 mm above a support measured to a few tenths of a
+    millimetre survives. Where part and support cannot be told apart, nothing is removed and a
+    :class:`mafr.errors.PartRemovedWarning` says why. ``remove_distance=0.005`` is the
+    reference scripts' fixed rule: every point within that distance of the plane that
+    :func:`fit_border_plane` fits (RANSAC on the valid points of the ``border``-pixel frame)
+    is zeroed, whatever that takes with it (``border``, ``ransac_n``, ``iterations`` and
+    ``inlier_distance`` are that fit's). Either raises ValueError when the frame has too few
+    valid points (e.g. a cloud whose background was already removed).
     """
+    return _remove_support(xyz, border=border, ransac_n=ransac_n, iterations=iterations,
+                           inlier_distance=inlier_distance, remove_distance=remove_distance, seed=seed)[0]
+
+
+def _remove_support(xyz: np.ndarray, *, remove_distance: Optional[float] = None, seed: int = 0, where: str = "",
+                    **plane_kw) -> tuple[np.ndarray, float]:
+    """``(xyz without its support, estimated part height in metres)``; warns where it must."""
     xyz = _check_xyz(xyz)
+    if remove_distance is None:
+        report, support = find_support(xyz, seed=seed)
+        if report.status == "none":
+            raise ValueError("too few valid points in the scan's border to find the table it lies on "
+                             "(is the background already removed?)")
+        if support is None:
+            warnings.warn(f"mafr: {where or 'scan'}: the support was left in: {report.describe()}",
+                          PartRemovedWarning, stacklevel=3)
+            return xyz.copy(), report.part_height
+        out = xyz.copy()
+        out[support] = 0
+        return out, report.part_height
     if not remove_distance > 0:
         raise ValueError(f"remove_distance must be > 0, got {remove_distance!r}")
-    plane = fit_border_plane(xyz, border=border, ransac_n=ransac_n, iterations=iterations,
-                             inlier_distance=inlier_distance, seed=seed)
+    plane = fit_border_plane(xyz, seed=seed, **plane_kw)
     out = xyz.copy()
-    dist = np.abs(xyz.astype(np.float64) @ plane[:3] + plane[3])
-    out[(dist < remove_distance) & measured_pixels(xyz)] = 0
-    return out
+    valid = measured_pixels(xyz)
+    signed = xyz.astype(np.float64) @ plane[:3] + plane[3]
+    out[(np.abs(signed) < remove_distance) & valid] = 0
+    kept = measured_pixels(out)
+    # What stands above the support by the measured rule is the part: the fixed rule must keep it.
+    report, support = find_support(xyz, seed=seed)
+    above = valid & ~support if support is not None else kept
+    height = report.part_height if support is not None else (
+        float(np.percentile(np.abs(signed[kept]), 99)) if kept.any() else 0.0)
+    lost = int((above & ~kept).sum())
+    if kept.sum() < _MIN_PART_POINTS or lost > 0.05 * above.sum():
+        warnings.warn(f"mafr: {where or 'scan'}: removing every point within {1000 * remove_distance:.1f} mm of the "
+                      f"table keeps {100 * kept.sum() / max(valid.sum(), 1):.1f}% of the measured pixels and takes "
+                      f"{100 * lost / max(int(above.sum()), 1):.0f}% of the part (about {1000 * height:.1f} mm high) "
+                      "with it; remove_distance=None measures the tolerance on the scan", PartRemovedWarning, stacklevel=3)
+    return out, height
 
 
 def square_padding(height: int, width: int, multiple: int = 100) -> tuple[int, int, int]:
@@ -239,23 +288,35 @@ def keep_largest_component(
 
 
 def preprocess_sample(
-    rgb: np.ndarray, xyz: np.ndarray, seed: int = 0, *, mask_background: bool = False
+    rgb: np.ndarray, xyz: np.ndarray, seed: int = 0, *, mask_background: bool = False,
+    remove_distance: Optional[float] = None, name: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessing of one sample: plane removal, square padding, largest cluster.
+    """Preprocessing of one sample: support (plane) removal, square padding, largest cluster.
 
     Returns new ``(rgb, xyz)`` arrays (uint8-compatible H' x W' x 3, float H' x W' x 3). The RGB
     is only padded, as the reference leaves it; ``mask_background=True`` also sets the pixels
     whose points steps 1 and 3 removed to black. Pad ground-truth masks with
-    :func:`pad_array_to_square` to keep them aligned.
+    :func:`pad_array_to_square` to keep them aligned. ``remove_distance``: see
+    :func:`remove_background_plane` (``None``, the default, measures the tolerance on the scan;
+    ``0.005`` is the reference's fixed one). A :class:`mafr.errors.PartRemovedWarning` (naming
+    ``name``, e.g. the file) says when a step would take the part with it: the share of measured
+    pixels kept and the estimated part height.
     """
     xyz = _check_xyz(xyz)
     rgb = _check_rgb(rgb, xyz.shape[:2])
     before = measured_pixels(xyz)
-    planeless = remove_background_plane(xyz, seed=seed)
+    planeless, height = _remove_support(xyz, remove_distance=remove_distance, seed=seed, where=name)
     if mask_background:
         rgb = np.where((before & ~measured_pixels(planeless))[..., None], 0, rgb).astype(rgb.dtype)
     rgb, planeless = pad_to_square(rgb, planeless)
     cleaned = keep_largest_component(planeless)
+    n_planeless, n_kept = int(measured_pixels(planeless).sum()), int(measured_pixels(cleaned).sum())
+    if n_planeless >= _MIN_PART_POINTS and n_kept < 0.5 * n_planeless:
+        # A thin part cut into islands by the tolerance: the largest is not the part.
+        warnings.warn(f"mafr: {name or 'scan'}: the largest connected cluster keeps {100 * n_kept / n_planeless:.1f}% "
+                      f"of what stood above the support ({100 * n_kept / max(int(before.sum()), 1):.1f}% of the measured "
+                      f"pixels; part height about {1000 * height:.1f} mm): the part is in pieces",
+                      PartRemovedWarning, stacklevel=2)
     if mask_background:
         dropped = measured_pixels(planeless) & ~measured_pixels(cleaned)
         rgb = np.where(dropped[..., None], 0, rgb).astype(rgb.dtype)
@@ -309,7 +370,8 @@ def preprocess_dataset(
                         rgb = np.asarray(img.convert("RGB"))
                     xyz = load_xyz_tiff(xyz_path)
                     try:
-                        rgb_out, xyz_out = preprocess_sample(rgb, xyz, seed=seed, mask_background=mask_background)
+                        rgb_out, xyz_out = preprocess_sample(rgb, xyz, seed=seed, mask_background=mask_background,
+                                                             name=str(xyz_path))
                     except ValueError as err:
                         raise ValueError(f"{xyz_path}: {err}") from err
                     for sub in ("rgb", "xyz"):

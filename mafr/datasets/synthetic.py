@@ -165,7 +165,8 @@ def camera_intrinsics(size: int = DEFAULT_SIZE) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Shapes: signed distance of the footprint (negative inside, metres) and height above the table,
 # both in object coordinates. Every shape has side walls of at least 8 mm so that removing points
-# within 5 mm of the table plane (mafr.datasets.preprocess) keeps the whole visible top.
+# within 5 mm of the table plane (the reference's fixed rule) keeps the whole visible top;
+# generate_sample(thickness=...) makes thin ones.
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,13 @@ class _Shape:
         g = np.arange(-0.06, 0.06, 0.0001)
         inside = self.sdf(g[None, :], g[:, None]) < 0
         return float(inside.sum()) * 1e-8
+
+    @functools.cached_property
+    def top(self) -> float:
+        """Greatest height above the table in m (numerically, on a 0.5 mm grid)."""
+        g = np.arange(-0.06, 0.06, 0.0005)
+        x, y = np.meshgrid(g, g)
+        return float(self.height(x, y, self.sdf(x, y)).max())
 
 
 def _fillet(d_in: np.ndarray, top: float, radius: float) -> np.ndarray:
@@ -530,6 +538,7 @@ def generate_sample(
     background: str = "none",
     defect_spec: Union[None, DefectSpec, Mapping] = None,
     return_layers: bool = False,
+    thickness: Optional[float] = None,
 ) -> Union[Sample, tuple[Sample, dict[str, np.ndarray]]]:
     """Render one synthetic part, good (``defect=None`` or ``"good"``) or with a defect.
 
@@ -544,6 +553,9 @@ def generate_sample(
             ``"plane"``: the table is measured too.
         defect_spec: difficulty of the defect, a :class:`DefectSpec` or a dict with some of
             its fields (e.g. ``{"height": (0.0002, 0.0004)}``); default :data:`DEFECT_SPECS`.
+        thickness: the part's top this many metres above the table, its height profile scaled
+            (a 1 mm gasket, a 2 mm sheet); default the shape's own (8 to 30 mm). A defect never
+            goes deeper than 0.3 x the thickness above the table (1 mm on the default shapes).
         return_layers: also return a dict of noise-free layers: ``albedo`` (H x W x 3 float),
             ``height`` (m above the table), ``part`` (bool footprint), ``normals`` and
             ``intrinsics``.
@@ -564,6 +576,8 @@ def generate_sample(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if background not in _BACKGROUNDS:
         raise ValueError(f"background must be one of {_BACKGROUNDS}, got {background!r}")
+    if thickness is not None and not (isinstance(thickness, (int, float, np.floating)) and 0 < thickness <= 0.05):
+        raise ValueError(f"thickness must be None or a number of metres in (0, 0.05], got {thickness!r}")
     spec = _defect_spec(kind, defect_spec) if kind != "good" else None
     size, seed = int(size), int(seed)
     shape = _SHAPES[category]
@@ -595,6 +609,8 @@ def generate_sample(
     sdf = shape.sdf(xo, yo)
     part = sdf < 0
     height = scale * shape.height(xo, yo, sdf)
+    if thickness is not None:
+        height = height * (float(thickness) / shape.top)
 
     albedo, grain = _surface(category, nuis, xo, yo, size)
     albedo = np.where(part[..., None], albedo, _TABLE_ALBEDO * (1.0 + 0.04 * grain)[..., None])
@@ -613,7 +629,8 @@ def generate_sample(
         rng = _stream(seed, category, 1, zlib.crc32(kind.encode()))
         pixel = z0 / f  # metres per pixel on the table
         h_delta, factor, hole, mask = _defect(kind, spec, rng, shape, xo, yo, part, pixel / scale)
-        height = np.maximum(height + scale * h_delta, np.where(part, 0.001, 0.0))
+        floor = 0.001 if thickness is None else min(0.001, 0.3 * float(thickness))
+        height = np.maximum(height + scale * h_delta, np.where(part, floor, 0.0))
         if factor is not None:
             albedo = albedo * factor
         if hole is not None:
@@ -681,6 +698,7 @@ def write_dataset(
     seed: int = 0,
     background: str = "none",
     defect_specs: Optional[Mapping[str, Union[DefectSpec, Mapping]]] = None,
+    thickness: Optional[float] = None,
 ) -> Path:
     """Write synthetic parts in the MVTec 3D-AD layout and return ``root``.
 
@@ -723,7 +741,7 @@ def write_dataset(
             for i in range(n):
                 s = sample_seed(int(seed), cat, split, kind, i)
                 sample = generate_sample(cat, None if kind == "good" else kind, seed=s, size=size,
-                                         background=background,
+                                         background=background, thickness=thickness,
                                          defect_spec=(defect_specs or {}).get(kind))
                 emit(root / cat / split / kind, i, sample, with_gt=split == "test")
     return root
@@ -739,6 +757,8 @@ def write_benchmark(
     n_test_good: Optional[int] = None,
     n_test_per_defect: Optional[int] = None,
     size: int = DEFAULT_SIZE,
+    background: str = "none",
+    thickness: Optional[float] = None,
 ) -> Path:
     """Write the *tuning* or *report* set of the generated benchmark (:data:`BENCHMARK_SPLITS`)
     under ``root`` in the MVTec 3D-AD layout: its categories, each with ``n_train`` good parts to
@@ -746,7 +766,8 @@ def write_benchmark(
     ``difficulty`` (:data:`BENCHMARK_DIFFICULTIES`): ``"standard"`` (:data:`DEFECT_SPECS`, 12 good
     and 6 per type by default) or ``"hard"`` (:data:`HARD_DEFECT_SPECS`, other parts, 30 and 15).
     ``categories``: these instead of the split's, with its data seed (a split category's parts are
-    the same as in the whole set)."""
+    the same as in the whole set). ``background="plane"``: raw scans, the table measured (the
+    same parts as without it); ``thickness``: thin versions of the parts (see :func:`generate_sample`)."""
     if split not in BENCHMARK_SPLITS:
         raise ValueError(f"split must be one of {tuple(BENCHMARK_SPLITS)}, got {split!r}")
     if difficulty not in BENCHMARK_DIFFICULTIES:
@@ -756,4 +777,5 @@ def write_benchmark(
     return write_dataset(root, list(split_categories if categories is None else categories), n_train=n_train, n_validation=0,
                          n_test_good=good if n_test_good is None else n_test_good,
                          n_test_per_defect=per_defect if n_test_per_defect is None else n_test_per_defect,
-                         size=size, seed=seed + offset, defect_specs=specs)
+                         size=size, seed=seed + offset, defect_specs=specs, background=background,
+                         thickness=thickness)

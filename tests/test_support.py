@@ -1,0 +1,145 @@
+"""The measured support of raw scans (mafr.support), preprocessing's tolerance, and the detector
+setting the support aside itself (issue: raw scans, thin parts)."""
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mafr
+from mafr.datasets import generate_sample, preprocess_sample
+from mafr.datasets.preprocess import remove_background_plane
+from mafr.io import measured_pixels
+from mafr.support import find_support, set_aside_support
+
+
+def _raw(category="plate", seed=0, thickness=None, defect=None, size=160):
+    return generate_sample(category, defect, seed=seed, size=size, background="plane", thickness=thickness,
+                           return_layers=True)
+
+
+@pytest.mark.parametrize("thickness", [0.001, 0.002, 0.005])
+def test_preprocessing_keeps_thin_parts_and_removes_the_table(thickness):
+    for seed in range(2):
+        sample, layers = _raw("plate", seed, thickness, size=200)
+        part = layers["part"] & measured_pixels(sample.xyz)
+        table = ~layers["part"] & measured_pixels(sample.xyz)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing to warn about
+            _, xyz = preprocess_sample(sample.rgb, sample.xyz, seed=0)
+        kept = measured_pixels(xyz)  # 200 x 200: no padding
+        assert (kept & part).sum() >= 0.95 * part.sum()
+        assert (kept & table).sum() <= 0.001 * table.sum()
+
+
+def test_the_reference_fixed_tolerance_warns_when_it_takes_the_part():
+    sample, _ = _raw("plate", 0, 0.002, size=200)
+    with pytest.warns(mafr.PartRemovedWarning, match=r"keeps 0\.0% of the measured pixels.*about 2\.\d mm high"):
+        out = remove_background_plane(sample.xyz, remove_distance=0.005)
+    assert not measured_pixels(out).any()
+
+
+def test_support_report_numbers_and_input_untouched():
+    sample, layers = _raw("puck", 1, 0.002)
+    before = sample.xyz.copy()
+    out, report = set_aside_support(sample.xyz)
+    np.testing.assert_array_equal(sample.xyz, before)
+    assert report.status == "removed"
+    assert 0 < report.noise < 0.001 and report.noise < report.tolerance < 0.002
+    assert report.part_height == pytest.approx(0.002, abs=0.0006)
+    kept = measured_pixels(out)
+    assert report.kept_share == pytest.approx(kept.sum() / measured_pixels(sample.xyz).sum())
+    assert "mm" in report.describe()
+
+
+def test_a_scan_without_a_measured_border_is_left_as_it_is():
+    sample = generate_sample("puck", seed=0, size=96)  # the table already removed
+    out, report = set_aside_support(sample.xyz)
+    assert report.status == "none" and out is sample.xyz
+
+
+def test_a_border_without_a_plane_or_a_part_is_unclear():
+    rng = np.random.default_rng(0)
+    h = w = 96
+    v, u = np.mgrid[0:h, 0:w]
+    rough = np.stack([(u - 48) * 1e-3, (v - 48) * 1e-3, 0.5 + rng.uniform(0, 0.03, (h, w))], -1).astype(np.float32)
+    report, mask = find_support(rough)
+    assert report.status == "unclear" and mask is None and "no plane" in report.reason
+    flat = rough.copy()
+    flat[..., 2] = 0.5
+    report, mask = find_support(flat)
+    assert report.status == "unclear" and mask is None and "nothing stands above" in report.reason
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(8, 40), st.integers(8, 40), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1))
+def test_find_support_on_any_scan_marks_only_measured_pixels(h, w, missing, seed):
+    rng = np.random.default_rng(seed)
+    xyz = rng.normal(0, 0.01, (h, w, 3)).astype(np.float32)
+    xyz[..., 2] += 0.5
+    xyz[rng.random((h, w)) < missing] = 0
+    report, mask = find_support(xyz, seed=seed % 7)
+    assert report.status in {"none", "removed", "unclear"}
+    assert (mask is None) == (report.status != "removed")
+    if mask is not None:
+        assert not (mask & ~measured_pixels(xyz)).any()
+        assert math.isfinite(report.tolerance) and report.tolerance > 0
+
+
+def _fit(parts, **config):
+    det = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", **config), device="cpu")
+    return det.fit(parts, seed=0, progress=False)
+
+
+def test_the_detector_sets_the_support_aside_itself():
+    size = 128
+    raw = [generate_sample("puck", seed=s, size=size, background="plane") for s in range(5)]
+    clean = [generate_sample("puck", seed=s, size=size) for s in range(5)]
+    on_raw, on_clean = _fit(raw), _fit(clean)
+    test_seeds = [(None, 50), ("hole", 51), ("crack", 52)]
+    for kind, seed in test_seeds:
+        r = generate_sample("puck", kind, seed=seed, size=size, background="plane")
+        c = generate_sample("puck", kind, seed=seed, size=size)
+        a, b = on_raw.predict(r.rgb, r.xyz), on_clean.predict(c.rgb, c.xyz)
+        assert a.flags == () and a.is_anomalous == b.is_anomalous
+        # Only the part is judged: the table's pixels are no longer measured input.
+        assert a.valid_mask.mean() < 0.5
+    # Kept as given, the table fills the frame.
+    keep = _fit(raw, support="keep")
+    r = generate_sample("puck", seed=50, size=size, background="plane")
+    assert keep.predict(r.rgb, r.xyz).valid_mask.mean() > 0.9
+
+
+def test_a_part_that_cannot_be_told_from_its_support_is_flagged(tmp_path):
+    size = 96
+    det = _fit([generate_sample("puck", seed=s, size=size, background="plane") for s in range(4)])
+    table_only = generate_sample("puck", seed=9, size=size, background="plane", thickness=0.0001)
+    with pytest.warns(mafr.DegenerateInputWarning, match="cannot tell the part from its support"):
+        res = det.predict(table_only.rgb, table_only.xyz)
+    assert "support_unclear" in res.flags and res.is_anomalous is not None
+
+
+def test_saved_configs_without_the_field_keep_the_support(tmp_path):
+    det = _fit([generate_sample("puck", seed=s, size=64) for s in range(3)])
+    det.save_pretrained(tmp_path / "d")
+    assert mafr.MAFRDetector.from_pretrained(tmp_path / "d").config.support == "auto"
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    del cfg["support"]
+    from mafr.detector import _decode_config
+
+    assert _decode_config(cfg).support == "keep"
+    assert mafr.MAFRConfig(preset="offline").support == "auto"
+
+
+def test_no_threshold_means_no_decision():
+    det = _fit([generate_sample("puck", seed=s, size=64) for s in range(3)])
+    det.threshold_ = math.inf
+    part = generate_sample("puck", "hole", seed=7, size=64)
+    res = det.predict(part.rgb, part.xyz)
+    assert res.is_anomalous is None and res.defect_mask is None and "no_threshold" in res.flags
+    assert res.summary()["is_anomalous"] is None
+    assert res.to_panel().size[0] > 0
