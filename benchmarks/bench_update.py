@@ -19,6 +19,7 @@ random-weights paper-architecture detector and reports the size of its ``model.s
 Prints one JSON line; exits 1 when a target is missed.
 
     python benchmarks/bench_update.py [--category puck] [--seeds 0 1 2] [--set JSON] [--paper-size]
+        [--background plane]                  # raw scans, the table measured
 
 Update settings are chosen on tuning categories (``--category dome``, ...), reported on the
 report set's (docs/concepts.md, section 11).
@@ -47,10 +48,11 @@ FINISH_GAIN = (1.4, 0.95, 0.6)
 LIGHT_GAIN, LIGHT_OFFSET = 0.8, 20.0
 
 
-def appearance_shift(category: str, defect, seed: int, size: int = 224) -> Sample:
+def appearance_shift(category: str, defect, seed: int, size: int = 224, background: str = "none") -> Sample:
     """``generate_sample(category, defect, seed=seed)`` with a new finish on the part (per-channel
     gain) under new lighting (global gain and offset). Geometry, defects and noise are unchanged."""
-    sample, layers = generate_sample(category, defect, seed=seed, size=size, return_layers=True)
+    sample, layers = generate_sample(category, defect, seed=seed, size=size, background=background,
+                                     return_layers=True)
     rgb = sample.rgb.astype(np.float32)
     rgb = np.where(layers["part"][..., None], rgb * np.asarray(FINISH_GAIN, dtype=np.float32), rgb)
     rgb = np.clip(np.rint(rgb * LIGHT_GAIN + LIGHT_OFFSET), 0, 255).astype(np.uint8)
@@ -58,9 +60,9 @@ def appearance_shift(category: str, defect, seed: int, size: int = 224) -> Sampl
                   defect_type=sample.defect_type, name=f"{sample.name}/shifted")
 
 
-def _sets(category: str, size: int, per_defect: int, n_good_test: int):
-    old = lambda d, s: generate_sample(category, d, seed=s, size=size)  # noqa: E731
-    new = lambda d, s: appearance_shift(category, d, s, size)  # noqa: E731
+def _sets(category: str, size: int, per_defect: int, n_good_test: int, background: str = "none"):
+    old = lambda d, s: generate_sample(category, d, seed=s, size=size, background=background)  # noqa: E731
+    new = lambda d, s: appearance_shift(category, d, s, size, background)  # noqa: E731
     good_seeds = range(200, 200 + n_good_test)
     defect_seeds = [(d, 300 + 10 * i + j) for i, d in enumerate(DEFECTS) for j in range(per_defect)]
     return {
@@ -147,16 +149,19 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="fit seeds; with several, the figures (and the targets) are their means")
     parser.add_argument("--paper-size", action="store_true", help="also measure the paper architecture's file size")
+    parser.add_argument("--background", choices=("none", "plane"), default="none",
+                        help="plane: raw scans, the table measured (the detector sets it aside itself)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    data = _sets(args.category, args.size, args.per_defect, args.good)
+    data = _sets(args.category, args.size, args.per_defect, args.good, args.background)
     overrides = json.loads(args.set)
     runs = []
     for seed in args.seeds:
         figures, det = _run(data, seed, overrides)
         runs.append(figures)
-    out: dict = {"bench": "update", "category": args.category, "preset": "offline", "fit_parts": 10, "update_parts": 5,
+    out: dict = {"bench": "update", "category": args.category, "background": args.background, "preset": "offline",
+                 "fit_parts": 10, "update_parts": 5,
                  "test_good_per_appearance": args.good, "test_defects_per_appearance": len(DEFECTS) * args.per_defect,
                  "seeds": list(args.seeds), "set": overrides}
     # Several fit seeds: the targets are judged on the mean (one seed's I-AUROC over 20 defective

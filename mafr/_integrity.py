@@ -354,9 +354,10 @@ LITTLE_3D_FRACTION = 0.02
 UNIFORM_LEVELS = 2
 
 
-def judge_input(rgb: np.ndarray, valid_network: torch.Tensor) -> list[str]:
+def judge_input(rgb: np.ndarray, valid_network: torch.Tensor, image: bool = True) -> list[str]:
     """Raise :class:`InvalidInputError` for a part that cannot be judged; return flags (and warn)
-    for one that can but is suspicious."""
+    for one that can but is suspicious. ``image=False``: the part is judged on 3D alone and
+    ``rgb`` is only a rendering of it, so it is not checked as a photograph."""
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise InvalidInputError(
@@ -365,7 +366,7 @@ def judge_input(rgb: np.ndarray, valid_network: torch.Tensor) -> list[str]:
     # Per channel plane: a reduction over the two leading axes at once is 20x slower.
     lo = np.array([rgb[..., c].min() for c in range(rgb.shape[-1])])
     hi = np.array([rgb[..., c].max() for c in range(rgb.shape[-1])])
-    if int((hi.astype(int) - lo).max()) <= UNIFORM_LEVELS:
+    if image and int((hi.astype(int) - lo).max()) <= UNIFORM_LEVELS:
         raise InvalidInputError(
             f"the RGB image is uniform (every pixel about {tuple(int(v) for v in lo)}): no image content to judge; "
             "camera failure, lens cap or exposure?"

@@ -70,11 +70,11 @@ def _size(n: int) -> str:
 # ----------------------------------------------------------------------------- parts on disk
 @dataclass(frozen=True)
 class Part:
-    """One RGB + point cloud pair found on disk."""
+    """One RGB + point cloud pair found on disk (one of them ``None`` for a detector of one modality)."""
 
     name: str
-    rgb: Path
-    xyz: Path
+    rgb: Optional[Path]
+    xyz: Optional[Path]
 
 
 def _by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
@@ -92,11 +92,20 @@ def _names(stems: Sequence[str], limit: int = 5) -> str:
     return ", ".join(stems[:limit]) + more
 
 
-def find_parts(folder: Path) -> list[Part]:
-    """RGB + point cloud pairs in ``folder`` (side by side, or in ``rgb/`` + ``xyz/``), sorted by name."""
+def find_parts(folder: Path, modalities: str = "rgb+xyz") -> list[Part]:
+    """RGB + point cloud pairs in ``folder`` (side by side, or in ``rgb/`` + ``xyz/``), sorted by
+    name; for a detector of one modality, that modality's files alone (others are not read)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder not found: {folder}")
+    if modalities in ("rgb", "xyz"):
+        sub, suffixes = ("rgb", RGB_SUFFIXES) if modalities == "rgb" else ("xyz", XYZ_SUFFIXES)
+        found = _by_stem(folder / sub if (folder / sub).is_dir() else folder, suffixes)
+        if not found:
+            raise FileNotFoundError(f"no parts found in {folder}: expected {'/'.join(suffixes)} files "
+                                    f"(or a {sub}/ subfolder) for a detector of modalities={modalities!r}")
+        return [Part(stem, found[stem] if modalities == "rgb" else None, found[stem] if modalities == "xyz" else None)
+                for stem in sorted(found)]
     split = (folder / "rgb").is_dir() and (folder / "xyz").is_dir()
     rgb_dir, xyz_dir = (folder / "rgb", folder / "xyz") if split else (folder, folder)
     rgbs, xyzs = _by_stem(rgb_dir, RGB_SUFFIXES), _by_stem(xyz_dir, XYZ_SUFFIXES)
@@ -112,27 +121,37 @@ def find_parts(folder: Path) -> list[Part]:
     return [Part(stem, rgbs[stem], xyzs[stem]) for stem in sorted(rgbs)]
 
 
-def _fit_parts(data: Path) -> list[Any]:
+def _fit_parts(data: Path, modalities: str = "rgb+xyz") -> list[Any]:
     """An MVTec-style category folder (its train/good split) or a folder of good parts."""
-    if (data / "train" / "good" / "rgb").is_dir() and (data / "train" / "good" / "xyz").is_dir():
+    good = data / "train" / "good"
+    if (good / "rgb").is_dir() and ((good / "xyz").is_dir() or modalities == "rgb"):
         from .datasets import MVTec3D
 
         return list(MVTec3D(data.parent, data.name, "train"))
-    return [(p.rgb, p.xyz) for p in find_parts(data)]
+    return [(p.rgb, p.xyz) for p in find_parts(data, modalities)]
 
 
-def parse_inputs(inputs: Sequence[str]) -> list[Part]:
-    """``RGB XYZ`` file pairs and folders, in the order given; names made unique (for file names)."""
+def parse_inputs(inputs: Sequence[str], modalities: str = "rgb+xyz") -> list[Part]:
+    """``RGB XYZ`` file pairs and folders, in the order given (single files for a detector of one
+    modality); names made unique (for file names)."""
     parts: list[Part] = []
     i = 0
     while i < len(inputs):
         path = Path(inputs[i])
         if path.is_dir():
-            parts.extend(find_parts(path))
+            parts.extend(find_parts(path, modalities))
             i += 1
             continue
         if not path.exists():
             raise FileNotFoundError(f"input not found: {path}")
+        if modalities in ("rgb", "xyz"):
+            suffixes = RGB_SUFFIXES if modalities == "rgb" else XYZ_SUFFIXES
+            if path.suffix.lower() not in suffixes:
+                raise ValueError(f"{path}: this detector judges modalities={modalities!r}, so each input is a "
+                                 f"{'/'.join(suffixes)} file or a folder")
+            parts.append(Part(path.stem, path if modalities == "rgb" else None, path if modalities == "xyz" else None))
+            i += 1
+            continue
         if path.suffix.lower() not in RGB_SUFFIXES:
             raise ValueError(f"{path}: expected an RGB image ({'/'.join(RGB_SUFFIXES)}) followed by its point cloud, or a folder")
         if i + 1 >= len(inputs):
@@ -172,6 +191,8 @@ def _load_config(args: argparse.Namespace, default_preset: str = "paper"):
         data = {"preset": args.preset or default_preset}
     if getattr(args, "extractor_weights", None):
         data["extractor_weights"] = args.extractor_weights
+    if getattr(args, "modalities", None):
+        data["modalities"] = args.modalities
     return MAFRConfig.model_validate(data)
 
 
@@ -204,7 +225,7 @@ def _cmd_fit(args: argparse.Namespace, out: _Out) -> int:
     from .detector import MAFRDetector
 
     config = _load_config(args)
-    parts = _fit_parts(Path(args.data))
+    parts = _fit_parts(Path(args.data), config.modalities)
     if args.shots is not None:
         if args.shots < 1:
             raise ValueError(f"--shots must be >= 1, got {args.shots}")
@@ -236,10 +257,10 @@ def _cmd_fit(args: argparse.Namespace, out: _Out) -> int:
 def _cmd_update(args: argparse.Namespace, out: _Out) -> int:
     from .detector import MAFRDetector
 
-    parts = _fit_parts(Path(args.data))
     source = detector_dir(args.detector)
     out_dir = Path(args.out_dir) if args.out_dir else source
     det = MAFRDetector.from_pretrained(str(source), trust_config=args.trust_config, device=args.device, precision=args.precision)
+    parts = _fit_parts(Path(args.data), det.config.modalities)
     before = det.threshold_
     out.log(f"updating {source} with {len(parts)} new good parts from {args.data}")
     det.update(parts, seed=args.seed, progress=not out.quiet)
@@ -267,8 +288,8 @@ def _cmd_predict(args: argparse.Namespace, out: _Out) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    parts = parse_inputs(args.inputs)
     det = MAFRDetector.from_pretrained(str(detector_dir(args.detector)), trust_config=args.trust_config, device=args.device, precision=args.precision)
+    parts = parse_inputs(args.inputs, det.config.modalities)
     overlay = Path(args.overlay) if args.overlay else None
     if overlay is not None:
         overlay.mkdir(parents=True, exist_ok=True)
@@ -281,8 +302,8 @@ def _cmd_predict(args: argparse.Namespace, out: _Out) -> int:
         for part, res in zip(chunk, results):
             line = {
                 "name": part.name,
-                "rgb": str(part.rgb),
-                "xyz": str(part.xyz),
+                "rgb": part.rgb,
+                "xyz": part.xyz,
                 "score": res.score,
                 "threshold": res.threshold,
                 "is_anomalous": res.is_anomalous,
@@ -464,6 +485,8 @@ def describe_detector(directory: Path) -> dict[str, Any]:
             "point_extractor": {"kind": cfg.points.kind, "weights": pts_weights,
                                 "groups": cfg.points.num_groups if cfg.points.kind == "pointmae" else None,
                                 "group_size": cfg.points.group_size if cfg.points.kind == "pointmae" else None},
+            "modalities": cfg.modalities,
+            "support": cfg.support,
             "grid_size": cfg.grid_size,
             "cbam": cfg.model.cbam,
             "attention": cfg.model.attention,
@@ -490,7 +513,8 @@ def _info_text(d: dict[str, Any]) -> str:
     pts_text = _WEIGHT_FREE_3D[pts["kind"]] if pts["kind"] in _WEIGHT_FREE_3D else (
         f"PointMAE, {pts['groups']} groups x {pts['group_size']} points (weights: {pts['weights']})")
     lines = [f"MAFR detector  {d['path']}", f"  mafr version   {d['mafr_version']} (format {d['format_version']})", "configuration",
-             f"  preset         {c['preset']}", f"  RGB extractor  {rgb_text}", f"  3D extractor   {pts_text}",
+             f"  preset         {c['preset']}", f"  modalities     {c['modalities']} (measured support: {c['support']})",
+             f"  RGB extractor  {rgb_text}", f"  3D extractor   {pts_text}",
              f"  grid           {c['grid_size']} x {c['grid_size']}",
              f"  autoencoder    {ae['rgb_channels']} + {ae['xyz_channels']} channels -> latent {ae['latent']}, "
              f"attention {c.get('attention', 'cbam')} ({c['cbam']}), {ae['parameters']:,} parameters",
@@ -548,6 +572,9 @@ def _config_options(p: argparse.ArgumentParser, preset_default: str, seed_help: 
                         f"settings; offline: weight-free extractors, nothing downloaded (default: {preset_default})")
     g.add_argument("--extractor-weights", choices=("default", "random"),
                    help="default: published weights; random: seeded random weights (tests, smoke runs)")
+    g.add_argument("--modalities", choices=("rgb+xyz", "rgb", "xyz"),
+                   help="what parts are judged on: colour images and 3D scans (default), images alone (rgb), "
+                        "or scans alone (xyz)")
     g.add_argument("--seed", type=int, default=0, metavar="N", help=seed_help)
 
 

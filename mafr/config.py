@@ -339,6 +339,11 @@ class MAFRConfig(_Strict):
     #: raw and preprocessed scans give the same decisions (a scan without one is left as it is);
     #: ``"keep"`` scores the scan as given. See ``mafr.support`` and docs/concepts.md, "Raw scans".
     support: Literal["auto", "keep"] = "auto"
+    #: What a part is judged on: ``"rgb+xyz"`` (the method: colour image and 3D scan),
+    #: ``"rgb"`` (images alone: fit on images, ``predict(rgb)``) or ``"xyz"`` (scans alone,
+    #: ``predict(xyz=...)``). The absent modality's extractor is never built or run; its branch
+    #: of the autoencoder sees zeros and its map is not scored (docs/concepts.md, "One modality").
+    modalities: Literal["rgb+xyz", "rgb", "xyz"] = "rgb+xyz"
     rgb: RGBConfig = Field(default_factory=RGBConfig)
     points: PointConfig = Field(default_factory=PointConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -32,7 +32,7 @@ from . import framing as _framing
 from . import errors as _errors
 from . import runtime as _runtime
 from . import support as _support
-from .io import as_sample, load_sample, measured_pixels, resize_nearest
+from .io import as_sample, load_rgb, load_xyz, measured_pixels, resize_nearest
 from .losses import restoration_loss
 from .model import FusionAutoencoder
 from .replay import ReplayStore, moments_of, pool_moments, stack_parts
@@ -76,6 +76,18 @@ def _robust_std(x: torch.Tensor) -> torch.Tensor:
 
 def _std_from_var(var: torch.Tensor) -> torch.Tensor:
     return (var + _VAR_FLOOR * var.mean()).sqrt().clamp(min=_STD_FLOOR)
+
+
+def _depth_image(xyz: np.ndarray) -> np.ndarray:
+    """A grey H x W x 3 uint8 rendering of a scan's depth (near is bright, unmeasured black):
+    the picture overlays draw on when a part is judged on 3D alone."""
+    z = xyz[..., 2]
+    valid = measured_pixels(xyz)
+    out = np.zeros(z.shape, dtype=np.uint8)
+    if valid.any():
+        lo, hi = np.percentile(z[valid], [1, 99])
+        out[valid] = np.clip(255 * (hi - z[valid]) / max(hi - lo, 1e-9) * 0.8 + 40, 0, 255).astype(np.uint8)
+    return np.repeat(out[..., None], 3, axis=-1)
 
 
 def _now() -> str:
@@ -387,7 +399,8 @@ class MAFRDetector(
         rgb, xyz, support_flags = self._load(item)
         h, w = rgb.shape[:2]
         size = self.config.rgb.image_size
-        valid_input = measured_pixels(xyz)
+        # Judged on the image alone, every pixel is content (nothing was not measured).
+        valid_input = measured_pixels(xyz) if xyz is not None else np.ones((h, w), dtype=bool)
         win = _framing.window(valid_input, framing)
         # Zero outside the image (square padding or a window past the border), then resize:
         # bicubic for colour, nearest or mean for geometry so no point is invented between surfaces.
@@ -398,10 +411,13 @@ class MAFRDetector(
         mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
         std = np.asarray(IMAGENET_STD, dtype=np.float32)
         image = torch.from_numpy(((img - mean) / std).transpose(2, 0, 1).copy())
-        xyz_pad = _framing.crop(np.asarray(xyz, dtype=np.float32), win)
-        if self.config.points.resize == "mean":
+        if xyz is None:
+            xyz_s, valid = torch.zeros(size, size, 3), torch.ones(size, size, dtype=torch.bool)
+        elif self.config.points.resize == "mean":
+            xyz_pad = _framing.crop(np.asarray(xyz, dtype=np.float32), win)
             xyz_s, valid = resize_xyz_mean(xyz_pad, size)
         else:
+            xyz_pad = _framing.crop(np.asarray(xyz, dtype=np.float32), win)
             xyz_s = torch.from_numpy(np.ascontiguousarray(resize_nearest(xyz_pad, size, size)))
             valid = (xyz_s != 0).any(dim=-1)
         # On the detector's device from here: the hole filling is the costliest step left on a
@@ -409,17 +425,38 @@ class MAFRDetector(
         dev = self.device
         xyz_s, valid = xyz_s.to(dev), valid.to(dev)
         # Fail closed before any feature is computed: judged on what was measured, not filled.
-        flags = support_flags + _integrity.judge_input(rgb, valid)
-        if self.config.points.fill_holes:
+        flags = support_flags + _integrity.judge_input(rgb, valid, image=self.config.modalities != "xyz")
+        if self.config.points.fill_holes and xyz is not None:
             xyz_s, valid = fill_small_holes(xyz_s, valid, self.config.points.fill_holes)
-        return _Prepared(image.to(dev), xyz_s, valid, h, w, rgb, xyz[..., 2].copy(), valid_input, flags, win, framing)
+        depth = None if xyz is None else xyz[..., 2].copy()
+        return _Prepared(image.to(dev), xyz_s, valid, h, w, rgb, depth, valid_input, flags, win, framing)
 
-    def _load(self, item: Any, warn: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def _load_modalities(self, item: Any) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """``(rgb, xyz)`` of one part as ``config.modalities`` reads it: ``xyz`` is ``None`` for
+        ``"rgb"``; for ``"xyz"`` the image is a grey rendering of the depth (overlays only)."""
+        mods = self.config.modalities
+        sample = as_sample(item, mods)
+        missing = [name for name in ("rgb", "xyz") if name in mods.split("+") and getattr(sample, name) is None]
+        if missing:
+            given = {"rgb": "3D alone (modalities='xyz')", "xyz": "images alone (modalities='rgb')"}[missing[0]]
+            raise _errors.InvalidInputError(
+                f"this detector judges modalities={mods!r} and needs {' and '.join(missing)} for every part, but "
+                f"{_describe(item)} has no {missing[0]}; a detector for {given} is fitted with "
+                f"MAFRConfig(..., modalities={'xyz' if missing[0] == 'rgb' else 'rgb'!r})")
+        if mods == "rgb":
+            return load_rgb(sample.rgb), None
+        if mods == "xyz":
+            xyz = load_xyz(sample.xyz, None)
+            return _depth_image(xyz), xyz
+        rgb = load_rgb(sample.rgb)
+        return rgb, load_xyz(sample.xyz, rgb.shape[:2])
+
+    def _load(self, item: Any, warn: bool = True) -> tuple[np.ndarray, Optional[np.ndarray], list[str]]:
         """``(rgb, xyz, flags)`` of one part, its measured support set aside (``config.support``;
         :mod:`mafr.support`). Where part and support cannot be told apart the scan is kept as it
         came, with a warning and the flag ``"support_unclear"``: judged, but never silently."""
-        rgb, xyz = load_sample(item)
-        if self.config.support == "keep":
+        rgb, xyz = self._load_modalities(item)
+        if xyz is None or self.config.support == "keep":
             return rgb, xyz, []
         xyz, report = _support.set_aside_support(xyz)
         if report.status != "unclear":
@@ -479,8 +516,39 @@ class MAFRDetector(
         op = centres_to_grid_operator(pixel_index, size, grid, idx[0], weight[0], centres.shape[1])
         return (op.to(feats.dtype) @ feats[0]).T.reshape(-1, grid, grid)
 
+    def _feature_dims(self) -> tuple[int, int]:
+        """Channels of the RGB and the 3D features, without building an extractor that the
+        config's modalities leave out (the paper preset judged on images never fetches PointMAE)."""
+        if not hasattr(self, "_dims"):
+            from .convert import _extractor_dims
+
+            rgb_dim, xyz_dim = _extractor_dims(self.config)
+            if rgb_dim is None:  # an exotic timm model: its width is known once it is built
+                rgb_dim = int(self.rgb_extractor.out_dim)
+            self._dims = (rgb_dim, xyz_dim)
+        return self._dims
+
     @torch.inference_mode()
     def _extract(self, preps: Sequence[_Prepared]) -> list[_Features]:
+        grid = self.config.grid_size
+        mods = self.config.modalities
+        if mods == "xyz":
+            rgb_maps = torch.zeros(len(preps), grid, grid, self._feature_dims()[0], device=self.device)
+        else:
+            rgb_maps = self._rgb_grid_features(preps)
+        if mods == "rgb":
+            xyz_maps = [torch.zeros(self._feature_dims()[1], grid, grid, device=self.device)] * len(preps)
+        else:
+            xyz_maps = self._point_grid_features(preps)
+        out = []
+        for prep, rgb_map, xyz_map in zip(preps, rgb_maps, xyz_maps):
+            xyz_map = xyz_map.permute(1, 2, 0)
+            valid_grid = valid_grid_mask(prep.valid, grid)
+            out.append(_Features(rgb_map.contiguous(), xyz_map.contiguous(), valid_grid, prep.valid, prep.framing))
+        return out
+
+    def _rgb_grid_features(self, preps: Sequence[_Prepared]) -> torch.Tensor:
+        """RGB features of each sample on the autoencoder's grid, ``(B, grid, grid, C)``."""
         grid = self.config.grid_size
         images = torch.stack([p.image for p in preps])
         extractor = self.rgb_extractor
@@ -493,13 +561,7 @@ class MAFRDetector(
                 rgb = extractor(images, valid, xyz=xyz)
             else:
                 rgb = extractor(images)
-        rgb_maps = upsample_rgb(rgb.float(), grid).permute(0, 2, 3, 1)
-        out = []
-        for prep, rgb_map, xyz_map in zip(preps, rgb_maps, self._point_grid_features(preps)):
-            xyz_map = xyz_map.permute(1, 2, 0)
-            valid_grid = valid_grid_mask(prep.valid, grid)
-            out.append(_Features(rgb_map.contiguous(), xyz_map.contiguous(), valid_grid, prep.valid, prep.framing))
-        return out
+        return upsample_rgb(rgb.float(), grid).permute(0, 2, 3, 1)
 
     def _normalise(self, feats: _Features) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device
@@ -533,7 +595,7 @@ class MAFRDetector(
             raise _errors.InputTypeError(f"progress must be True or False, got {progress!r}")
         if isinstance(samples, (str, bytes)) or not hasattr(samples, "__iter__"):
             raise TypeError(f"fit expects an iterable of samples (mafr.Sample or (rgb, xyz) tuples), got {type(samples).__name__}")
-        items = [as_sample(s) for s in samples]
+        items = [as_sample(s, self.config.modalities) for s in samples]
         if not items:
             raise ValueError("fit needs at least one good sample; got an empty fit set")
         t0 = time.perf_counter()
@@ -551,7 +613,7 @@ class MAFRDetector(
         (see ``benchmarks/ablations.py``). On a detector that frames parts (``framing="part"``)
         and has no window yet, the first call sets it from its samples as :meth:`fit` would (they
         are taken to be the fit set); later calls frame with the same window."""
-        items = [as_sample(s) for s in samples]
+        items = [as_sample(s, self.config.modalities) for s in samples]
         if self.framing_ is None and self.config.framing == "part":
             self.framing_ = self._framing_for(items)
         return self._extract_all(items, self.framing_, progress)
@@ -563,8 +625,8 @@ class MAFRDetector(
         masks = []
         for i, item in enumerate(items):
             with _naming_part(i, len(items), item):
-                _, xyz, _ = self._load(item, warn=False)  # extraction warns, once per part
-            masks.append(measured_pixels(xyz))
+                rgb, xyz, _ = self._load(item, warn=False)  # extraction warns, once per part
+            masks.append(measured_pixels(xyz) if xyz is not None else np.ones(rgb.shape[:2], dtype=bool))
         try:
             return _framing.fit_side(masks)
         except ValueError as err:
@@ -694,7 +756,7 @@ class MAFRDetector(
             raise _errors.InputTypeError(
                 f"update expects an iterable of good samples (mafr.Sample or (rgb, xyz) tuples), got {type(samples).__name__}"
             )
-        items = [as_sample(s) for s in samples]
+        items = [as_sample(s, self.config.modalities) for s in samples]
         if not items:
             raise _errors.InvalidInputError("update needs at least one new good sample; got none")
         t0 = time.perf_counter()
@@ -756,7 +818,7 @@ class MAFRDetector(
         """Set the decision threshold from good parts not used in training (same rule as
         :meth:`fit`); useful for converted detectors, or after the line's conditions changed."""
         self._check_fitted(require_threshold=False)
-        items = [as_sample(s) for s in samples]
+        items = [as_sample(s, self.config.modalities) for s in samples]
         if not items:
             raise ValueError("calibrate needs at least one good sample; got none")
         scores = self._calibrate_on(self.extract_features(items, progress=progress))
@@ -988,7 +1050,8 @@ class MAFRDetector(
         if e2.dim() == 3:
             bins2 = restored_bins(res.restored2, self.calibration_["bins_2d"].to(err2.device))
             bins3 = restored_bins(res.restored3, self.calibration_["bins_3d"].to(err2.device))
-        context = getattr(self.point_extractor, "context_channels", 0)
+        # Not built for a detector judged on images alone: its 3D residual is not scored anyway.
+        context = getattr(self.point_extractor, "context_channels", 0) if self.config.modalities != "rgb" else 0
         evidence = err3.shape[-1] - context if 0 < context < err3.shape[-1] else None
         reduce_2d = self.config.scoring.channel_reduce_2d
         return (channel_normalised(err2, e2, dist, reduce=reduce_2d, bins=bins2),
@@ -1007,8 +1070,12 @@ class MAFRDetector(
             scales = self.calibration_["modality"].to(res2.device)
             if self.calibration_["edge_2d"].dim() == 1:  # saved by mafr 0.2: its sum, as it scored then
                 mode = "calibrated_sum"
+            elif self.config.modalities != "rgb+xyz":
+                mode = f"calibrated_{self.config.modalities}"
         else:
             res2, res3 = res.err2.norm(dim=-1), res.err3.norm(dim=-1)
+            if self.config.modalities != "rgb+xyz":  # the absent modality's map is no evidence
+                mode = self.config.modalities
         return score_maps(
             res2,
             res3,
@@ -1059,8 +1126,8 @@ class MAFRDetector(
                     defect_mask=defect_mask,
                     pixel_threshold=pixel_threshold,
                     anomaly_map=np.clip(maps[0], 0, None),
-                    map_2d=np.clip(maps[1], 0, None),
-                    map_3d=np.clip(maps[2], 0, None),
+                    map_2d=np.clip(maps[1], 0, None) if self.config.modalities != "xyz" else np.zeros_like(maps[1]),
+                    map_3d=np.clip(maps[2], 0, None) if self.config.modalities != "rgb" else np.zeros_like(maps[2]),
                     valid_mask=prep.valid_input,
                     rgb=prep.rgb,
                     depth=prep.depth,
@@ -1081,9 +1148,10 @@ class MAFRDetector(
         return level, fused > max(level, sc.mask_relative * float(fused.max()))
 
     @_with_threads
-    def predict(self, rgb: Any, xyz: Any) -> AnomalyResult:
+    def predict(self, rgb: Any = None, xyz: Any = None) -> AnomalyResult:
         """Score one part. ``rgb``: H x W x 3 uint8 array, PIL image or path; ``xyz``: organized
-        map, path, :class:`~mafr.PointCloud` or :class:`~mafr.DepthMap`."""
+        map, path, :class:`~mafr.PointCloud` or :class:`~mafr.DepthMap`. A detector of one
+        modality (``config.modalities``) reads only that one: ``predict(rgb)``, ``predict(xyz=...)``."""
         self._check_fitted()
         prep = self._prepare((rgb, xyz), self.framing_)
         return self._results([prep], self._extract([prep]))[0]
@@ -1096,7 +1164,7 @@ class MAFRDetector(
         self._check_fitted()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        items = [as_sample(s) for s in samples]
+        items = [as_sample(s, self.config.modalities) for s in samples]
         results: list[AnomalyResult] = []
         chunks = range(0, len(items), batch_size)
         for start in _progress(chunks, total=len(chunks), desc="mafr: predicting", enable=progress):
@@ -1137,10 +1205,10 @@ class MAFRDetector(
                 _integrity.CONFIG_DIGEST_KEY: _integrity.config_digest(config_json)}
         writers = {WEIGHTS_NAME: lambda p: save_file(tensors, str(p), metadata=meta)}
         if getattr(self, "_include_extractors", False):
-            if isinstance(self.rgb_extractor, RGBExtractor):
+            if self.config.modalities != "xyz" and isinstance(self.rgb_extractor, RGBExtractor):
                 state = {k: v.detach().cpu().contiguous() for k, v in self.rgb_extractor.vit.state_dict().items()}
                 writers[RGB_WEIGHTS_NAME] = lambda p: save_file(state, str(p))
-            if isinstance(self.point_extractor, PointMAEEncoder):
+            if self.config.modalities != "rgb" and isinstance(self.point_extractor, PointMAEEncoder):
                 writers[POINT_WEIGHTS_DIR] = self.point_extractor.save_pretrained
         _integrity.save_files(
             Path(save_directory), writers, config_json, config_name=CONFIG_NAME,

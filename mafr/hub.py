@@ -50,6 +50,10 @@ def model_card(detector) -> ModelCard:
         _table(
             {
                 "preset": cfg.preset,
+                "judges": {"rgb+xyz": "colour image and 3D scan", "rgb": "colour images alone",
+                           "xyz": "3D scans alone"}[cfg.modalities],
+                "measured support": ("found in each scan's border and set aside" if cfg.support == "auto"
+                                     else "kept as scanned"),
                 "RGB extractor": rgb_src,
                 "3D extractor": pts_src,
                 "grid": f"{cfg.grid_size} x {cfg.grid_size}",

@@ -9,7 +9,7 @@ modified in place.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -106,14 +106,18 @@ def measured_pixels(xyz: np.ndarray) -> np.ndarray:
     return (xyz[..., 0] != 0) | (xyz[..., 1] != 0) | (xyz[..., 2] != 0)
 
 
-def load_xyz(xyz: Any, rgb_shape: tuple[int, int]) -> np.ndarray:
-    """-> organized float32 map at the RGB resolution ``rgb_shape`` (H, W), zeros = no point.
+def load_xyz(xyz: Any, rgb_shape: Optional[tuple[int, int]]) -> np.ndarray:
+    """-> organized float32 map at the RGB resolution ``rgb_shape`` (H, W), zeros = no point;
+    ``rgb_shape=None`` (no image: a scan judged alone) keeps the map's own resolution.
 
     Raises :class:`~mafr.InvalidInputError` (:class:`~mafr.UnreadableFileError` for files that
     cannot be decoded) naming the file, if one was given, and what is wrong."""
-    h, w = rgb_shape
     source = ""
+    if rgb_shape is None and isinstance(xyz, PointCloud):
+        raise InvalidInputError("a mafr.PointCloud is projected onto an image's pixel grid, and there is no image: "
+                                "judged on 3D alone, give an organized H x W x 3 map or a mafr.DepthMap")
     if isinstance(xyz, PointCloud):
+        h, w = rgb_shape
         _check_intrinsics(xyz.intrinsics, "PointCloud")
         out = _checked(project_points, xyz.points, xyz.intrinsics, h, w, xyz.extrinsics)
         hit = int(np.count_nonzero(measured_pixels(out)))
@@ -148,8 +152,8 @@ def load_xyz(xyz: Any, rgb_shape: tuple[int, int]) -> np.ndarray:
     if not np.all(np.isfinite(out)):
         bad = int((~np.isfinite(out)).any(axis=-1).sum())
         raise InvalidInputError(f"xyz{source} contains NaN or inf at {bad} pixels (or values beyond float32); mark missing measurements with (0, 0, 0)")
-    if out.shape[:2] != (h, w):
-        out = _align_to(out, h, w, source)
+    if rgb_shape is not None and out.shape[:2] != tuple(rgb_shape):
+        out = _align_to(out, *rgb_shape, source)
     if not np.any(out != 0):
         raise InvalidInputError(f"xyz{source} has no valid 3D point: every pixel is (0, 0, 0) (no measurement)")
     return out
@@ -177,11 +181,18 @@ def _align_to(xyz: np.ndarray, h: int, w: int, source: str = "") -> np.ndarray:
     return resize_nearest(xyz, h, w)
 
 
-def as_sample(item: Any) -> Sample:
-    """Accept a :class:`Sample` or an ``(rgb, xyz)`` tuple."""
+def as_sample(item: Any, modalities: str = "rgb+xyz") -> Sample:
+    """Accept a :class:`Sample` or an ``(rgb, xyz)`` tuple; for a detector of one modality, also
+    that modality alone (an image for ``"rgb"``, a scan for ``"xyz"``)."""
     if isinstance(item, Sample):
         return item
-    if isinstance(item, (tuple, list)) and len(item) == 2:
+    if isinstance(item, tuple) and len(item) == 2:
+        return Sample(rgb=item[0], xyz=item[1])
+    if modalities == "rgb" and not isinstance(item, (tuple, list, dict)):
+        return Sample(rgb=item, xyz=None)
+    if modalities == "xyz" and not isinstance(item, (tuple, list, dict)):
+        return Sample(rgb=None, xyz=item)
+    if isinstance(item, list) and len(item) == 2:
         return Sample(rgb=item[0], xyz=item[1])
     raise InputTypeError(f"a sample must be mafr.Sample(rgb=..., xyz=...) or an (rgb, xyz) tuple, got {type(item).__name__}")
 

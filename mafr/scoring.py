@@ -57,6 +57,10 @@ def fuse(
         a, b = map_2d / scales[0], map_3d / scales[1]
         # "calibrated_sum": the 0.2 rule, kept for detectors saved with per-distance levels.
         return torch.maximum(a, b) if mode == "calibrated" else a + b
+    if mode in ("calibrated_rgb", "calibrated_xyz"):  # one modality (MAFRConfig.modalities)
+        if scales is None:
+            raise ValueError("fusion 'calibrated' needs the per-modality scales calibrated on good parts")
+        return map_2d / scales[0] if mode == "calibrated_rgb" else map_3d / scales[1]
     raise ValueError(f"unknown fusion mode {mode!r}; expected one of product, sum, max, rgb, xyz, calibrated")
 
 

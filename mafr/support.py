@@ -86,8 +86,9 @@ def _frame(h: int, w: int, border: int) -> np.ndarray:
 
 def _lstsq_plane(pts: np.ndarray) -> np.ndarray:
     centre = pts.mean(axis=0)
-    normal = np.linalg.eigh((pts - centre).T @ (pts - centre))[1][:, 0]
-    return np.array([*normal, -normal @ centre])
+    dev = pts - centre
+    normal = np.linalg.eigh(np.einsum("ni,nj->ij", dev, dev))[1][:, 0]  # einsum: no BLAS (see _dot)
+    return np.array([*normal, -float((normal * centre).sum())])
 
 
 def _ransac_plane(pts: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
@@ -104,13 +105,20 @@ def _ransac_plane(pts: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
     normal, tri = normal[ok] / norm[ok, None], tri[ok]
     if not len(normal):
         return _lstsq_plane(pts), 0.0
-    offset = -np.einsum("mi,mi->m", normal, tri[:, 0])
-    counts = (np.abs(local @ normal.T + offset) < _INLIER_DISTANCE).sum(axis=0)
+    offset = -(normal * tri[:, 0]).sum(axis=1)
+    counts = (np.abs(_dot(local[:, None, :], normal[None]) + offset) < _INLIER_DISTANCE).sum(axis=0)
     best = int(np.argmax(counts))
-    inliers = local[np.abs(local @ normal[best] + offset[best]) < _INLIER_DISTANCE]
-    plane = _lstsq_plane(inliers + origin) if len(inliers) >= 3 else np.array([*normal[best], offset[best] - normal[best] @ origin])
-    share = float((np.abs(pts @ plane[:3] + plane[3]) < _INLIER_DISTANCE).mean())
+    inliers = local[np.abs(_dot(local, normal[best]) + offset[best]) < _INLIER_DISTANCE]
+    plane = (_lstsq_plane(inliers + origin) if len(inliers) >= 3
+             else np.array([*normal[best], offset[best] - float((normal[best] * origin).sum())]))
+    share = float((np.abs(_dot(pts, plane[:3]) + plane[3]) < _INLIER_DISTANCE).mean())
     return plane, share
+
+
+def _dot(points: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """``points @ normal`` over the last axis, without BLAS: a multithreaded BLAS call in a
+    process whose torch threads are still spinning after a forward pass ran 5-10x slower."""
+    return points[..., 0] * normal[..., 0] + points[..., 1] * normal[..., 1] + points[..., 2] * normal[..., 2]
 
 
 def _box_count(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -179,7 +187,7 @@ def find_support(xyz: np.ndarray, *, seed: int = 0) -> tuple[SupportReport, Opti
         return SupportReport("unclear", tuple(plane), reason=(
             f"the scan's border is measured but no plane explains it ({100 * share:.0f}% of its points "
             f"within {1000 * _INLIER_DISTANCE:.0f} mm of the best one)")), None
-    height = np.where(valid, pts @ plane[:3].astype(np.float32) + np.float32(plane[3]), np.float32(0))
+    height = np.where(valid, _dot(pts, plane[:3].astype(np.float32)) + np.float32(plane[3]), np.float32(0))
     smooth = _pseudo_median(height, valid)
     frame_dev = np.abs(smooth[on_frame & (np.abs(height) < _INLIER_DISTANCE)])
     noise = float(np.percentile(frame_dev, 99)) if frame_dev.size else 0.0

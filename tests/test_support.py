@@ -91,21 +91,24 @@ def test_find_support_on_any_scan_marks_only_measured_pixels(h, w, missing, seed
 
 
 def _fit(parts, **config):
-    det = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", **config), device="cpu")
+    # A short fit: these tests are about what reaches the network, not how well it learns.
+    det = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", train={"steps": 30}, **config), device="cpu")
     return det.fit(parts, seed=0, progress=False)
 
 
 def test_the_detector_sets_the_support_aside_itself():
     size = 128
-    raw = [generate_sample("puck", seed=s, size=size, background="plane") for s in range(5)]
-    clean = [generate_sample("puck", seed=s, size=size) for s in range(5)]
+    raw = [generate_sample("puck", seed=s, size=size, background="plane") for s in range(4)]
+    clean = [generate_sample("puck", seed=s, size=size) for s in range(4)]
     on_raw, on_clean = _fit(raw), _fit(clean)
     test_seeds = [(None, 50), ("hole", 51), ("crack", 52)]
     for kind, seed in test_seeds:
         r = generate_sample("puck", kind, seed=seed, size=size, background="plane")
         c = generate_sample("puck", kind, seed=seed, size=size)
         a, b = on_raw.predict(r.rgb, r.xyz), on_clean.predict(c.rgb, c.xyz)
+        # The same part raw or preprocessed: the same pixels reach the network, the same judgement.
         assert a.flags == () and a.is_anomalous == b.is_anomalous
+        assert a.score == pytest.approx(b.score, rel=1e-4) and a.threshold == pytest.approx(b.threshold, rel=1e-4)
         # Only the part is judged: the table's pixels are no longer measured input.
         assert a.valid_mask.mean() < 0.5
     # Kept as given, the table fills the frame.
@@ -143,3 +146,64 @@ def test_no_threshold_means_no_decision():
     assert res.is_anomalous is None and res.defect_mask is None and "no_threshold" in res.flags
     assert res.summary()["is_anomalous"] is None
     assert res.to_panel().size[0] > 0
+
+
+# ----------------------------------------------------------------------------- one modality
+@pytest.mark.parametrize("modalities", ["rgb", "xyz"])
+def test_one_modality_fits_predicts_and_round_trips(tmp_path, modalities):
+    size = 96
+    good = [generate_sample("puck", seed=s, size=size) for s in range(4)]
+    parts = [g.rgb if modalities == "rgb" else g.xyz for g in good]  # that modality alone
+    det = _fit(parts, modalities=modalities)
+    stain, bump = generate_sample("puck", "stain", seed=30, size=size), generate_sample("puck", "bump", seed=31, size=size)
+    part = stain if modalities == "rgb" else bump
+    res = det.predict(part.rgb) if modalities == "rgb" else det.predict(xyz=part.xyz)
+    assert res.is_anomalous is not None and math.isfinite(res.score)
+    absent = res.map_3d if modalities == "rgb" else res.map_2d
+    assert not absent.any()  # the absent modality is no evidence
+    if modalities == "rgb":
+        assert res.valid_mask.all() and res.depth is None
+        # The point extractor is never built: the paper preset would have to fetch PointMAE.
+        assert det._point_extractor is None
+    else:
+        assert det._rgb_extractor is None and res.rgb.shape == part.rgb.shape
+    det.save_pretrained(tmp_path / "d")
+    back = mafr.MAFRDetector.from_pretrained(tmp_path / "d")
+    assert back.config.modalities == modalities
+    again = back.predict(part.rgb) if modalities == "rgb" else back.predict(xyz=part.xyz)
+    assert again.score == pytest.approx(res.score, rel=1e-5)
+
+
+def test_a_detector_says_which_modality_it_was_not_given():
+    good = [generate_sample("puck", seed=s, size=64) for s in range(3)]
+    both = _fit(good)
+    with pytest.raises(mafr.InvalidInputError, match=r"modalities='rgb\+xyz' and needs xyz.*modalities='rgb'"):
+        both.predict(good[0].rgb)
+    rgb_only = _fit([g.rgb for g in good], modalities="rgb")
+    res = rgb_only.predict(good[0].rgb, good[0].xyz)  # a scan given anyway is not read
+    assert res.map_3d.max() == 0
+    xyz_only = _fit([g.xyz for g in good], modalities="xyz")
+    with pytest.raises(mafr.InvalidInputError, match="needs xyz"):
+        xyz_only.predict(good[0].rgb)
+    with pytest.raises(mafr.InvalidInputError, match="PointCloud is projected onto an image"):
+        xyz_only.predict(xyz=mafr.PointCloud(points=np.ones((10, 3)), intrinsics=np.eye(3)))
+
+
+def test_the_cli_fits_and_predicts_on_images_alone(tmp_path, capsys):
+    from PIL import Image
+
+    from mafr.cli import main
+
+    good, test = tmp_path / "good", tmp_path / "test"
+    for folder, seeds in ((good, range(4)), (test, [40])):
+        folder.mkdir()
+        for s in seeds:
+            Image.fromarray(generate_sample("puck", seed=s, size=64).rgb).save(folder / f"{s:03d}.png")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(mafr.MAFRConfig(preset="offline", train={"steps": 30}).to_json_dict()))
+    assert main(["fit", str(good), str(tmp_path / "det"), "--config", str(cfg), "--modalities", "rgb", "--quiet"]) == 0
+    assert mafr.MAFRDetector.from_pretrained(tmp_path / "det").config.modalities == "rgb"
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "det"), str(test / "040.png")]) in (0, 1)
+    line = json.loads(capsys.readouterr().out)
+    assert line["xyz"] is None and isinstance(line["is_anomalous"], bool)

@@ -62,7 +62,8 @@ def categories(root: PathLike) -> list[str]:
 class MVTec3D(Sequence):
     """One split of one category, as a sequence of :class:`mafr.types.Sample`.
 
-    Samples are in sorted order of (defect type, file name). Each has ``rgb``/``xyz`` paths,
+    Samples are in sorted order of (defect type, file name). Each has ``rgb``/``xyz`` paths
+    (``xyz`` is ``None`` in a folder without ``xyz/``: images only),
     ``label`` (0 good, 1 defective), ``defect_type``, ``mask`` (bool array from ``gt/`` when the
     file exists, else ``None``) and ``name`` like ``"test/crack/003"``.
     """
@@ -84,11 +85,14 @@ class MVTec3D(Sequence):
             rgb_dir = kind_dir / "rgb"
             if not rgb_dir.is_dir():
                 raise FileNotFoundError(f"missing rgb folder: {rgb_dir} ({_LAYOUT})")
+            # A folder without xyz/ holds images only (MVTec 3D-AD's public tire subset): its
+            # samples have xyz=None, for a detector of modalities="rgb"; one with xyz/ must be complete.
+            has_xyz = (kind_dir / "xyz").is_dir()
             for rgb in sorted(rgb_dir.glob("*.png")):
                 xyz = kind_dir / "xyz" / f"{rgb.stem}.tiff"
-                if not xyz.is_file():
+                if has_xyz and not xyz.is_file():
                     raise FileNotFoundError(f"no point cloud for {rgb}: expected {xyz} ({_LAYOUT})")
-                entries.append((kind_dir.name, rgb.stem, rgb, xyz))
+                entries.append((kind_dir.name, rgb.stem, rgb, xyz if has_xyz else None))
         if not entries:
             raise FileNotFoundError(f"no samples under {split_dir} ({_LAYOUT})")
         self._entries = entries
