@@ -187,7 +187,8 @@ def test_evaluate_generated_creates_missing_data_with_documented_defaults(tmp_pa
     # The report set's categories and data seed; --seed seeds the fits, not the data.
     assert calls == [(tmp_path / "gen", ["block", "cylinder", "disc"],
                       {"n_train": 10, "n_validation": 0, "n_test_good": 12, "n_test_per_defect": 6, "size": 400,
-                       "seed": 0, "defect_specs": mafr.datasets.DEFECT_SPECS})]
+                       "seed": 0, "defect_specs": mafr.datasets.DEFECT_SPECS, "background": "none",
+                          "thickness": None})]
     calls.clear()
     main(["evaluate", "--dataset", "generated", "--split", "tuning", "--root", str(tmp_path / "gen"), "--quiet"])
     assert calls[0][1] == ["dome", "ring", "plate", "tile", "shaft"] and calls[0][2]["seed"] == 1000
