@@ -8,11 +8,13 @@ alternately, one predict per part, ``--repeats`` rounds:
 - ``auto``: the same preprocessed scans with ``support="auto"`` (the default): what the check
   costs a scan that has no support in it;
 - ``raw``: the same parts as raw scans (table measured), ``support="auto"``: the step at work;
+- ``raw_keep``: the raw scans with ``support="keep"``: what the same inputs cost before the step;
 - ``preprocess_then_keep``: ``mafr.datasets.preprocess_sample`` on each raw scan, then predict
   with ``support="keep"``: the documented route a raw scan took before, preprocessing included.
 
 Prints one JSON line with the median seconds per part and the ratios ``auto / keep`` (the
-no-support case, the 10 % limit) and ``raw / preprocess_then_keep``.
+no-support case, the 10 % limit), ``raw / raw_keep`` (the same raw inputs before and after) and
+``raw / preprocess_then_keep``.
 
     python benchmarks/bench_support.py [--repeats 5] [--threads 2] [--category puck]
 """
@@ -50,6 +52,7 @@ def main(argv=None) -> int:
         return mafr.MAFRDetector(cfg, device="cpu").fit(fit, seed=0, progress=False)
 
     keep, auto, raw = detector(fit_pre, "keep"), detector(fit_pre, "auto"), detector(fit_raw, "auto")
+    raw_keep = detector(fit_raw, "keep")
 
     def preprocess_then_keep(s):
         return keep.predict(*preprocess_sample(s.rgb, s.xyz))
@@ -58,18 +61,22 @@ def main(argv=None) -> int:
         "keep": lambda s: keep.predict(s.rgb, s.xyz),
         "auto": lambda s: auto.predict(s.rgb, s.xyz),
         "raw": lambda s: raw.predict(s.rgb, s.xyz),
+        "raw_keep": lambda s: raw_keep.predict(s.rgb, s.xyz),
         "preprocess_then_keep": preprocess_then_keep,
     }
-    inputs = {"keep": test_pre, "auto": test_pre, "raw": test_raw, "preprocess_then_keep": test_raw}
+    inputs = {"keep": test_pre, "auto": test_pre, "raw": test_raw, "raw_keep": test_raw, "preprocess_then_keep": test_raw}
     for name, fn in routes.items():  # warm-up
         fn(inputs[name][0])
+    # Interleaved part by part, the routes in a rotating order, so that a change in machine load
+    # (2 shared cores) falls on every route alike; medians of single predicts.
     times: dict[str, list[float]] = {k: [] for k in routes}
-    for _ in range(args.repeats):
-        for name, fn in routes.items():
-            t0 = time.perf_counter()
-            for s in inputs[name]:
-                fn(s)
-            times[name].append((time.perf_counter() - t0) / len(inputs[name]))
+    names = list(routes)
+    for r in range(args.repeats):
+        for i in range(args.parts):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                t0 = time.perf_counter()
+                routes[name](inputs[name][i])
+                times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({
         "bench": "support", "category": args.category, "threads": args.threads, "repeats": args.repeats,
@@ -77,6 +84,7 @@ def main(argv=None) -> int:
         "auto_over_keep": round(med["auto"] / med["keep"], 3),
         "raw_over_preprocess_then_keep": round(med["raw"] / med["preprocess_then_keep"], 3),
         "raw_over_keep": round(med["raw"] / med["keep"], 3),
+        "raw_over_raw_keep": round(med["raw"] / med["raw_keep"], 3),
     }), flush=True)
     return 0
 

@@ -330,6 +330,8 @@ class MAFRDetector(
         self.config = config
         self._rgb_extractor = None
         self._point_extractor = None
+        #: ``(rgb, xyz)`` feature channels, known without building an extractor (_feature_dims).
+        self._dims: Optional[tuple[int, int]] = None
         self.autoencoder_: Optional[FusionAutoencoder] = None
         self.stats_: dict[str, torch.Tensor] = {}
         self.threshold_: Optional[float] = None
@@ -519,7 +521,7 @@ class MAFRDetector(
     def _feature_dims(self) -> tuple[int, int]:
         """Channels of the RGB and the 3D features, without building an extractor that the
         config's modalities leave out (the paper preset judged on images never fetches PointMAE)."""
-        if not hasattr(self, "_dims"):
+        if self._dims is None:
             from .convert import _extractor_dims
 
             rgb_dim, xyz_dim = _extractor_dims(self.config)

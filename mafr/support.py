@@ -23,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 
+from .framing import part_extent
 from .io import measured_pixels
 
 #: The frame is this share of the longer image side wide (10 px at 400 px, as the reference's).
@@ -202,8 +203,13 @@ def find_support(xyz: np.ndarray, *, seed: int = 0) -> tuple[SupportReport, Opti
     frame_pts = pts[on_frame]
     pitch = float(np.median(np.linalg.norm(np.diff(frame_pts[: min(len(frame_pts), 2000)], axis=0), axis=1)))
     step = max(_JOIN_STEP, _JOIN_PITCHES * pitch)
-    specks = above & ((_box_count(above, _SPECK_RADIUS) < _SPECK_MIN) | (_joined(height, above, step) < _JOINED_MIN))
-    support |= specks
+    # Only where something stands above the support (plus the box's reach) can a speck be.
+    box = part_extent(above)
+    if box is not None:
+        m = _SPECK_RADIUS + 1
+        win = (slice(max(box[0] - m, 0), box[1] + m), slice(max(box[2] - m, 0), box[3] + m))
+        a = above[win]
+        support[win] |= a & ((_box_count(a, _SPECK_RADIUS) < _SPECK_MIN) | (_joined(height[win], a, step) < _JOINED_MIN))
     kept = valid & ~support
     n_valid = int(valid.sum())
     part_height = float(np.percentile(smooth[kept], 99)) if kept.any() else 0.0
@@ -221,6 +227,4 @@ def set_aside_support(xyz: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, Su
     report, support = find_support(xyz, seed=seed)
     if support is None:
         return xyz, report
-    out = np.array(xyz, copy=True)
-    out[support] = 0
-    return out, report
+    return np.where(support[..., None], np.zeros((), dtype=xyz.dtype), xyz), report

@@ -207,3 +207,19 @@ def test_the_cli_fits_and_predicts_on_images_alone(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "det"), str(test / "040.png")]) in (0, 1)
     line = json.loads(capsys.readouterr().out)
     assert line["xyz"] is None and isinstance(line["is_anomalous"], bool)
+
+
+@pytest.mark.parametrize("preset", ["paper", "reference"])
+@pytest.mark.parametrize("modalities", ["rgb", "xyz"])
+def test_one_modality_on_the_pretrained_presets(tiny, preset, modalities):
+    """Random-weight tiny versions of the paper and reference presets: the absent extractor is
+    never built (no weights fetched), and the result scores the present modality alone."""
+    good = [generate_sample("puck", seed=s, size=64) for s in range(3)]
+    cfg = tiny(preset=preset, modalities=modalities, train={"steps": 5, "epochs": None})
+    det = mafr.MAFRDetector(cfg, device="cpu").fit([g.rgb if modalities == "rgb" else g.xyz for g in good],
+                                                   seed=0, progress=False)
+    part = generate_sample("puck", "hole", seed=9, size=64)
+    res = det.predict(part.rgb) if modalities == "rgb" else det.predict(xyz=part.xyz)
+    assert math.isfinite(res.score)
+    assert (det._point_extractor is None) if modalities == "rgb" else (det._rgb_extractor is None)
+    assert not (res.map_3d if modalities == "rgb" else res.map_2d).any()
