@@ -44,7 +44,7 @@ def main() -> int:
     # Points of a real part (a generated dome), as the 3D path sees them.
     det = mafr.MAFRDetector(mafr.MAFRConfig(extractor_weights="random"), device=device)
     part = generate_sample("dome", seed=0)
-    prep = det._prepare((part.rgb, part.xyz))
+    prep = mafr.preparation.prepare((part.rgb, part.xyz), det.config, det.device, det.framing_)
     cloud = prep.xyz.reshape(-1, 3)[prep.valid.flatten()]
     pool = cloud[torch.linspace(0, cloud.shape[0] - 1, 8192, dtype=torch.float64, device=device).round().long()]
     expected = pointops.farthest_point_sample(pool.cpu()[None], 1024)

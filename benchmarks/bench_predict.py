@@ -45,7 +45,9 @@ def _breakdown(det, probe, device: torch.device, repeats: int) -> dict:
     """Median seconds of each stage of one predict: loading and resizing the inputs, the RGB
     extractor, the 3D path (grouping, PointMAE, centres -> grid), and the rest (autoencoder,
     scoring, maps back at input size, fail-closed checks, the defect mask)."""
-    prep = det._prepare((probe.rgb, probe.xyz))
+    from mafr.preparation import prepare
+
+    prep = prepare((probe.rgb, probe.xyz), det.config, det.device, det.framing_)
     feats = det._extract([prep])
 
     def rgb():
@@ -53,7 +55,7 @@ def _breakdown(det, probe, device: torch.device, repeats: int) -> dict:
             det.rgb_extractor(prep.image.unsqueeze(0))
 
     return {
-        "prepare": round(_median_time(lambda: det._prepare((probe.rgb, probe.xyz)), repeats, device), 4),
+        "prepare": round(_median_time(lambda: prepare((probe.rgb, probe.xyz), det.config, det.device, det.framing_), repeats, device), 4),
         "rgb_extractor": round(_median_time(rgb, repeats, device), 4),
         "points_to_grid": round(_median_time(lambda: det._point_grid_features([prep])[0], repeats, device), 4),
         "autoencoder_scoring_maps": round(_median_time(lambda: det._results([prep], feats), repeats, device), 4),

@@ -12,6 +12,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import mafr
+from mafr.preparation import prepare
 from mafr.datasets.synthetic import generate_sample
 
 
@@ -22,7 +23,7 @@ def main() -> int:
     args = parser.parse_args()
     det = mafr.MAFRDetector(mafr.MAFRConfig(extractor_weights="random"), device=args.device)
     part = generate_sample("dome", seed=0)
-    prep = det._prepare((part.rgb, part.xyz))
+    prep = prepare((part.rgb, part.xyz), det.config, det.device, det.framing_)
     det._point_grid_features([prep])[0]  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if det.device.type == "cuda" else [])
     with profile(activities=activities) as prof:

@@ -8,7 +8,6 @@ directory or Hub repo; nothing is ever unpickled.
 
 import contextlib
 import copy
-import json
 import math
 import os
 import threading
@@ -26,21 +25,18 @@ from . import __version__
 from .config import CONFIG_VERSION, MAFRConfig
 from .extractors import PointMAEEncoder, RGBExtractor, build_point_extractor, build_rgb_extractor
 from .extractors.pointops import idw_weights, three_nn_interpolate
-from .extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
 from . import _integrity
 from . import framing as _framing
 from . import errors as _errors
 from . import runtime as _runtime
-from . import support as _support
-from .io import as_sample, load_rgb, load_xyz, measured_pixels, resize_nearest
+from . import preparation as _preparation
+from .io import as_sample
 from .losses import restoration_loss
 from .model import FusionAutoencoder
 from .replay import ReplayStore, moments_of, pool_moments, stack_parts
 from .projection import (
     centres_to_grid_operator,
-    fill_small_holes,
     pool_to_grid,
-    resize_xyz_mean,
     scatter_to_pixels,
     upsample_rgb,
     valid_grid_mask,
@@ -76,18 +72,6 @@ def _robust_std(x: torch.Tensor) -> torch.Tensor:
 
 def _std_from_var(var: torch.Tensor) -> torch.Tensor:
     return (var + _VAR_FLOOR * var.mean()).sqrt().clamp(min=_STD_FLOOR)
-
-
-def _depth_image(xyz: np.ndarray) -> np.ndarray:
-    """A grey H x W x 3 uint8 rendering of a scan's depth (near is bright, unmeasured black):
-    the picture overlays draw on when a part is judged on 3D alone."""
-    z = xyz[..., 2]
-    valid = measured_pixels(xyz)
-    out = np.zeros(z.shape, dtype=np.uint8)
-    if valid.any():
-        lo, hi = np.percentile(z[valid], [1, 99])
-        out[valid] = np.clip(255 * (hi - z[valid]) / max(hi - lo, 1e-9) * 0.8 + 40, 0, 255).astype(np.uint8)
-    return np.repeat(out[..., None], 3, axis=-1)
 
 
 def _now() -> str:
@@ -164,26 +148,6 @@ def _check_seed(seed: Any) -> int:
     return int(seed)
 
 
-def _describe(item: Any) -> str:
-    """A part's name or file names for error messages; 'arrays' when it has neither."""
-    name = getattr(item, "name", None)
-    if name:
-        return str(name)
-    rgb, xyz = (item.rgb, item.xyz) if hasattr(item, "rgb") else (item if isinstance(item, (tuple, list)) and len(item) == 2 else (None, None))
-    files = [str(x) for x in (rgb, xyz) if isinstance(x, (str, os.PathLike))]
-    return " + ".join(files) if files else "arrays"
-
-
-@contextlib.contextmanager
-def _naming_part(i: int, n: int, item: Any):
-    """Re-raise a mafr error about one part of a list with which part it is: a long fit set's
-    bad part is named, not just what is wrong with it."""
-    try:
-        yield
-    except _errors.MAFRError as err:
-        raise type(err)(f"part {i + 1} of {n} ({_describe(item)}): {err}", path=err.path) from err
-
-
 def _with_threads(method):
     """Run a public method with the detector's ``threads`` setting, restoring torch's after."""
     import functools
@@ -248,24 +212,6 @@ def _load_framing(tensors: dict[str, torch.Tensor], config: MAFRConfig, where: s
             path=where,
         )
     return float(side[0])
-
-
-class _Prepared:
-    """One sample in network coordinates plus what is needed to map results back."""
-
-    __slots__ = ("image", "xyz", "valid", "height", "width", "rgb", "depth", "valid_input", "flags", "window",
-                 "framing")
-
-    def __init__(self, image, xyz, valid, height, width, rgb, depth, valid_input, flags=(), window=None, framing=None):
-        self.image, self.xyz, self.valid = image, xyz, valid
-        self.height, self.width, self.rgb, self.depth = height, width, rgb, depth
-        self.valid_input = valid_input
-        #: Why the result is suspicious (see _integrity.judge_input); empty for ordinary parts.
-        self.flags = tuple(flags)
-        #: The input square the network saw, ``(top, left, side)`` (mafr.framing).
-        self.window = window if window is not None else (0, 0, max(height, width))
-        #: The fitted window side it was framed with (``None``: the whole image).
-        self.framing = framing
 
 
 class _Residuals(NamedTuple):
@@ -394,90 +340,13 @@ class MAFRDetector(
                 "MAFRDetector.from_pretrained(path_or_repo_id)"
             )
 
-    # ------------------------------------------------------------------ preprocessing
-    def _prepare(self, item: Any, framing: Optional[float] = None) -> _Prepared:
-        """One sample in network coordinates, framed by ``framing`` (a window side from
-        :func:`mafr.framing.fit_side`; ``None``: the whole image)."""
-        rgb, xyz, support_flags = self._load(item)
-        h, w = rgb.shape[:2]
-        size = self.config.rgb.image_size
-        # Judged on the image alone, every pixel is content (nothing was not measured).
-        valid_input = measured_pixels(xyz) if xyz is not None else np.ones((h, w), dtype=bool)
-        win = _framing.window(valid_input, framing)
-        # Zero outside the image (square padding or a window past the border), then resize:
-        # bicubic for colour, nearest or mean for geometry so no point is invented between surfaces.
-        from PIL import Image
-
-        framed = Image.fromarray(_framing.crop(rgb, win))
-        img = np.asarray(framed.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
-        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-        std = np.asarray(IMAGENET_STD, dtype=np.float32)
-        image = torch.from_numpy(((img - mean) / std).transpose(2, 0, 1).copy())
-        if xyz is None:
-            xyz_s, valid = torch.zeros(size, size, 3), torch.ones(size, size, dtype=torch.bool)
-        elif self.config.points.resize == "mean":
-            xyz_pad = _framing.crop(np.asarray(xyz, dtype=np.float32), win)
-            xyz_s, valid = resize_xyz_mean(xyz_pad, size)
-        else:
-            xyz_pad = _framing.crop(np.asarray(xyz, dtype=np.float32), win)
-            xyz_s = torch.from_numpy(np.ascontiguousarray(resize_nearest(xyz_pad, size, size)))
-            valid = (xyz_s != 0).any(dim=-1)
-        # On the detector's device from here: the hole filling is the costliest step left on a
-        # CPU, and a GPU does it in a fraction of that.
-        dev = self.device
-        xyz_s, valid = xyz_s.to(dev), valid.to(dev)
-        # Fail closed before any feature is computed: judged on what was measured, not filled.
-        flags = support_flags + _integrity.judge_input(rgb, valid, image=self.config.modalities != "xyz")
-        if self.config.points.fill_holes and xyz is not None:
-            xyz_s, valid = fill_small_holes(xyz_s, valid, self.config.points.fill_holes)
-        depth = None if xyz is None else xyz[..., 2].copy()
-        return _Prepared(image.to(dev), xyz_s, valid, h, w, rgb, depth, valid_input, flags, win, framing)
-
-    def _load_modalities(self, item: Any) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """``(rgb, xyz)`` of one part as ``config.modalities`` reads it: ``xyz`` is ``None`` for
-        ``"rgb"``; for ``"xyz"`` the image is a grey rendering of the depth (overlays only)."""
-        mods = self.config.modalities
-        sample = as_sample(item, mods)
-        missing = [name for name in ("rgb", "xyz") if name in mods.split("+") and getattr(sample, name) is None]
-        if missing:
-            given = {"rgb": "3D alone (modalities='xyz')", "xyz": "images alone (modalities='rgb')"}[missing[0]]
-            raise _errors.InvalidInputError(
-                f"this detector judges modalities={mods!r} and needs {' and '.join(missing)} for every part, but "
-                f"{_describe(item)} has no {missing[0]}; a detector for {given} is fitted with "
-                f"MAFRConfig(..., modalities={'xyz' if missing[0] == 'rgb' else 'rgb'!r})")
-        if mods == "rgb":
-            return load_rgb(sample.rgb), None
-        if mods == "xyz":
-            xyz = load_xyz(sample.xyz, None)
-            return _depth_image(xyz), xyz
-        rgb = load_rgb(sample.rgb)
-        return rgb, load_xyz(sample.xyz, rgb.shape[:2])
-
-    def _load(self, item: Any, warn: bool = True) -> tuple[np.ndarray, Optional[np.ndarray], list[str]]:
-        """``(rgb, xyz, flags)`` of one part, its measured support set aside (``config.support``;
-        :mod:`mafr.support`). Where part and support cannot be told apart the scan is kept as it
-        came, with a warning and the flag ``"support_unclear"``: judged, but never silently."""
-        rgb, xyz = self._load_modalities(item)
-        if xyz is None or self.config.support == "keep":
-            return rgb, xyz, []
-        xyz, report = _support.set_aside_support(xyz)
-        if report.status != "unclear":
-            return rgb, xyz, []
-        if warn:
-            import warnings
-
-            warnings.warn(f"mafr: {_describe(item)}: cannot tell the part from its support, so the scan is judged "
-                          f"with its support in it ({report.describe()}); see result.flags",
-                          _errors.DegenerateInputWarning, stacklevel=4)
-        return rgb, xyz, ["support_unclear"]
-
     def _min_points(self) -> int:
         if self.config.points.kind == "pointmae":
             return max(self.config.points.num_groups, self.config.points.group_size)
         return 1
 
     @torch.inference_mode()
-    def _point_grid_features(self, preps: Sequence[_Prepared]) -> list[torch.Tensor]:
+    def _point_grid_features(self, preps: Sequence[_preparation.Prepared]) -> list[torch.Tensor]:
         """3D features of each sample on the autoencoder's grid, ``(C, grid, grid)`` each. The
         extractor runs once for the batch: organized maps share the network's input size, and
         PointMAE's groups have one shape whatever a cloud's size (each cloud grouped on its own)."""
@@ -493,7 +362,7 @@ class MAFRDetector(
         return [self._centres_to_grid(points, pixel_index, f.unsqueeze(0), centres, prep.valid.shape[-1])
                 for (points, pixel_index), f, (_, centres), prep in zip(clouds, feats, groups, preps)]
 
-    def _cloud(self, prep: _Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cloud(self, prep: _preparation.Prepared) -> tuple[torch.Tensor, torch.Tensor]:
         """The measured points ``(1, N, 3)`` of a prepared sample and their pixel indices."""
         size = prep.valid.shape[-1]
         n_valid = int(prep.valid.sum())
@@ -531,7 +400,7 @@ class MAFRDetector(
         return self._dims
 
     @torch.inference_mode()
-    def _extract(self, preps: Sequence[_Prepared]) -> list[_Features]:
+    def _extract(self, preps: Sequence[_preparation.Prepared]) -> list[_Features]:
         grid = self.config.grid_size
         mods = self.config.modalities
         if mods == "xyz":
@@ -549,7 +418,7 @@ class MAFRDetector(
             out.append(_Features(rgb_map.contiguous(), xyz_map.contiguous(), valid_grid, prep.valid, prep.framing))
         return out
 
-    def _rgb_grid_features(self, preps: Sequence[_Prepared]) -> torch.Tensor:
+    def _rgb_grid_features(self, preps: Sequence[_preparation.Prepared]) -> torch.Tensor:
         """RGB features of each sample on the autoencoder's grid, ``(B, grid, grid, C)``."""
         grid = self.config.grid_size
         images = torch.stack([p.image for p in preps])
@@ -601,7 +470,7 @@ class MAFRDetector(
         if not items:
             raise ValueError("fit needs at least one good sample; got an empty fit set")
         t0 = time.perf_counter()
-        feats = self._extract_all(items, self._framing_for(items), progress)
+        feats = self._extract_all(items, _preparation.fit_window(items, self.config), progress)
         self._fit_features(feats, seed=seed, progress=progress)
         self.fit_info_["extract_seconds"] = round(time.perf_counter() - t0 - self.fit_info_["train_seconds"], 3)
         self.fit_info_["fit_seconds"] = round(time.perf_counter() - t0, 3)
@@ -617,28 +486,14 @@ class MAFRDetector(
         are taken to be the fit set); later calls frame with the same window."""
         items = [as_sample(s, self.config.modalities) for s in samples]
         if self.framing_ is None and self.config.framing == "part":
-            self.framing_ = self._framing_for(items)
+            self.framing_ = _preparation.fit_window(items, self.config)
         return self._extract_all(items, self.framing_, progress)
-
-    def _framing_for(self, items: Sequence[Any]) -> Optional[float]:
-        """The window side a fit on ``items`` frames parts with (None: ``framing="image"``)."""
-        if self.config.framing == "image":
-            return None
-        masks = []
-        for i, item in enumerate(items):
-            with _naming_part(i, len(items), item):
-                rgb, xyz, _ = self._load(item, warn=False)  # extraction warns, once per part
-            masks.append(measured_pixels(xyz) if xyz is not None else np.ones(rgb.shape[:2], dtype=bool))
-        try:
-            return _framing.fit_side(masks)
-        except ValueError as err:
-            raise _errors.InvalidInputError(f"{err}: every fit part's 3D map is empty") from None
 
     def _extract_all(self, items: Sequence[Any], framing: Optional[float], progress: bool) -> list[_Features]:
         feats: list[_Features] = []
         for i, item in enumerate(_progress(items, desc="mafr: extracting features", enable=progress)):
-            with _naming_part(i, len(items), item):
-                prep = self._prepare(item, framing)
+            with _preparation.naming_part(i, len(items), item):
+                prep = _preparation.prepare(item, self.config, self.device, framing)
             feats.extend(self._extract([prep]))
         return feats
 
@@ -1095,13 +950,13 @@ class MAFRDetector(
     def _score_features(self, feats: Sequence[_Features]):
         return self._maps_from_residuals(self._residual_grids(feats))
 
-    def _to_input_resolution(self, maps: torch.Tensor, prep: _Prepared) -> np.ndarray:
+    def _to_input_resolution(self, maps: torch.Tensor, prep: _preparation.Prepared) -> np.ndarray:
         """``(k, S, S)`` network-resolution maps -> ``(k, H, W)`` float32 at the input RGB's size."""
         side = prep.window[2]
         up = F.interpolate(maps.unsqueeze(0), size=(side, side), mode="bilinear", align_corners=False)[0]
         return _framing.paste(up.cpu().numpy().astype(np.float32), prep.window, prep.height, prep.width)
 
-    def _results(self, preps: Sequence[_Prepared], feats: Sequence[_Features]) -> list[AnomalyResult]:
+    def _results(self, preps: Sequence[_preparation.Prepared], feats: Sequence[_Features]) -> list[AnomalyResult]:
         fused, m2d, m3d, scores = self._score_features(feats)
         results = []
         for i, prep in enumerate(preps):
@@ -1155,7 +1010,7 @@ class MAFRDetector(
         map, path, :class:`~mafr.PointCloud` or :class:`~mafr.DepthMap`. A detector of one
         modality (``config.modalities``) reads only that one: ``predict(rgb)``, ``predict(xyz=...)``."""
         self._check_fitted()
-        prep = self._prepare((rgb, xyz), self.framing_)
+        prep = _preparation.prepare((rgb, xyz), self.config, self.device, self.framing_)
         return self._results([prep], self._extract([prep]))[0]
 
     @_with_threads
@@ -1170,7 +1025,7 @@ class MAFRDetector(
         results: list[AnomalyResult] = []
         chunks = range(0, len(items), batch_size)
         for start in _progress(chunks, total=len(chunks), desc="mafr: predicting", enable=progress):
-            preps = [self._prepare(s, self.framing_) for s in items[start : start + batch_size]]
+            preps = [_preparation.prepare(s, self.config, self.device, self.framing_) for s in items[start : start + batch_size]]
             results.extend(self._results(preps, self._extract(preps)))
         return results
 
@@ -1304,8 +1159,6 @@ class MAFRDetector(
         threads: Optional[int] = None,
         **kwargs,
     ) -> "MAFRDetector":
-        from safetensors.torch import load_file
-
         root = Path(model_id)
         if root.is_dir():
             directory = root

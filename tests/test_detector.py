@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import mafr
+from mafr.preparation import prepare
 from mafr.datasets.synthetic import generate_sample
 
 from .conftest import tiny_config
@@ -148,7 +149,7 @@ def test_fast_3d_alignment_equals_reference_path(fitted):
     from mafr.projection import pool_to_grid, scatter_to_pixels
 
     s = generate_sample("ring", "dent", seed=3, size=64)
-    prep = fitted._prepare(s)
+    prep = prepare(s, fitted.config, fitted.device)
     fast = fitted._point_grid_features([prep])[0]
     idx = prep.valid.flatten().nonzero().squeeze(1)
     pts = prep.xyz.reshape(-1, 3)[idx].unsqueeze(0)
@@ -166,13 +167,13 @@ def test_3d_stage_of_a_batch_equals_one_sample_at_a_time(fitted):
 
     parts = [generate_sample("ring", "dent", seed=3, size=64), generate_sample("dome", seed=7, size=64),
              generate_sample("ring", "hole", seed=5, size=64)]
-    preps = [fitted._prepare(s) for s in parts]
+    preps = [prepare(s, fitted.config, fitted.device) for s in parts]
     assert len({int(p.valid.sum()) for p in preps}) == 3  # three cloud sizes
     together = fitted._point_grid_features(preps)
     for prep, got in zip(preps, together):
         torch.testing.assert_close(got, fitted._point_grid_features([prep])[0], atol=1e-5, rtol=1e-4)
     offline = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", rgb={"image_size": 64}, grid_size=16))
-    preps = [offline._prepare(s) for s in parts]
+    preps = [prepare(s, offline.config, offline.device) for s in parts]
     together = offline._point_grid_features(preps)
     for prep, got in zip(preps, together):
         torch.testing.assert_close(got, offline._point_grid_features([prep])[0], atol=1e-5, rtol=1e-4)

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mafr
+from mafr.preparation import prepare
 import mafr.metrics
 from mafr.convert import convert_reference_checkpoints
 from mafr.datasets.synthetic import generate_sample
@@ -244,7 +245,7 @@ def _reference_detector_config():
 def test_reference_preset_aligns_points_with_inverse_squared_distance():
     det = mafr.MAFRDetector(_reference_detector_config(), device="cpu")  # compared with CPU formulas
     part = generate_sample("dome", seed=1, size=64)
-    prep = det._prepare((part.rgb, part.xyz))
+    prep = prepare((part.rgb, part.xyz), det.config, det.device)
     got = det._point_grid_features([prep])[0]
     idx_pix = prep.valid.flatten().nonzero().squeeze(1)
     pts = prep.xyz.reshape(-1, 3)[idx_pix]
