@@ -448,7 +448,7 @@ def describe_detector(directory: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     from ._integrity import read_config
-    from .detector import CONFIG_NAME, WEIGHTS_NAME, _decode_config
+    from .persistence import CONFIG_NAME, WEIGHTS_NAME, decode_config as _decode_config
     from .errors import CorruptModelError
 
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME

@@ -572,15 +572,17 @@ def test_a_detector_saved_before_mean_resize_and_colour_rarity_scores_as_it_was_
     part = generate_sample("puck", "stain", seed=41, size=128)
     before = det.predict(part.rgb, part.xyz)
 
-    writer = type(det)._config_json
+    from mafr import persistence
 
-    def old_writer(self):  # that release's config.json had none of these fields
-        data = writer(self)
+    writer = persistence.config_json_of
+
+    def old_writer(det):  # that release's config.json had none of these fields
+        data = writer(det)
         del data["points"]["resize"], data["rgb"]["ring_radii"], data["points"]["deviation_peaks"]
         del data["scoring"]["edge_cap"], data["scoring"]["levels_parts"], data["scoring"]["level_quantile"]
         return data
 
-    monkeypatch.setattr(type(det), "_config_json", old_writer)
+    monkeypatch.setattr(persistence, "config_json_of", old_writer)
     det.save_pretrained(tmp_path / "old")
     monkeypatch.undo()
     import json

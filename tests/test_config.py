@@ -63,7 +63,7 @@ def test_presets_fill_only_what_was_not_given():
 
 
 def test_a_config_saved_before_a_field_existed_keeps_the_behaviour_it_was_fitted_with():
-    from mafr.detector import _decode_config
+    from mafr.persistence import decode_config as _decode_config
 
     saved = MAFRConfig(preset="offline").to_json_dict()
     del saved["points"]["resize"], saved["rgb"]["ring_radii"], saved["points"]["deviation_peaks"]  # as before they existed

@@ -132,7 +132,7 @@ def test_saved_configs_without_the_field_keep_the_support(tmp_path):
     assert mafr.MAFRDetector.from_pretrained(tmp_path / "d").config.support == "auto"
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
     del cfg["support"]
-    from mafr.detector import _decode_config
+    from mafr.persistence import decode_config as _decode_config
 
     assert _decode_config(cfg).support == "keep"
     assert mafr.MAFRConfig(preset="offline").support == "auto"
