@@ -76,7 +76,7 @@ def run(extractors: str, data: Path, categories: list[str], shots: int, log) -> 
         row = {"category": category, "fusion": {}, "loss": {}, "shift": {}}
         for name, weights in LOSSES.items():
             det = mafr.MAFRDetector(_config(extractors, train=weights))
-            det._rgb_extractor, det._point_extractor = base._rgb_extractor, base._point_extractor
+            det.extractors.rgb_module, det.extractors.point_module = base.extractors.rgb_module, base.extractors.point_module
             det._fit_features(train_feats, seed=0)
             row["loss"][name] = _metrics(det, test_feats[0], test)
             if name != "all three":

@@ -85,7 +85,7 @@ def interleaved_precision(device: str, rounds: int = 3, steps: int = 10) -> dict
 
     import mafr
     from mafr.datasets.synthetic import generate_sample
-    from mafr.detector import _Features
+    from mafr.features import Features as _Features
 
     gen = torch.Generator().manual_seed(0)
     feats = [

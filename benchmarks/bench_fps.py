@@ -2,7 +2,7 @@
 loop it replaces, measured in the same run, and whether both choose the CPU path's centres.
 
 Paper grouping sizes: 1024 centres from the 8192-point FPS pool (``points.fps_max_points``), one
-cloud and a batch of 8; then the whole 3D stage of one predict (``_point_grid_features``: FPS,
+cloud and a batch of 8; then the whole 3D stage of one predict (``Extractors.point_grid``: FPS,
 kNN grouping, PointMAE, centres -> grid) with each FPS. Prints one JSON line; exits 1 when the
 kernel, where it runs, chooses other centres than the CPU path.
 
@@ -62,10 +62,10 @@ def main() -> int:
         out[f"fps_b{b}_speedup"] = round(loop_s / fast_s, 2)
     out["same_centres_as_cpu"] = same
 
-    det._point_grid_features([prep])[0]  # builds the extractor
-    stage_s = _median_time(lambda: det._point_grid_features([prep])[0], args.repeats, device)
+    det.extractors.point_grid([prep])[0]  # builds the extractor
+    stage_s = _median_time(lambda: det.extractors.point_grid([prep])[0], args.repeats, device)
     with no_kernel:
-        stage_loop_s = _median_time(lambda: det._point_grid_features([prep])[0], args.repeats, device)
+        stage_loop_s = _median_time(lambda: det.extractors.point_grid([prep])[0], args.repeats, device)
     out["points_to_grid_s"] = round(stage_s, 4)
     out["points_to_grid_torch_loop_s"] = round(stage_loop_s, 4)
     out["points_to_grid_speedup"] = round(stage_loop_s / stage_s, 2)

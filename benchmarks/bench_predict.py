@@ -48,7 +48,7 @@ def _breakdown(det, probe, device: torch.device, repeats: int) -> dict:
     from mafr.preparation import prepare
 
     prep = prepare((probe.rgb, probe.xyz), det.config, det.device, det.framing_)
-    feats = det._extract([prep])
+    feats = det.extractors.extract([prep])
 
     def rgb():
         with torch.inference_mode(), det._autocast():
@@ -57,7 +57,7 @@ def _breakdown(det, probe, device: torch.device, repeats: int) -> dict:
     return {
         "prepare": round(_median_time(lambda: prepare((probe.rgb, probe.xyz), det.config, det.device, det.framing_), repeats, device), 4),
         "rgb_extractor": round(_median_time(rgb, repeats, device), 4),
-        "points_to_grid": round(_median_time(lambda: det._point_grid_features([prep])[0], repeats, device), 4),
+        "points_to_grid": round(_median_time(lambda: det.extractors.point_grid([prep])[0], repeats, device), 4),
         "autoencoder_scoring_maps": round(_median_time(lambda: det._results([prep], feats), repeats, device), 4),
     }
 

@@ -1,5 +1,5 @@
 """Where the 3D path of one predict spends its time (the slowest stage on a GPU): torch profiler
-table of ``_point_grid_features`` for one generated part, paper architecture, random weights.
+table of ``Extractors.point_grid`` for one generated part, paper architecture, random weights.
 
     python benchmarks/profile_points.py [--device cuda]
 """
@@ -24,10 +24,10 @@ def main() -> int:
     det = mafr.MAFRDetector(mafr.MAFRConfig(extractor_weights="random"), device=args.device)
     part = generate_sample("dome", seed=0)
     prep = prepare((part.rgb, part.xyz), det.config, det.device, det.framing_)
-    det._point_grid_features([prep])[0]  # warm-up
+    det.extractors.point_grid([prep])[0]  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if det.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        det._point_grid_features([prep])[0]
+        det.extractors.point_grid([prep])[0]
         if det.device.type == "cuda":
             torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows))

@@ -10,7 +10,6 @@ import contextlib
 import copy
 import math
 import os
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,25 +22,17 @@ from huggingface_hub import ModelCard, ModelHubMixin
 
 from . import __version__
 from .config import MAFRConfig
-from .extractors import RGBExtractor, build_point_extractor, build_rgb_extractor
-from .extractors.pointops import idw_weights, three_nn_interpolate
 from . import _integrity
 from . import framing as _framing
 from . import errors as _errors
 from . import runtime as _runtime
 from . import persistence as _persistence
+from . import features as _features
 from . import preparation as _preparation
 from .io import as_sample
 from .losses import restoration_loss
 from .model import FusionAutoencoder
 from .replay import ReplayStore, moments_of, pool_moments, stack_parts
-from .projection import (
-    centres_to_grid_operator,
-    pool_to_grid,
-    scatter_to_pixels,
-    upsample_rgb,
-    valid_grid_mask,
-)
 from .scoring import (
     binned_edge_scales,
     box_smooth,
@@ -96,11 +87,6 @@ def _batches(n: int, batch: int, gen: torch.Generator):
 
 # Lives in errors.py with the other typed errors; re-exported here for older imports.
 NotFittedError = _errors.NotFittedError
-# Extractors are built on first use; two threads predicting at once must not both build one
-# (random weights are seeded through torch's global RNG, which threads share).
-_BUILD_LOCK = threading.Lock()
-
-
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
         raise _errors.InputTypeError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
@@ -151,17 +137,6 @@ class _Residuals(NamedTuple):
         return _Residuals(*(t[:n] for t in self))
 
 
-class _Features:
-    """Features of one sample on the autoencoder's grid (channels-last) and its validity."""
-
-    __slots__ = ("rgb", "xyz", "valid_grid", "valid_pixels", "framing")
-
-    def __init__(self, rgb, xyz, valid_grid, valid_pixels, framing=None):
-        self.rgb, self.xyz, self.valid_grid, self.valid_pixels = rgb, xyz, valid_grid, valid_pixels
-        #: The window side the part was framed with (``MAFRDetector.framing_``); None: whole image.
-        self.framing = framing
-
-
 class MAFRDetector(
     ModelHubMixin,
     library_name="mafr",
@@ -195,10 +170,8 @@ class MAFRDetector(
         elif not isinstance(config, MAFRConfig):
             raise TypeError(f"config must be a mafr.MAFRConfig, got {type(config).__name__}")
         self.config = config
-        self._rgb_extractor = None
-        self._point_extractor = None
-        #: ``(rgb, xyz)`` feature channels, known without building an extractor (_feature_dims).
-        self._dims: Optional[tuple[int, int]] = None
+        #: The frozen extractors (mafr.features), built on first use.
+        self.extractors = _features.Extractors(config, self.device, self.precision)
         self.autoencoder_: Optional[FusionAutoencoder] = None
         self.stats_: dict[str, torch.Tensor] = {}
         self.threshold_: Optional[float] = None
@@ -220,29 +193,21 @@ class MAFRDetector(
     @property
     def rgb_extractor(self) -> torch.nn.Module:
         """The frozen RGB extractor (built on first use)."""
-        # First use is often inside an inference-mode method: parameters made there are inference
-        # tensors, which a later det.to(other device) turns into ones autocast cannot use.
-        with _BUILD_LOCK, torch.inference_mode(False):
-            if self._rgb_extractor is None:
-                self._rgb_extractor = build_rgb_extractor(self.config).eval().to(self.device)
-        return self._rgb_extractor
+        return self.extractors.rgb
 
     @property
     def point_extractor(self) -> torch.nn.Module:
-        """The frozen 3D extractor (built on first use; see rgb_extractor)."""
-        with _BUILD_LOCK, torch.inference_mode(False):
-            if self._point_extractor is None:
-                self._point_extractor = build_point_extractor(self.config).eval().to(self.device)
-        return self._point_extractor
+        """The frozen 3D extractor (built on first use)."""
+        return self.extractors.points
 
     def to(self, device: Union[str, torch.device]) -> "MAFRDetector":
         """Move extractors, autoencoder and statistics to ``device`` (``"cpu"``, ``"cuda"``,
         ``"cuda:N"``, ``"mps"`` or ``"auto"``); returns the detector."""
         dev = _runtime.resolve_device(device)
         _runtime.check_precision(self.precision, dev)
-        for module in (self._rgb_extractor, self._point_extractor, self.autoencoder_):
-            if module is not None:
-                module.to(dev)
+        self.extractors.to(dev)
+        if self.autoencoder_ is not None:
+            self.autoencoder_.to(dev)
         self.stats_ = {k: v.to(dev) for k, v in self.stats_.items()}
         self.device = dev
         return self
@@ -261,104 +226,10 @@ class MAFRDetector(
                 "MAFRDetector.from_pretrained(path_or_repo_id)"
             )
 
-    def _min_points(self) -> int:
-        if self.config.points.kind == "pointmae":
-            return max(self.config.points.num_groups, self.config.points.group_size)
-        return 1
-
-    @torch.inference_mode()
-    def _point_grid_features(self, preps: Sequence[_preparation.Prepared]) -> list[torch.Tensor]:
-        """3D features of each sample on the autoencoder's grid, ``(C, grid, grid)`` each. The
-        extractor runs once for the batch: organized maps share the network's input size, and
-        PointMAE's groups have one shape whatever a cloud's size (each cloud grouped on its own)."""
-        extractor = self.point_extractor
-        grid = self.config.grid_size
-        if getattr(extractor, "organized", False):
-            maps = extractor(torch.stack([p.xyz for p in preps]), torch.stack([p.valid for p in preps]))
-            return [pool_to_grid(m, grid) for m in maps]
-        clouds = [self._cloud(prep) for prep in preps]
-        groups = [extractor.group(points) for points, _ in clouds]
-        with self._autocast():
-            feats = extractor.encode(torch.cat([g[0] for g in groups]), torch.cat([g[1] for g in groups])).float()
-        return [self._centres_to_grid(points, pixel_index, f.unsqueeze(0), centres, prep.valid.shape[-1])
-                for (points, pixel_index), f, (_, centres), prep in zip(clouds, feats, groups, preps)]
-
-    def _cloud(self, prep: _preparation.Prepared) -> tuple[torch.Tensor, torch.Tensor]:
-        """The measured points ``(1, N, 3)`` of a prepared sample and their pixel indices."""
-        size = prep.valid.shape[-1]
-        n_valid = int(prep.valid.sum())
-        need = self._min_points()
-        if n_valid < need:
-            raise _errors.InvalidInputError(
-                f"too few valid 3D points: {n_valid} at the network's {size} x {size} input, but PointMAE grouping "
-                f"needs at least {need} ({self.config.points.num_groups} groups of {self.config.points.group_size} "
-                "points); the part covers too little of the image or most points are missing"
-            )
-        pixel_index = prep.valid.flatten().nonzero().squeeze(1)
-        return prep.xyz.reshape(-1, 3)[pixel_index].unsqueeze(0), pixel_index
-
-    def _centres_to_grid(self, points, pixel_index, feats, centres, size: int) -> torch.Tensor:
-        """Per-centre features ``(1, G, C)`` -> ``(C, grid, grid)`` (docs/concepts.md, section 3)."""
-        grid = self.config.grid_size
-        if grid == size:
-            # The reference's own path: per-point features scattered at full resolution.
-            per_point = three_nn_interpolate(points, centres, feats, power=self.config.points.idw_power)[0]
-            return pool_to_grid(scatter_to_pixels(per_point, pixel_index, size), grid)
-        weight, idx = idw_weights(points, centres, power=self.config.points.idw_power)
-        op = centres_to_grid_operator(pixel_index, size, grid, idx[0], weight[0], centres.shape[1])
-        return (op.to(feats.dtype) @ feats[0]).T.reshape(-1, grid, grid)
-
-    def _feature_dims(self) -> tuple[int, int]:
-        """Channels of the RGB and the 3D features, without building an extractor that the
-        config's modalities leave out (the paper preset judged on images never fetches PointMAE)."""
-        if self._dims is None:
-            from .convert import _extractor_dims
-
-            rgb_dim, xyz_dim = _extractor_dims(self.config)
-            if rgb_dim is None:  # an exotic timm model: its width is known once it is built
-                rgb_dim = int(self.rgb_extractor.out_dim)
-            self._dims = (rgb_dim, xyz_dim)
-        return self._dims
-
-    @torch.inference_mode()
-    def _extract(self, preps: Sequence[_preparation.Prepared]) -> list[_Features]:
-        grid = self.config.grid_size
-        mods = self.config.modalities
-        if mods == "xyz":
-            rgb_maps = torch.zeros(len(preps), grid, grid, self._feature_dims()[0], device=self.device)
-        else:
-            rgb_maps = self._rgb_grid_features(preps)
-        if mods == "rgb":
-            xyz_maps = [torch.zeros(self._feature_dims()[1], grid, grid, device=self.device)] * len(preps)
-        else:
-            xyz_maps = self._point_grid_features(preps)
-        out = []
-        for prep, rgb_map, xyz_map in zip(preps, rgb_maps, xyz_maps):
-            xyz_map = xyz_map.permute(1, 2, 0)
-            valid_grid = valid_grid_mask(prep.valid, grid)
-            out.append(_Features(rgb_map.contiguous(), xyz_map.contiguous(), valid_grid, prep.valid, prep.framing))
-        return out
-
-    def _rgb_grid_features(self, preps: Sequence[_preparation.Prepared]) -> torch.Tensor:
-        """RGB features of each sample on the autoencoder's grid, ``(B, grid, grid, C)``."""
-        grid = self.config.grid_size
-        images = torch.stack([p.image for p in preps])
-        extractor = self.rgb_extractor
-        # Weight-free extractors stay fp32: their histograms gain nothing from bf16.
-        with self._autocast() if isinstance(extractor, RGBExtractor) else contextlib.nullcontext():
-            if getattr(extractor, "reads_validity", False):  # colour rarity on the part only
-                valid = torch.stack([p.valid for p in preps]).to(images.device, torch.bool)
-                # ... and, with ring_normal_weight, between pixels that face the same way
-                xyz = torch.stack([p.xyz for p in preps]).to(images.device) if extractor.reads_geometry else None
-                rgb = extractor(images, valid, xyz=xyz)
-            else:
-                rgb = extractor(images)
-        return upsample_rgb(rgb.float(), grid).permute(0, 2, 3, 1)
-
-    def _normalise(self, feats: _Features) -> tuple[torch.Tensor, torch.Tensor]:
+    def _normalise(self, feats: _features.Features) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device
         # Replayed parts live on the CPU (they are saved); extracted ones are already on dev (no copy).
-        feats = _Features(feats.rgb.to(dev), feats.xyz.to(dev), feats.valid_grid.to(dev), feats.valid_pixels)
+        feats = _features.Features(feats.rgb.to(dev), feats.xyz.to(dev), feats.valid_grid.to(dev), feats.valid_pixels)
         if self.config.model.feature_norm == "none":
             # The reference feeds raw features; its 3D map is already zero where no point lies.
             return feats.rgb, feats.xyz * feats.valid_grid.unsqueeze(-1)
@@ -399,7 +270,7 @@ class MAFRDetector(
         return self
 
     @_with_threads
-    def extract_features(self, samples: Iterable[Any], *, progress: bool = False) -> list[_Features]:
+    def extract_features(self, samples: Iterable[Any], *, progress: bool = False) -> list[_features.Features]:
         """Frozen-extractor features of each sample on the autoencoder's grid. They depend only on
         the extractor part of the config, so studies that vary training or scoring can reuse them
         (see ``benchmarks/ablations.py``). On a detector that frames parts (``framing="part"``)
@@ -410,15 +281,15 @@ class MAFRDetector(
             self.framing_ = _preparation.fit_window(items, self.config)
         return self._extract_all(items, self.framing_, progress)
 
-    def _extract_all(self, items: Sequence[Any], framing: Optional[float], progress: bool) -> list[_Features]:
-        feats: list[_Features] = []
+    def _extract_all(self, items: Sequence[Any], framing: Optional[float], progress: bool) -> list[_features.Features]:
+        feats: list[_features.Features] = []
         for i, item in enumerate(_progress(items, desc="mafr: extracting features", enable=progress)):
             with _preparation.naming_part(i, len(items), item):
                 prep = _preparation.prepare(item, self.config, self.device, framing)
-            feats.extend(self._extract([prep]))
+            feats.extend(self.extractors.extract([prep]))
         return feats
 
-    def _fit_features(self, feats: Sequence[_Features], *, seed: int = 0, progress: bool = False) -> "MAFRDetector":
+    def _fit_features(self, feats: Sequence[_features.Features], *, seed: int = 0, progress: bool = False) -> "MAFRDetector":
         """Train and calibrate on already extracted features (the second half of :meth:`fit`)."""
         with self._rollback_on_divergence():
             return self._train_and_calibrate(feats, seed=seed, progress=progress)
@@ -442,7 +313,7 @@ class MAFRDetector(
                 ae.train(ae_training)  # training left it in train mode (dropout on)
             raise
 
-    def _train_and_calibrate(self, feats: Sequence[_Features], *, seed: int, progress: bool) -> "MAFRDetector":
+    def _train_and_calibrate(self, feats: Sequence[_features.Features], *, seed: int, progress: bool) -> "MAFRDetector":
         if not feats:
             raise ValueError("fit needs at least one good sample; got an empty fit set")
         t0 = time.perf_counter()
@@ -489,14 +360,14 @@ class MAFRDetector(
         }
         return self
 
-    def _recalibrate_as_fitted(self, feats: Sequence[_Features], seed: int) -> list[float]:
+    def _recalibrate_as_fitted(self, feats: Sequence[_features.Features], seed: int) -> list[float]:
         """Calibrate again, for the current scoring settings, on the split :meth:`fit` with
         ``seed`` drew from ``feats`` (its generator's first draw). For studies that change only
         scoring on one trained autoencoder (``benchmarks/tune_scoring.py``, ``defect_types.py``)."""
         split = _held_out_split(len(feats), self.config.train.calibration_fraction, torch.Generator().manual_seed(seed))
         return self._calibrate_fit_split(feats, *split)
 
-    def _calibrate_fit_split(self, feats: Sequence[_Features], cal_idx: Sequence[int],
+    def _calibrate_fit_split(self, feats: Sequence[_features.Features], cal_idx: Sequence[int],
                              train_idx: Sequence[int]) -> list[float]:
         """Calibrate as :meth:`fit` does on its split of ``feats``; the held-out parts' scores."""
         train = [feats[i] for i in train_idx]
@@ -550,7 +421,7 @@ class MAFRDetector(
         cal_idx, train_idx = _held_out_split(n, self.config.train.calibration_fraction, gen)
         new_train, new_cal = [new[i] for i in train_idx], [new[i] for i in cal_idx]
         stored = [
-            _Features(store.rgb[i], store.xyz[i], store.valid_grid[i], store.valid_pixels[i]) for i in range(len(store))
+            _features.Features(store.rgb[i], store.xyz[i], store.valid_grid[i], store.valid_pixels[i]) for i in range(len(store))
         ]
         old_train = [f for f, h in zip(stored, store.held_out.tolist()) if not h]
         old_cal = [f for f, h in zip(stored, store.held_out.tolist()) if h]
@@ -604,16 +475,16 @@ class MAFRDetector(
         return self
 
     @_with_threads
-    def score_features(self, feats: Sequence[_Features]) -> list[float]:
+    def score_features(self, feats: Sequence[_features.Features]) -> list[float]:
         """Image scores of already extracted features (same rule as :meth:`predict`)."""
         self._check_fitted(require_threshold=False)
         return [float(s) for s in self._score_features(list(feats))[3]]
 
-    def _feature_stats(self, feats: Sequence[_Features]) -> dict[str, torch.Tensor]:
+    def _feature_stats(self, feats: Sequence[_features.Features]) -> dict[str, torch.Tensor]:
         return self._stats_from_moments(self._feature_moments(feats))
 
     @staticmethod
-    def _feature_moments(feats: Sequence[_Features]) -> dict[str, torch.Tensor]:
+    def _feature_moments(feats: Sequence[_features.Features]) -> dict[str, torch.Tensor]:
         """Per-channel moments of every grid position (RGB) and every position with 3D (xyz).
         Kept in the replay store, so an update pools them with new parts' moments exactly."""
         rgb = torch.cat([f.rgb.reshape(-1, f.rgb.shape[-1]) for f in feats])
@@ -634,7 +505,7 @@ class MAFRDetector(
     def _replay_budget(self) -> int:
         return int(self.config.train.replay_budget_mb * 1e6)
 
-    def _build_autoencoder(self, example: _Features) -> FusionAutoencoder:
+    def _build_autoencoder(self, example: _features.Features) -> FusionAutoencoder:
         m = self.config.model
         return FusionAutoencoder(
             example.rgb.shape[-1],
@@ -648,7 +519,7 @@ class MAFRDetector(
         ).to(self.device)
 
     def _train(
-        self, train: Sequence[_Features], gen: torch.Generator, progress: bool, replay: Sequence[_Features] = ()
+        self, train: Sequence[_features.Features], gen: torch.Generator, progress: bool, replay: Sequence[_features.Features] = ()
     ) -> list[float]:
         """Fit's training; with ``replay`` (an update), ``config.train.update_steps`` fixed steps at
         ``update_lr_scale * lr``, each batch half new parts (``train``) and half replayed ones."""
@@ -725,7 +596,7 @@ class MAFRDetector(
         return history
 
     @torch.inference_mode()
-    def _calibrate_on(self, feats: Sequence[_Features], training: Sequence[_Features] = ()) -> list[float]:
+    def _calibrate_on(self, feats: Sequence[_features.Features], training: Sequence[_features.Features] = ()) -> list[float]:
         """Calibrate everything that depends on what good parts look like through the fitted
         autoencoder, from held-out good parts: the fusion's units (calibrated fusion), the image
         threshold and the pixel threshold of ``defect_mask``. Returns the parts' scores. With
@@ -796,7 +667,7 @@ class MAFRDetector(
 
     # ------------------------------------------------------------------ predict
     @torch.inference_mode()
-    def _residual_grids(self, feats: Sequence[_Features]) -> _Residuals:
+    def _residual_grids(self, feats: Sequence[_features.Features]) -> _Residuals:
         """Signed restoration errors and restored values ``(B, g, g, C)`` of each modality, pixel
         and grid validity."""
         ae = self.autoencoder_
@@ -868,7 +739,7 @@ class MAFRDetector(
         )
 
     @torch.inference_mode()
-    def _score_features(self, feats: Sequence[_Features]):
+    def _score_features(self, feats: Sequence[_features.Features]):
         return self._maps_from_residuals(self._residual_grids(feats))
 
     def _to_input_resolution(self, maps: torch.Tensor, prep: _preparation.Prepared) -> np.ndarray:
@@ -877,7 +748,7 @@ class MAFRDetector(
         up = F.interpolate(maps.unsqueeze(0), size=(side, side), mode="bilinear", align_corners=False)[0]
         return _framing.paste(up.cpu().numpy().astype(np.float32), prep.window, prep.height, prep.width)
 
-    def _results(self, preps: Sequence[_preparation.Prepared], feats: Sequence[_Features]) -> list[AnomalyResult]:
+    def _results(self, preps: Sequence[_preparation.Prepared], feats: Sequence[_features.Features]) -> list[AnomalyResult]:
         fused, m2d, m3d, scores = self._score_features(feats)
         results = []
         for i, prep in enumerate(preps):
@@ -932,7 +803,7 @@ class MAFRDetector(
         modality (``config.modalities``) reads only that one: ``predict(rgb)``, ``predict(xyz=...)``."""
         self._check_fitted()
         prep = _preparation.prepare((rgb, xyz), self.config, self.device, self.framing_)
-        return self._results([prep], self._extract([prep]))[0]
+        return self._results([prep], self.extractors.extract([prep]))[0]
 
     @_with_threads
     def predict_batch(
@@ -947,7 +818,7 @@ class MAFRDetector(
         chunks = range(0, len(items), batch_size)
         for start in _progress(chunks, total=len(chunks), desc="mafr: predicting", enable=progress):
             preps = [_preparation.prepare(s, self.config, self.device, self.framing_) for s in items[start : start + batch_size]]
-            results.extend(self._results(preps, self._extract(preps)))
+            results.extend(self._results(preps, self.extractors.extract(preps)))
         return results
 
     # ------------------------------------------------------------------ persistence

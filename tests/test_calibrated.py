@@ -208,7 +208,7 @@ def test_modality_levels_gathered_a_few_parts_at_a_time_equal_the_levels_of_all_
     same modality levels as computing every part's maps at once."""
     from mafr.scoring import box_smooth, modality_scales, upsampled_maps
 
-    from mafr.detector import _Features
+    from mafr.features import Features as _Features
 
     good = [generate_sample("puck", seed=s, size=128) for s in range(6)]
     # 36 different parts (each copy's colour features scaled): three chunks of up to 16.

@@ -150,7 +150,7 @@ def test_fast_3d_alignment_equals_reference_path(fitted):
 
     s = generate_sample("ring", "dent", seed=3, size=64)
     prep = prepare(s, fitted.config, fitted.device)
-    fast = fitted._point_grid_features([prep])[0]
+    fast = fitted.extractors.point_grid([prep])[0]
     idx = prep.valid.flatten().nonzero().squeeze(1)
     pts = prep.xyz.reshape(-1, 3)[idx].unsqueeze(0)
     feats, centres = fitted.point_extractor(pts)
@@ -169,14 +169,14 @@ def test_3d_stage_of_a_batch_equals_one_sample_at_a_time(fitted):
              generate_sample("ring", "hole", seed=5, size=64)]
     preps = [prepare(s, fitted.config, fitted.device) for s in parts]
     assert len({int(p.valid.sum()) for p in preps}) == 3  # three cloud sizes
-    together = fitted._point_grid_features(preps)
+    together = fitted.extractors.point_grid(preps)
     for prep, got in zip(preps, together):
-        torch.testing.assert_close(got, fitted._point_grid_features([prep])[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got, fitted.extractors.point_grid([prep])[0], atol=1e-5, rtol=1e-4)
     offline = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", rgb={"image_size": 64}, grid_size=16))
     preps = [prepare(s, offline.config, offline.device) for s in parts]
-    together = offline._point_grid_features(preps)
+    together = offline.extractors.point_grid(preps)
     for prep, got in zip(preps, together):
-        torch.testing.assert_close(got, offline._point_grid_features([prep])[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got, offline.extractors.point_grid([prep])[0], atol=1e-5, rtol=1e-4)
 
 @pytest.mark.full
 def test_full_size_default_architecture_fits_and_predicts():

@@ -246,7 +246,7 @@ def test_reference_preset_aligns_points_with_inverse_squared_distance():
     det = mafr.MAFRDetector(_reference_detector_config(), device="cpu")  # compared with CPU formulas
     part = generate_sample("dome", seed=1, size=64)
     prep = prepare((part.rgb, part.xyz), det.config, det.device)
-    got = det._point_grid_features([prep])[0]
+    got = det.extractors.point_grid([prep])[0]
     idx_pix = prep.valid.flatten().nonzero().squeeze(1)
     pts = prep.xyz.reshape(-1, 3)[idx_pix]
     with torch.inference_mode():

@@ -164,9 +164,9 @@ def test_one_modality_fits_predicts_and_round_trips(tmp_path, modalities):
     if modalities == "rgb":
         assert res.valid_mask.all() and res.depth is None
         # The point extractor is never built: the paper preset would have to fetch PointMAE.
-        assert det._point_extractor is None
+        assert det.extractors.point_module is None
     else:
-        assert det._rgb_extractor is None and res.rgb.shape == part.rgb.shape
+        assert det.extractors.rgb_module is None and res.rgb.shape == part.rgb.shape
     det.save_pretrained(tmp_path / "d")
     back = mafr.MAFRDetector.from_pretrained(tmp_path / "d")
     assert back.config.modalities == modalities
@@ -221,5 +221,5 @@ def test_one_modality_on_the_pretrained_presets(tiny, preset, modalities):
     part = generate_sample("puck", "hole", seed=9, size=64)
     res = det.predict(part.rgb) if modalities == "rgb" else det.predict(xyz=part.xyz)
     assert math.isfinite(res.score)
-    assert (det._point_extractor is None) if modalities == "rgb" else (det._rgb_extractor is None)
+    assert (det.extractors.point_module is None) if modalities == "rgb" else (det.extractors.rgb_module is None)
     assert not (res.map_3d if modalities == "rgb" else res.map_2d).any()
