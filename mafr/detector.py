@@ -29,10 +29,10 @@ from . import runtime as _runtime
 from . import persistence as _persistence
 from . import features as _features
 from . import preparation as _preparation
+from . import training as _training
 from .io import as_sample
-from .losses import restoration_loss
 from .model import FusionAutoencoder
-from .replay import ReplayStore, moments_of, pool_moments, stack_parts
+from .replay import ReplayStore, pool_moments, stack_parts
 from .scoring import (
     binned_edge_scales,
     box_smooth,
@@ -46,47 +46,14 @@ from .scoring import (
 )
 from .types import AnomalyResult
 
-_STD_FLOOR = 1e-6
-#: Each channel's variance is floored at this share of the mean channel variance.
-_VAR_FLOOR = 0.01
-
-
-def _robust_std(x: torch.Tensor) -> torch.Tensor:
-    """Per-channel std with a floor relative to the typical channel: a channel that is nearly
-    constant on good parts (an empty histogram bin, say) must not turn sensor noise into
-    huge normalised values."""
-    return _std_from_var(x.var(0))
-
-
-def _std_from_var(var: torch.Tensor) -> torch.Tensor:
-    return (var + _VAR_FLOOR * var.mean()).sqrt().clamp(min=_STD_FLOOR)
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _held_out_split(n: int, fraction: float, gen: torch.Generator) -> tuple[list[int], list[int]]:
-    """``(calibration, training)`` indices of ``n`` new good parts: a seeded draw of
-    ``max(1, round(fraction * n))`` held out, none below 3 parts (fit and update share the rule;
-    ``gen`` then goes on to shuffle the training batches)."""
-    order = torch.randperm(n, generator=gen).tolist()
-    n_cal = 0 if n < 3 or fraction == 0 else max(1, round(fraction * n))
-    return sorted(order[:n_cal]), sorted(order[n_cal:])
-
-
-def _batches(n: int, batch: int, gen: torch.Generator):
-    """Endless shuffled batches of ``range(n)``, reshuffled when fewer than ``batch`` remain."""
-    perm, cursor = torch.randperm(n, generator=gen), 0
-    while True:
-        if cursor + batch > len(perm):
-            perm, cursor = torch.randperm(n, generator=gen), 0
-        yield perm[cursor : cursor + batch]
-        cursor += batch
-
-
 # Lives in errors.py with the other typed errors; re-exported here for older imports.
 NotFittedError = _errors.NotFittedError
+
+
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
         raise _errors.InputTypeError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
@@ -105,20 +72,6 @@ def _with_threads(method):
             return method(self, *args, **kwargs)
 
     return wrapper
-
-
-#: Loss values are read back every this many steps off the CPU: each read is a device sync.
-_SYNC_EVERY = 25
-
-
-def _sync_every(device: torch.device) -> int:
-    return 1 if device.type == "cpu" else _SYNC_EVERY
-
-
-def _progress(iterable, *, total=None, desc: str = "", enable: bool = True):
-    from huggingface_hub.utils import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, disable=not enable, leave=False)
 
 
 class _Residuals(NamedTuple):
@@ -283,7 +236,7 @@ class MAFRDetector(
 
     def _extract_all(self, items: Sequence[Any], framing: Optional[float], progress: bool) -> list[_features.Features]:
         feats: list[_features.Features] = []
-        for i, item in enumerate(_progress(items, desc="mafr: extracting features", enable=progress)):
+        for i, item in enumerate(_runtime.progress(items, desc="mafr: extracting features", enable=progress)):
             with _preparation.naming_part(i, len(items), item):
                 prep = _preparation.prepare(item, self.config, self.device, framing)
             feats.extend(self.extractors.extract([prep]))
@@ -323,14 +276,14 @@ class MAFRDetector(
             raise ValueError(f"the fit features were framed differently ({sorted(map(str, framings))}); extract them in one call")
         self.framing_ = framings.pop()
         gen = torch.Generator().manual_seed(seed)
-        cal_idx, train_idx = _held_out_split(n, self.config.train.calibration_fraction, gen)
+        cal_idx, train_idx = _training.held_out_split(n, self.config.train.calibration_fraction, gen)
         train = [feats[i] for i in train_idx]
-        moments = self._feature_moments(train)
-        self.stats_ = self._stats_from_moments(moments)
+        moments = _training.feature_moments(train)
+        self.stats_ = _training.stats_from_moments(moments)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.autoencoder_ = self._build_autoencoder(feats[0])
+            self.autoencoder_ = _training.build_autoencoder(self.config, feats[0], self.device)
             history = self._train(train, gen, progress)
         self.autoencoder_.eval()
 
@@ -364,7 +317,7 @@ class MAFRDetector(
         """Calibrate again, for the current scoring settings, on the split :meth:`fit` with
         ``seed`` drew from ``feats`` (its generator's first draw). For studies that change only
         scoring on one trained autoencoder (``benchmarks/tune_scoring.py``, ``defect_types.py``)."""
-        split = _held_out_split(len(feats), self.config.train.calibration_fraction, torch.Generator().manual_seed(seed))
+        split = _training.held_out_split(len(feats), self.config.train.calibration_fraction, torch.Generator().manual_seed(seed))
         return self._calibrate_fit_split(feats, *split)
 
     def _calibrate_fit_split(self, feats: Sequence[_features.Features], cal_idx: Sequence[int],
@@ -418,15 +371,15 @@ class MAFRDetector(
             )
         n = len(new)
         gen = torch.Generator().manual_seed(seed)
-        cal_idx, train_idx = _held_out_split(n, self.config.train.calibration_fraction, gen)
+        cal_idx, train_idx = _training.held_out_split(n, self.config.train.calibration_fraction, gen)
         new_train, new_cal = [new[i] for i in train_idx], [new[i] for i in cal_idx]
         stored = [
             _features.Features(store.rgb[i], store.xyz[i], store.valid_grid[i], store.valid_pixels[i]) for i in range(len(store))
         ]
         old_train = [f for f, h in zip(stored, store.held_out.tolist()) if not h]
         old_cal = [f for f, h in zip(stored, store.held_out.tolist()) if h]
-        moments = pool_moments(store.moments, self._feature_moments(new_train))
-        self.stats_ = self._stats_from_moments(moments)
+        moments = pool_moments(store.moments, _training.feature_moments(new_train))
+        self.stats_ = _training.stats_from_moments(moments)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             history = self._train(new_train, gen, progress, replay=old_train)
@@ -481,119 +434,20 @@ class MAFRDetector(
         return [float(s) for s in self._score_features(list(feats))[3]]
 
     def _feature_stats(self, feats: Sequence[_features.Features]) -> dict[str, torch.Tensor]:
-        return self._stats_from_moments(self._feature_moments(feats))
+        return _training.stats_from_moments(_training.feature_moments(feats))
 
-    @staticmethod
-    def _feature_moments(feats: Sequence[_features.Features]) -> dict[str, torch.Tensor]:
-        """Per-channel moments of every grid position (RGB) and every position with 3D (xyz).
-        Kept in the replay store, so an update pools them with new parts' moments exactly."""
-        rgb = torch.cat([f.rgb.reshape(-1, f.rgb.shape[-1]) for f in feats])
-        xyz = torch.cat([f.xyz[f.valid_grid] for f in feats])
-        if xyz.shape[0] < 2:
-            xyz = torch.cat([f.xyz.reshape(-1, f.xyz.shape[-1]) for f in feats])
-        return {k: v.cpu() for k, v in moments_of(rgb, xyz).items()}  # stored with the replay parts
-
-    @staticmethod
-    def _stats_from_moments(m: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {
-            "rgb_mean": m["rgb_mean"].float(),
-            "rgb_std": _std_from_var(m["rgb_var"]).float(),
-            "xyz_mean": m["xyz_mean"].float(),
-            "xyz_std": _std_from_var(m["xyz_var"]).float(),
-        }
+    def _train(self, train: Sequence[_features.Features], gen: torch.Generator, progress: bool,
+               replay: Sequence[_features.Features] = ()) -> list[float]:
+        """Fit's training (``replay``: an update's), on this detector's normalised features."""
+        self.autoencoder_.train()
+        inputs = [self._normalise(f) for f in [*train, *replay]]
+        return _training.train_autoencoder(
+            self.autoencoder_, torch.stack([r for r, _ in inputs]), torch.stack([x for _, x in inputs]),
+            self.config.train, gen, n_new=len(train), n_replay=len(replay), device=self.device,
+            precision=self.precision, progress=progress)
 
     def _replay_budget(self) -> int:
         return int(self.config.train.replay_budget_mb * 1e6)
-
-    def _build_autoencoder(self, example: _features.Features) -> FusionAutoencoder:
-        m = self.config.model
-        return FusionAutoencoder(
-            example.rgb.shape[-1],
-            example.xyz.shape[-1],
-            latent_dim=m.latent_dim,
-            dropout=m.dropout,
-            cbam_mode=m.cbam,
-            cbam_reduction=m.cbam_reduction,
-            cbam_kernel=m.cbam_kernel,
-            attention=m.attention,
-        ).to(self.device)
-
-    def _train(
-        self, train: Sequence[_features.Features], gen: torch.Generator, progress: bool, replay: Sequence[_features.Features] = ()
-    ) -> list[float]:
-        """Fit's training; with ``replay`` (an update), ``config.train.update_steps`` fixed steps at
-        ``update_lr_scale * lr``, each batch half new parts (``train``) and half replayed ones."""
-        tc = self.config.train
-        ae = self.autoencoder_
-        ae.train()
-        inputs = [self._normalise(f) for f in [*train, *replay]]
-        rgb_all = torch.stack([r for r, _ in inputs])
-        xyz_all = torch.stack([x for _, x in inputs])
-        n_new = len(train)
-        if replay:
-            b_new = min(max(1, tc.batch_size // 2), n_new)
-            b_old = min(max(1, tc.batch_size - b_new), len(replay))
-            new_batches, old_batches = _batches(n_new, b_new, gen), _batches(len(replay), b_old, gen)
-            batches = (torch.cat([new, n_new + old]) for new, old in zip(new_batches, old_batches))
-            steps, lr, patience = tc.update_steps, tc.lr * tc.update_lr_scale, None
-        else:
-            batch = min(tc.batch_size, len(inputs))
-            batches = _batches(len(inputs), batch, gen)
-            steps = tc.epochs * math.ceil(len(inputs) / batch) if tc.epochs else tc.steps
-            lr, patience = tc.lr, tc.early_stop_patience
-        opt = torch.optim.Adam(ae.parameters(), lr=lr)
-        loss_kw = dict(
-            w_similarity=tc.w_similarity,
-            w_smoothness=tc.w_smoothness,
-            w_census=tc.w_census,
-            census_kernel=tc.census_kernel,
-            smoothness_first_two_channels=tc.smoothness_first_two_channels,
-            form=tc.loss_form,
-        )
-        history: list[float] = []
-        best, since_best, ema, stop = math.inf, 0, None, False
-        # fp16 gradients underflow without loss scaling; for fp32/bf16 the scaler is a no-op.
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        sync_every = _sync_every(self.device)
-        pending: list[torch.Tensor] = []
-        bar = _progress(range(steps), desc="mafr: training", enable=progress)
-        for step in bar:
-            idx = next(batches)
-            rgb, xyz = rgb_all[idx], xyz_all[idx]
-            with self._autocast():
-                out_rgb, out_xyz = ae(rgb, xyz)
-            # The loss (normalisation, census) is computed in fp32 whatever the network ran in.
-            loss = restoration_loss(rgb, out_rgb.float(), **loss_kw) + restoration_loss(xyz, out_xyz.float(), **loss_kw)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            pending.append(loss.detach())
-            if len(pending) < sync_every and step + 1 < steps:
-                continue
-            # Off the CPU early stopping is judged every sync_every steps, so it may stop that much later.
-            values, pending = torch.stack(pending).tolist(), []
-            if not all(math.isfinite(v) for v in values):
-                # Fail closed: a diverged network must not become a detector that says "good".
-                bad = len(history) + next(i for i, v in enumerate(values) if not math.isfinite(v)) + 1
-                raise _errors.TrainingDivergedError(
-                    f"training diverged: the loss became non-finite at step {bad} of {steps} "
-                    f"(precision {self.precision}); nothing was fitted. Try precision='fp32' or a lower train.lr"
-                )
-            for value in values:
-                history.append(value)
-                ema = value if ema is None else 0.9 * ema + 0.1 * value
-                if patience is not None and not stop:
-                    if ema < best * (1 - tc.early_stop_tol):
-                        best, since_best = ema, 0
-                    else:
-                        since_best += 1
-                        stop = since_best >= patience
-            if progress and hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
-            if stop:
-                break
-        return history
 
     @torch.inference_mode()
     def _calibrate_on(self, feats: Sequence[_features.Features], training: Sequence[_features.Features] = ()) -> list[float]:
@@ -816,7 +670,7 @@ class MAFRDetector(
         items = [as_sample(s, self.config.modalities) for s in samples]
         results: list[AnomalyResult] = []
         chunks = range(0, len(items), batch_size)
-        for start in _progress(chunks, total=len(chunks), desc="mafr: predicting", enable=progress):
+        for start in _runtime.progress(chunks, total=len(chunks), desc="mafr: predicting", enable=progress):
             preps = [_preparation.prepare(s, self.config, self.device, self.framing_) for s in items[start : start + batch_size]]
             results.extend(self._results(preps, self.extractors.extract(preps)))
         return results

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from . import metrics
 from .config import MAFRConfig
-from .detector import MAFRDetector, _progress
+from .detector import MAFRDetector
+from .runtime import progress as _progress
 from .io import resize_nearest
 from .types import Sample
 

@@ -107,3 +107,10 @@ def default_cli_threads() -> int:
             raise ValueError(f"${THREADS_ENV} must be a positive integer, got {env!r}")
         return int(env)
     return max(1, min(8, _available_cores() // 2))
+
+
+def progress(iterable, *, total=None, desc: str = "", enable: bool = True):
+    """huggingface_hub's tqdm over ``iterable`` (off unless ``enable``); bars on long work."""
+    from huggingface_hub.utils import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not enable, leave=False)

@@ -191,7 +191,7 @@ def test_calibration_is_fitted_saved_and_verified(calibrated, tmp_path):
 
 
 def test_offline_threshold_pools_every_fit_part(calibrated):
-    from mafr.detector import _held_out_split
+    from mafr.training import held_out_split as _held_out_split
 
     assert calibrated.config.scoring.threshold_parts == "all"
     good = [generate_sample("puck", seed=s, size=128) for s in range(6)]  # the fixture's fit set
@@ -227,7 +227,7 @@ def test_modality_levels_gathered_a_few_parts_at_a_time_equal_the_levels_of_all_
 
 
 def test_offline_fusion_levels_pool_every_fit_part_and_the_pixel_threshold_stays_held_out(calibrated):
-    from mafr.detector import _held_out_split
+    from mafr.training import held_out_split as _held_out_split
 
     assert calibrated.config.scoring.levels_parts == "all"
     good = [generate_sample("puck", seed=s, size=128) for s in range(6)]  # the fixture's fit set

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mafr
-from mafr import detector as detector_module
+from mafr import training as training_module
 from mafr import runtime
 from mafr.datasets.synthetic import generate_sample
 
@@ -82,7 +82,7 @@ def test_blocked_loss_reads_train_the_same_network(monkeypatch):
     """Off the CPU losses are read every few steps; the arithmetic must not change."""
     cfg = tiny_config(train={"steps": 12, "early_stop_patience": None})
     per_step = mafr.MAFRDetector(cfg, device="cpu").fit(_parts(), progress=False)
-    monkeypatch.setattr(detector_module, "_sync_every", lambda device: 5)
+    monkeypatch.setattr(training_module, "sync_every", lambda device: 5)
     blocked = mafr.MAFRDetector(cfg, device="cpu").fit(_parts(), progress=False)
     assert blocked.fit_info_["steps"] == per_step.fit_info_["steps"] == 12
     for (k, a), b in zip(per_step.autoencoder_.state_dict().items(), blocked.autoencoder_.state_dict().values()):
@@ -92,7 +92,7 @@ def test_blocked_loss_reads_train_the_same_network(monkeypatch):
 def test_blocked_loss_reads_stop_early_at_most_one_block_late(monkeypatch):
     cfg = tiny_config(train={"steps": 400, "early_stop_patience": 5, "early_stop_tol": 0.5})
     per_step = mafr.MAFRDetector(cfg, device="cpu").fit(_parts(), progress=False)
-    monkeypatch.setattr(detector_module, "_sync_every", lambda device: 7)
+    monkeypatch.setattr(training_module, "sync_every", lambda device: 7)
     blocked = mafr.MAFRDetector(cfg, device="cpu").fit(_parts(), progress=False)
     n, m = per_step.fit_info_["steps"], blocked.fit_info_["steps"]
     assert n < 400 and n <= m < n + 7

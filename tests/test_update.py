@@ -188,13 +188,13 @@ def test_cli_update_saves_and_info_shows_the_history(fitted, tmp_path, capsys):
 def test_diverged_training_raises_and_leaves_the_detector_as_it_was(fitted, monkeypatch):
     import copy
 
-    import mafr.detector as detector_module
+    import mafr.training as training_module
 
     det = copy.deepcopy(fitted)
     probe = generate_sample("dome", "bump", seed=5, size=64)
     before = det.predict(probe.rgb, probe.xyz).score
     threshold, weights = det.threshold_, copy.deepcopy(det.autoencoder_.state_dict())
-    real = detector_module.restoration_loss
+    real = training_module.restoration_loss
     calls = {"n": 0}
 
     def diverging(*args, **kwargs):
@@ -202,16 +202,16 @@ def test_diverged_training_raises_and_leaves_the_detector_as_it_was(fitted, monk
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 4 else loss  # NaN from the third step on
 
-    monkeypatch.setattr(detector_module, "restoration_loss", diverging)
+    monkeypatch.setattr(training_module, "restoration_loss", diverging)
     with pytest.raises(mafr.TrainingDivergedError, match="step 3"):
         det.update(_parts(range(40, 43)), seed=0)
     # Rolled back: the fine-tuned weights, statistics and threshold are the ones from before.
     assert det.threshold_ == threshold
     assert all(torch.equal(v, det.autoencoder_.state_dict()[k]) for k, v in weights.items())
-    monkeypatch.setattr(detector_module, "restoration_loss", real)
+    monkeypatch.setattr(training_module, "restoration_loss", real)
     assert det.predict(probe.rgb, probe.xyz).score == before
     # A fresh fit that diverges leaves no half-fitted detector behind.
-    monkeypatch.setattr(detector_module, "restoration_loss", diverging)
+    monkeypatch.setattr(training_module, "restoration_loss", diverging)
     calls["n"] = 0
     fresh = mafr.MAFRDetector(tiny_config(train={"steps": 8}))
     with pytest.raises(mafr.TrainingDivergedError, match="non-finite"):
