@@ -13,7 +13,7 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,20 +30,11 @@ from . import persistence as _persistence
 from . import features as _features
 from . import preparation as _preparation
 from . import training as _training
+from . import calibration as _calibration
+from . import scoring as _scoring
 from .io import as_sample
 from .model import FusionAutoencoder
 from .replay import ReplayStore, pool_moments, stack_parts
-from .scoring import (
-    binned_edge_scales,
-    box_smooth,
-    edge_distance,
-    channel_normalised,
-    edge_scales,
-    restored_bins,
-    modality_levels,
-    score_maps,
-    upsampled_maps,
-)
 from .types import AnomalyResult
 
 def _now() -> str:
@@ -72,22 +63,6 @@ def _with_threads(method):
             return method(self, *args, **kwargs)
 
     return wrapper
-
-
-class _Residuals(NamedTuple):
-    """What the autoencoder made of a batch: signed errors and restored values ``(B, g, g, C)`` of
-    each modality (in normalised units), and pixel and grid validity."""
-
-    err2: torch.Tensor
-    err3: torch.Tensor
-    valid_pixels: torch.Tensor
-    valid_grid: torch.Tensor
-    restored2: torch.Tensor
-    restored3: torch.Tensor
-
-    def head(self, n: int) -> "_Residuals":
-        """The first ``n`` parts."""
-        return _Residuals(*(t[:n] for t in self))
 
 
 class MAFRDetector(
@@ -464,29 +439,11 @@ class MAFRDetector(
         self.calibration_ = {}
         levels_from = feats + training if sc.levels_parts == "all" else feats
         res = self._residual_grids(levels_from)
-        err2, err3, valid_pixels, valid_grid = res.err2, res.err3, res.valid_pixels, res.valid_grid
         if sc.fusion == "calibrated":
-            if sc.level_bins:
-                for key, err, restored in (("2d", err2, res.restored2), ("3d", err3, res.restored3)):
-                    levels, edges = binned_edge_scales(err, restored, valid_grid, sc.edge_cap, sc.level_quantile,
-                                                       sc.level_bins)
-                    self.calibration_.update({f"edge_{key}": levels.cpu(), f"bins_{key}": edges.cpu()})
-            else:
-                self.calibration_.update(edge_2d=edge_scales(err2, valid_grid, sc.edge_cap, sc.level_quantile).cpu(),
-                                         edge_3d=edge_scales(err3, valid_grid, sc.edge_cap, sc.level_quantile).cpu())
-            r2, r3 = self._edge_normalised(res)
-            values_2d, values_3d = [], []
-            # A few parts at a time: an update with a full replay store calibrates on hundreds,
-            # whose maps at the network's resolution would otherwise all be held at once.
-            for start in range(0, len(levels_from), 16):
-                part = slice(start, start + 16)
-                m2, m3, valid = upsampled_maps(r2[part], r3[part], valid_pixels[part])
-                values_2d.append(box_smooth(m2, sc.box5_passes, sc.box7_passes)[valid])
-                values_3d.append((box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid)[valid])
-            self.calibration_.update(modality=modality_levels(torch.cat(values_2d), torch.cat(values_3d)).cpu())
+            self.calibration_.update(_calibration.levels(res, sc, self._context_channels()))
         # The held-out parts come first in levels_from: their maps set the thresholds below.
         n = len(feats)
-        fused, _, _, scores = self._maps_from_residuals(res.head(n))
+        fused, _, _, scores = self._maps(res.head(n))
         if not bool(torch.isfinite(scores).all()) or not bool(torch.isfinite(fused).all()):
             raise _errors.TrainingDivergedError(
                 "the fitted autoencoder gives non-finite scores on good parts: it cannot judge a part, "
@@ -498,30 +455,12 @@ class MAFRDetector(
         if sc.threshold_parts == "all" and training:
             for start in range(0, len(training), 16):  # bounded memory for a large replay store
                 pooled += [float(v) for v in self._score_features(training[start : start + 16])[3]]
-        self.threshold_ = self._threshold_from(pooled)
+        self.threshold_ = _calibration.threshold_from(pooled, sc)
         return scores
-
-    def _threshold_from(self, scores: Sequence[float]) -> float:
-        sc = self.config.scoring
-        arr = np.asarray(scores, dtype=np.float64)
-        if sc.threshold_rule == "false_alarm_rate":
-            from statistics import NormalDist
-
-            logs = np.log(np.clip(arr, 1e-12, None))
-            spread = max(float(logs.std(ddof=1)) if logs.size > 1 else 0.0, sc.log_spread_floor)
-            z = NormalDist().inv_cdf(1.0 - sc.target_false_alarm_rate)
-            return float(np.exp(logs.mean() + z * spread))
-        mean = float(arr.mean())
-        # A floor on the spread: one or two calibration parts give no usable std.
-        std = max(float(arr.std()), 0.1 * abs(mean))
-        threshold = mean + sc.threshold_sigma * std
-        if sc.threshold_at_least_max:
-            threshold = max(threshold, float(arr.max()))
-        return threshold
 
     # ------------------------------------------------------------------ predict
     @torch.inference_mode()
-    def _residual_grids(self, feats: Sequence[_features.Features]) -> _Residuals:
+    def _residual_grids(self, feats: Sequence[_features.Features]) -> _scoring.Residuals:
         """Signed restoration errors and restored values ``(B, g, g, C)`` of each modality, pixel
         and grid validity."""
         ae = self.autoencoder_
@@ -534,67 +473,20 @@ class MAFRDetector(
         valid_pixels = torch.stack([f.valid_pixels.to(self.device) for f in feats])
         valid_grid = torch.stack([f.valid_grid.to(self.device) for f in feats])
         out_rgb, out_xyz = out_rgb.float(), out_xyz.float()
-        return _Residuals(out_rgb - rgb, out_xyz - xyz, valid_pixels, valid_grid, out_rgb, out_xyz)
+        return _scoring.Residuals(out_rgb - rgb, out_xyz - xyz, valid_pixels, valid_grid, out_rgb, out_xyz)
 
-    def _edge_normalised(self, res: _Residuals):
-        """``(B, g, g)`` residual of each modality in units of what good held-out parts show at
-        the same distance from the part's edge (``calibration_["edge_2d"]`` / ``["edge_3d"]``;
-        docs/concepts.md, section 7): per channel, then the RMS over the channels that are evidence
-        (a 3D extractor's trailing ``context_channels``, such as curvature, are restored but not
-        scored). Levels per bin of the restored value too (``scoring.level_bins``) are picked by
-        the bin each channel's restored value falls in (``calibration_["bins_2d"]`` /
-        ``["bins_3d"]``). Detectors saved by mafr 0.2 hold one level per distance: the L2 norm over it."""
-        err2, err3 = res.err2, res.err3
-        e2, e3 = self.calibration_["edge_2d"].to(err2.device), self.calibration_["edge_3d"].to(err2.device)
-        dist = edge_distance(res.valid_grid, e2.shape[0] - 1)  # shared by both modalities
-        if e2.dim() == 1:
-            return err2.norm(dim=-1) / e2[dist], err3.norm(dim=-1) / e3[dist]
-        bins2 = bins3 = None
-        if e2.dim() == 3:
-            bins2 = restored_bins(res.restored2, self.calibration_["bins_2d"].to(err2.device))
-            bins3 = restored_bins(res.restored3, self.calibration_["bins_3d"].to(err2.device))
-        # Not built for a detector judged on images alone: its 3D residual is not scored anyway.
-        context = getattr(self.point_extractor, "context_channels", 0) if self.config.modalities != "rgb" else 0
-        evidence = err3.shape[-1] - context if 0 < context < err3.shape[-1] else None
-        reduce_2d = self.config.scoring.channel_reduce_2d
-        return (channel_normalised(err2, e2, dist, reduce=reduce_2d, bins=bins2),
-                channel_normalised(err3, e3, dist, evidence, bins=bins3))
+    def _context_channels(self) -> int:
+        """Trailing 3D channels that are restored but not scored (the offline extractor's
+        curvature); a detector judged on images alone never builds its 3D extractor to ask."""
+        return getattr(self.point_extractor, "context_channels", 0) if self.config.modalities != "rgb" else 0
 
-    def _maps_from_residuals(self, res: _Residuals):
-        sc = self.config.scoring
-        scales, mode = None, sc.fusion
-        if sc.fusion == "calibrated":
-            if not {"edge_2d", "edge_3d", "modality"} <= set(self.calibration_):
-                raise NotFittedError(
-                    "fusion='calibrated' needs the detector calibrated on good parts: call .fit(), or "
-                    ".calibrate(good_parts) on a converted detector"
-                )
-            res2, res3 = self._edge_normalised(res)
-            scales = self.calibration_["modality"].to(res2.device)
-            if self.calibration_["edge_2d"].dim() == 1:  # saved by mafr 0.2: its sum, as it scored then
-                mode = "calibrated_sum"
-            elif self.config.modalities != "rgb+xyz":
-                mode = f"calibrated_{self.config.modalities}"
-        else:
-            res2, res3 = res.err2.norm(dim=-1), res.err3.norm(dim=-1)
-            if self.config.modalities != "rgb+xyz":  # the absent modality's map is no evidence
-                mode = self.config.modalities
-        return score_maps(
-            res2,
-            res3,
-            res.valid_pixels,
-            mode=mode,
-            box5_passes=sc.box5_passes,
-            box7_passes=sc.box7_passes,
-            reference=sc.maps == "reference",
-            valid_grid=res.valid_grid,
-            scales=scales,
-            score=sc.score,
-        )
+    def _maps(self, res: _scoring.Residuals):
+        return _scoring.maps_from_residuals(res, self.calibration_, self.config.scoring, self.config.modalities,
+                                            self._context_channels())
 
     @torch.inference_mode()
     def _score_features(self, feats: Sequence[_features.Features]):
-        return self._maps_from_residuals(self._residual_grids(feats))
+        return self._maps(self._residual_grids(feats))
 
     def _to_input_resolution(self, maps: torch.Tensor, prep: _preparation.Prepared) -> np.ndarray:
         """``(k, S, S)`` network-resolution maps -> ``(k, H, W)`` float32 at the input RGB's size."""
@@ -620,7 +512,7 @@ class MAFRDetector(
             is_anomalous = score > self.threshold_ if math.isfinite(self.threshold_) else None
             if is_anomalous is None:
                 flags.append("no_threshold")
-            pixel_threshold, defect_mask = self._defect_mask(maps[0], is_anomalous)
+            pixel_threshold, defect_mask = _calibration.defect_mask(maps[0], is_anomalous, self.calibration_, self.config.scoring)
             results.append(
                 AnomalyResult(
                     score=score,
@@ -638,17 +530,6 @@ class MAFRDetector(
                 )
             )
         return results
-
-    def _defect_mask(self, fused: np.ndarray, is_anomalous: Optional[bool]) -> tuple[Optional[float], Optional[np.ndarray]]:
-        """Pixel threshold and mask of ``fused`` (input resolution); see ``ScoringConfig.mask_level``.
-        No mask without an image decision (``is_anomalous=None``): an empty one would read as "good"."""
-        if "pixel_threshold" not in self.calibration_ or is_anomalous is None:
-            return None, None
-        sc = self.config.scoring
-        level = float(self.calibration_["pixel_threshold"][0]) * sc.mask_level
-        if not is_anomalous:
-            return level, np.zeros(fused.shape, dtype=bool)
-        return level, fused > max(level, sc.mask_relative * float(fused.max()))
 
     @_with_threads
     def predict(self, rgb: Any = None, xyz: Any = None) -> AnomalyResult:

@@ -13,10 +13,12 @@ masked again, so the blur's halo around the part counts (docs/method.md, "Scorin
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+
+from .errors import NotFittedError
 
 FusionMode = Literal["product", "sum", "max", "rgb", "xyz", "calibrated"]
 
@@ -307,3 +309,78 @@ def score_maps(
     m2d = box_smooth(m2d, box5_passes, box7_passes, count_padding=reference)
     m3d = box_smooth(m3d, box5_passes, box7_passes, count_padding=reference) * valid
     return fused, m2d, m3d, scores
+
+
+class Residuals(NamedTuple):
+    """What the autoencoder made of a batch: signed errors and restored values ``(B, g, g, C)`` of
+    each modality (in normalised units), and pixel and grid validity."""
+
+    err2: torch.Tensor
+    err3: torch.Tensor
+    valid_pixels: torch.Tensor
+    valid_grid: torch.Tensor
+    restored2: torch.Tensor
+    restored3: torch.Tensor
+
+    def head(self, n: int) -> "Residuals":
+        """The first ``n`` parts."""
+        return Residuals(*(t[:n] for t in self))
+
+
+def edge_normalised(res: Residuals, calibration: dict[str, torch.Tensor], reduce_2d: str = "rms",
+                    context_channels: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, g, g)`` residual of each modality in units of what good held-out parts show at
+    the same distance from the part's edge (``calibration["edge_2d"]`` / ``["edge_3d"]``;
+    docs/concepts.md, section 7): per channel, then the RMS over the channels that are evidence
+    (a 3D extractor's trailing ``context_channels``, such as curvature, are restored but not
+    scored). Levels per bin of the restored value too (``scoring.level_bins``) are picked by
+    the bin each channel's restored value falls in (``calibration["bins_2d"]`` /
+    ``["bins_3d"]``). Detectors saved by mafr 0.2 hold one level per distance: the L2 norm over it."""
+    err2, err3 = res.err2, res.err3
+    e2, e3 = calibration["edge_2d"].to(err2.device), calibration["edge_3d"].to(err2.device)
+    dist = edge_distance(res.valid_grid, e2.shape[0] - 1)  # shared by both modalities
+    if e2.dim() == 1:
+        return err2.norm(dim=-1) / e2[dist], err3.norm(dim=-1) / e3[dist]
+    bins2 = bins3 = None
+    if e2.dim() == 3:
+        bins2 = restored_bins(res.restored2, calibration["bins_2d"].to(err2.device))
+        bins3 = restored_bins(res.restored3, calibration["bins_3d"].to(err2.device))
+    context = context_channels
+    evidence = err3.shape[-1] - context if 0 < context < err3.shape[-1] else None
+    return (channel_normalised(err2, e2, dist, reduce=reduce_2d, bins=bins2),
+            channel_normalised(err3, e3, dist, evidence, bins=bins3))
+
+
+def maps_from_residuals(res: Residuals, calibration: dict[str, torch.Tensor], sc, modalities: str = "rgb+xyz",
+                        context_channels: int = 0):
+    """Fused, 2D and 3D maps ``(B, S, S)`` and image scores ``(B,)`` of residuals, by the config's
+    fusion (``sc``: its ``ScoringConfig``); a detector of one modality scores that one alone."""
+    scales, mode = None, sc.fusion
+    if sc.fusion == "calibrated":
+        if not {"edge_2d", "edge_3d", "modality"} <= set(calibration):
+            raise NotFittedError(
+                "fusion='calibrated' needs the detector calibrated on good parts: call .fit(), or "
+                ".calibrate(good_parts) on a converted detector"
+            )
+        res2, res3 = edge_normalised(res, calibration, sc.channel_reduce_2d, context_channels)
+        scales = calibration["modality"].to(res2.device)
+        if calibration["edge_2d"].dim() == 1:  # saved by mafr 0.2: its sum, as it scored then
+            mode = "calibrated_sum"
+        elif modalities != "rgb+xyz":
+            mode = f"calibrated_{modalities}"
+    else:
+        res2, res3 = res.err2.norm(dim=-1), res.err3.norm(dim=-1)
+        if modalities != "rgb+xyz":  # the absent modality's map is no evidence
+            mode = modalities
+    return score_maps(
+        res2,
+        res3,
+        res.valid_pixels,
+        mode=mode,
+        box5_passes=sc.box5_passes,
+        box7_passes=sc.box7_passes,
+        reference=sc.maps == "reference",
+        valid_grid=res.valid_grid,
+        scales=scales,
+        score=sc.score,
+    )

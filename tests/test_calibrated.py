@@ -197,10 +197,10 @@ def test_offline_threshold_pools_every_fit_part(calibrated):
     good = [generate_sample("puck", seed=s, size=128) for s in range(6)]  # the fixture's fit set
     scores = calibrated.score_features(calibrated.extract_features(good))
     held, train = _held_out_split(6, calibrated.config.train.calibration_fraction, torch.Generator().manual_seed(0))
-    pooled = calibrated._threshold_from([scores[i] for i in held + train])
+    pooled = _threshold_for(calibrated, [scores[i] for i in held + train])
     assert calibrated.threshold_ == pytest.approx(pooled, rel=1e-5)
     assert calibrated.fit_info_["calibration_scores"] == pytest.approx([scores[i] for i in held], rel=1e-5)
-    assert calibrated._threshold_from([scores[i] for i in held]) != pytest.approx(pooled, rel=1e-3)
+    assert _threshold_for(calibrated, [scores[i] for i in held]) != pytest.approx(pooled, rel=1e-3)
 
 
 def test_modality_levels_gathered_a_few_parts_at_a_time_equal_the_levels_of_all_maps_at_once(calibrated):
@@ -218,7 +218,7 @@ def test_modality_levels_gathered_a_few_parts_at_a_time_equal_the_levels_of_all_
     det._calibrate_on(feats[:2], feats[2:])
     sc = det.config.scoring
     res = det._residual_grids(feats)
-    m2, m3, valid = upsampled_maps(*det._edge_normalised(res), res.valid_pixels)
+    m2, m3, valid = upsampled_maps(*_edge_normalised_for(det, res), res.valid_pixels)
     smooth = lambda m: box_smooth(m, sc.box5_passes, sc.box7_passes)  # noqa: E731
     torch.testing.assert_close(det.calibration_["modality"], modality_scales(smooth(m2), smooth(m3) * valid, valid))
     # The first chunk alone gives other levels: every chunk counted.
@@ -262,16 +262,16 @@ def test_offline_fusion_levels_pool_every_fit_part_and_the_pixel_threshold_stays
 def test_curvature_is_restored_but_not_scored(calibrated):
     assert calibrated.point_extractor.context_channels == 1  # the curvature, the last channel
     c2, c3 = calibrated.stats_["rgb_mean"].shape[0], calibrated.stats_["xyz_mean"].shape[0]
-    from mafr.detector import _Residuals
+    from mafr.scoring import Residuals as _Residuals
 
     valid = torch.ones(1, 28, 28, dtype=torch.bool)
     err3 = torch.zeros(1, 28, 28, c3)
     err3[..., -1] = 1e3  # a huge curvature error alone
     zeros2, zeros3 = torch.zeros(1, 28, 28, c2), torch.zeros(1, 28, 28, c3)
-    _, res3 = calibrated._edge_normalised(_Residuals(zeros2, err3, valid, valid, zeros2, zeros3))
+    _, res3 = _edge_normalised_for(calibrated, _Residuals(zeros2, err3, valid, valid, zeros2, zeros3))
     assert float(res3.abs().max()) == 0.0
     err3[..., 0] = 1e3  # the same error in a deviation channel counts
-    _, res3 = calibrated._edge_normalised(_Residuals(zeros2, err3, valid, valid, zeros2, zeros3))
+    _, res3 = _edge_normalised_for(calibrated, _Residuals(zeros2, err3, valid, valid, zeros2, zeros3))
     assert float(res3.min()) > 0
 
 
@@ -361,15 +361,15 @@ def test_false_alarm_rate_rule_is_the_log_normal_quantile():
     scores = [1.0, 2.0, 4.0]
     logs = np.log(scores)
     expected = math.exp(logs.mean() + NormalDist().inv_cdf(0.9) * logs.std(ddof=1))
-    assert det._threshold_from(scores) == pytest.approx(expected)
+    assert _threshold_for(det, scores) == pytest.approx(expected)
     # The floor on the spread: identical scores still leave room for an unusual good part.
     floored = mafr.MAFRDetector(_offline(threshold_rule="false_alarm_rate", target_false_alarm_rate=0.1,
                                          log_spread_floor=0.1))
-    assert floored._threshold_from([2.0, 2.0]) == pytest.approx(2.0 * math.exp(0.1 * NormalDist().inv_cdf(0.9)))
+    assert _threshold_for(floored, [2.0, 2.0]) == pytest.approx(2.0 * math.exp(0.1 * NormalDist().inv_cdf(0.9)))
     # A lower target false-alarm rate gives a higher threshold.
     strict = mafr.MAFRDetector(_offline(threshold_rule="false_alarm_rate", target_false_alarm_rate=0.01,
                                         log_spread_floor=0.1))
-    assert strict._threshold_from(scores) > floored._threshold_from(scores)
+    assert _threshold_for(strict, scores) > _threshold_for(floored, scores)
     with pytest.raises(Exception, match="target_false_alarm_rate"):
         _offline(target_false_alarm_rate=0.0)
 
@@ -620,3 +620,15 @@ def test_colour_rarity_facing_the_same_way_reaches_the_detector_and_survives_sav
     loaded = mafr.MAFRDetector.from_pretrained(tmp_path / "det", device="cpu")
     assert loaded.config.rgb.ring_normal_weight == 0.02 and loaded.rgb_extractor.reads_geometry
     assert loaded.predict(part.rgb, part.xyz).score == before.score
+
+
+def _threshold_for(det, scores):
+    from mafr.calibration import threshold_from
+
+    return threshold_from(scores, det.config.scoring)
+
+
+def _edge_normalised_for(det, res):
+    from mafr.scoring import edge_normalised
+
+    return edge_normalised(res, det.calibration_, det.config.scoring.channel_reduce_2d, det._context_channels())

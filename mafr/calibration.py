@@ -1,0 +1,75 @@
+"""Calibration: what good parts look like through a fitted detector (docs/concepts.md, section 8).
+
+The fourth stage of :class:`mafr.MAFRDetector` (docs/architecture.md). From held-out good parts'
+residuals: the levels that put each modality's residual in units of "normal" (per distance from
+the part's edge, per channel, per bin of the restored value), the level each fused map reaches
+(:func:`levels`); the image threshold (:func:`threshold_from`) and the pixel threshold behind
+``defect_mask`` (:func:`defect_mask`). "Where is the threshold set?": here.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import ScoringConfig
+from .scoring import (Residuals, binned_edge_scales, box_smooth, edge_normalised, edge_scales, modality_levels,
+                      upsampled_maps)
+
+
+def levels(res: Residuals, sc: ScoringConfig, context_channels: int = 0) -> dict[str, torch.Tensor]:
+    """Calibrated fusion's levels from good parts' residuals: ``edge_2d`` / ``edge_3d`` (and
+    ``bins_2d`` / ``bins_3d`` with ``sc.level_bins``) and ``modality``, on the CPU."""
+    err2, err3, valid_pixels, valid_grid = res.err2, res.err3, res.valid_pixels, res.valid_grid
+    out: dict[str, torch.Tensor] = {}
+    if sc.level_bins:
+        for key, err, restored in (("2d", err2, res.restored2), ("3d", err3, res.restored3)):
+            lv, edges = binned_edge_scales(err, restored, valid_grid, sc.edge_cap, sc.level_quantile, sc.level_bins)
+            out.update({f"edge_{key}": lv.cpu(), f"bins_{key}": edges.cpu()})
+    else:
+        out.update(edge_2d=edge_scales(err2, valid_grid, sc.edge_cap, sc.level_quantile).cpu(),
+                   edge_3d=edge_scales(err3, valid_grid, sc.edge_cap, sc.level_quantile).cpu())
+    r2, r3 = edge_normalised(res, out, sc.channel_reduce_2d, context_channels)
+    values_2d, values_3d = [], []
+    # A few parts at a time: an update with a full replay store calibrates on hundreds,
+    # whose maps at the network's resolution would otherwise all be held at once.
+    for start in range(0, r2.shape[0], 16):
+        part = slice(start, start + 16)
+        m2, m3, valid = upsampled_maps(r2[part], r3[part], valid_pixels[part])
+        values_2d.append(box_smooth(m2, sc.box5_passes, sc.box7_passes)[valid])
+        values_3d.append((box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid)[valid])
+    out["modality"] = modality_levels(torch.cat(values_2d), torch.cat(values_3d)).cpu()
+    return out
+
+
+def threshold_from(scores: Sequence[float], sc: ScoringConfig) -> float:
+    """The image threshold from good parts' scores, by ``sc.threshold_rule`` (docs/concepts.md, section 8)."""
+    arr = np.asarray(scores, dtype=np.float64)
+    if sc.threshold_rule == "false_alarm_rate":
+        from statistics import NormalDist
+
+        logs = np.log(np.clip(arr, 1e-12, None))
+        spread = max(float(logs.std(ddof=1)) if logs.size > 1 else 0.0, sc.log_spread_floor)
+        z = NormalDist().inv_cdf(1.0 - sc.target_false_alarm_rate)
+        return float(np.exp(logs.mean() + z * spread))
+    mean = float(arr.mean())
+    # A floor on the spread: one or two calibration parts give no usable std.
+    std = max(float(arr.std()), 0.1 * abs(mean))
+    threshold = mean + sc.threshold_sigma * std
+    if sc.threshold_at_least_max:
+        threshold = max(threshold, float(arr.max()))
+    return threshold
+
+
+def defect_mask(fused: np.ndarray, is_anomalous: Optional[bool], calibration: dict[str, torch.Tensor],
+                sc: ScoringConfig) -> tuple[Optional[float], Optional[np.ndarray]]:
+    """Pixel threshold and mask of ``fused`` (input resolution); see ``ScoringConfig.mask_level``.
+    No mask without an image decision (``is_anomalous=None``): an empty one would read as "good"."""
+    if "pixel_threshold" not in calibration or is_anomalous is None:
+        return None, None
+    level = float(calibration["pixel_threshold"][0]) * sc.mask_level
+    if not is_anomalous:
+        return level, np.zeros(fused.shape, dtype=bool)
+    return level, fused > max(level, sc.mask_relative * float(fused.max()))
