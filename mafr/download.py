@@ -174,7 +174,7 @@ def download_pointmae(
                 "not the published Point-MAE checkpoint (or it was corrupted on the way), so it was deleted "
                 "and nothing was kept in the cache"
             )
-        from .convert import convert_pointmae_checkpoint
+        from .extractors.pointmae_checkpoint import convert_pointmae_checkpoint
 
         convert_pointmae_checkpoint(raw, staging / "pointmae")
         raw.unlink()  # only the converted form is kept

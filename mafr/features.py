@@ -19,7 +19,7 @@ import torch
 from . import errors as _errors
 from . import runtime as _runtime
 from .config import MAFRConfig
-from .extractors import RGBExtractor, build_point_extractor, build_rgb_extractor
+from .extractors import feature_dims, RGBExtractor, build_point_extractor, build_rgb_extractor
 from .extractors.pointops import idw_weights, three_nn_interpolate
 from .preparation import Prepared
 from .projection import centres_to_grid_operator, pool_to_grid, scatter_to_pixels, upsample_rgb, valid_grid_mask
@@ -127,9 +127,7 @@ class Extractors:
         """Channels of the RGB and the 3D features, without building an extractor that the
         config's modalities leave out (the paper preset judged on images never fetches PointMAE)."""
         if self._dims is None:
-            from .convert import _extractor_dims
-
-            rgb_dim, xyz_dim = _extractor_dims(self.config)
+            rgb_dim, xyz_dim = feature_dims(self.config)
             if rgb_dim is None:  # an exotic timm model: its width is known once it is built
                 rgb_dim = int(self.rgb.out_dim)
             self._dims = (rgb_dim, xyz_dim)

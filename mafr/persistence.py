@@ -22,7 +22,7 @@ from . import __version__
 from . import _integrity
 from . import errors as _errors
 from .config import CONFIG_VERSION, MAFRConfig
-from .extractors import PointMAEEncoder, RGBExtractor
+from .extractors import feature_dims, PointMAEEncoder, RGBExtractor
 from .model import FusionAutoencoder
 from .replay import ReplayStore
 
@@ -203,9 +203,7 @@ def load(cls, model_id: str, *, revision: Optional[str] = None, cache_dir=None, 
     _integrity.verify_tensors(tensors, str(weights_path))
     _integrity.check_config_digest(weights_path, raw)
     if not trust_config:  # the dims need timm's model table, reached only for allowed names
-        from .convert import _extractor_dims
-
-        _integrity.check_dims(tensors, _extractor_dims(config), str(weights_path))
+        _integrity.check_dims(tensors, feature_dims(config), str(weights_path))
     ae_state = {k[len("autoencoder.") :]: v for k, v in tensors.items() if k.startswith("autoencoder.")}
     det.stats_ = {k[len("stats.") :]: v for k, v in tensors.items() if k.startswith("stats.")}
     missing_stats = {"rgb_mean", "rgb_std", "xyz_mean", "xyz_std"} - set(det.stats_)

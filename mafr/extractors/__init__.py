@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
+import torch
 from torch import nn
 
 from .offline import ColorGradientExtractor, FPFHExtractor, OrganizedGeometryExtractor, SurfaceDeviationExtractor
@@ -28,6 +30,7 @@ __all__ = [
     "build_rgb_extractor",
     "build_point_extractor",
     "default_pointmae_dir",
+    "feature_dims",
 ]
 
 #: Where ``mafr convert pointmae`` puts the converted official weights unless told otherwise.
@@ -101,3 +104,27 @@ def build_point_extractor(config) -> nn.Module:
     # Grouping sizes and output blocks are run-time choices, not part of the weights.
     encoder.config = wanted
     return encoder
+
+
+def feature_dims(config) -> tuple[Optional[int], Optional[int]]:
+    """Channels the config's extractors produce, without building a pretrained one or loading
+    weights (``None``: an exotic timm model whose width is known only once built)."""
+    rgb_dim: Optional[int] = None
+    if config.rgb.kind == "offline":
+        rgb_dim = build_rgb_extractor(config).out_dim
+    else:
+        try:
+            import timm
+
+            # On the meta device nothing is allocated or downloaded: only the width is wanted.
+            with torch.device("meta"):
+                vit = timm.create_model(
+                    config.rgb.model_name, pretrained=False, num_classes=0,
+                    **{"img_size": config.rgb.image_size, **config.rgb.timm_kwargs},
+                )
+            rgb_dim = int(vit.embed_dim)
+        except Exception:  # an exotic timm model: skip the check rather than refuse to convert
+            rgb_dim = None
+    p = config.points
+    xyz_dim = build_point_extractor(config).out_dim if p.kind != "pointmae" else p.embed_dim * len(p.out_indices)
+    return rgb_dim, xyz_dim
