@@ -168,6 +168,12 @@ class FusionAutoencoder(nn.Module):
         self.decoder_2d = Decoder(latent, rgb_dim, **dec)
         self.decoder_3d = Decoder(latent, xyz_dim, **dec)
 
+    @classmethod
+    def from_config(cls, rgb_dim: int, xyz_dim: int, m) -> "FusionAutoencoder":
+        """The autoencoder a ``ModelConfig`` (``MAFRConfig.model``) describes, for these widths."""
+        return cls(rgb_dim, xyz_dim, latent_dim=m.latent_dim, dropout=m.dropout, cbam_mode=m.cbam,
+                   cbam_reduction=m.cbam_reduction, cbam_kernel=m.cbam_kernel, attention=m.attention)
+
     def forward(self, rgb: torch.Tensor, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encoder(torch.cat([rgb, xyz], dim=-1))
         return self.decoder_2d(z), self.decoder_3d(z)

@@ -211,10 +211,7 @@ def load(cls, model_id: str, *, revision: Optional[str] = None, cache_dir=None, 
         raise ValueError(f"{weights_path} is not a mafr detector checkpoint (missing {sorted(missing_stats) or 'weights'})")
     rgb_dim = det.stats_["rgb_mean"].shape[0]
     xyz_dim = det.stats_["xyz_mean"].shape[0]
-    m = det.config.model
-    det.autoencoder_ = FusionAutoencoder(
-        rgb_dim, xyz_dim, m.latent_dim, m.dropout, m.cbam, m.cbam_reduction, m.cbam_kernel, attention=m.attention
-    )
+    det.autoencoder_ = FusionAutoencoder.from_config(rgb_dim, xyz_dim, det.config.model)
     _integrity.check_module_state(det.autoencoder_, ae_state, str(weights_path))
     det.autoencoder_.eval()
     det.threshold_ = float(tensors["threshold"][0])

@@ -86,17 +86,7 @@ def stats_from_moments(m: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def build_autoencoder(config: MAFRConfig, example: Features, device: torch.device) -> FusionAutoencoder:
     """A fresh fusion autoencoder for features shaped like ``example``, on ``device``."""
-    m = config.model
-    return FusionAutoencoder(
-        example.rgb.shape[-1],
-        example.xyz.shape[-1],
-        latent_dim=m.latent_dim,
-        dropout=m.dropout,
-        cbam_mode=m.cbam,
-        cbam_reduction=m.cbam_reduction,
-        cbam_kernel=m.cbam_kernel,
-        attention=m.attention,
-    ).to(device)
+    return FusionAutoencoder.from_config(example.rgb.shape[-1], example.xyz.shape[-1], config.model).to(device)
 
 
 def train_autoencoder(ae: FusionAutoencoder, rgb_all: torch.Tensor, xyz_all: torch.Tensor, tc: TrainConfig,
