@@ -8,7 +8,6 @@ directory or Hub repo; nothing is ever unpickled.
 
 import contextlib
 import copy
-import math
 import os
 import time
 from datetime import datetime, timezone
@@ -17,13 +16,10 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from huggingface_hub import ModelCard, ModelHubMixin
 
 from . import __version__
 from .config import MAFRConfig
-from . import _integrity
-from . import framing as _framing
 from . import errors as _errors
 from . import runtime as _runtime
 from . import persistence as _persistence
@@ -32,6 +28,7 @@ from . import preparation as _preparation
 from . import training as _training
 from . import calibration as _calibration
 from . import scoring as _scoring
+from .results import judge as _judge
 from .io import as_sample
 from .model import FusionAutoencoder
 from .replay import ReplayStore, pool_moments, stack_parts
@@ -488,48 +485,9 @@ class MAFRDetector(
     def _score_features(self, feats: Sequence[_features.Features]):
         return self._maps(self._residual_grids(feats))
 
-    def _to_input_resolution(self, maps: torch.Tensor, prep: _preparation.Prepared) -> np.ndarray:
-        """``(k, S, S)`` network-resolution maps -> ``(k, H, W)`` float32 at the input RGB's size."""
-        side = prep.window[2]
-        up = F.interpolate(maps.unsqueeze(0), size=(side, side), mode="bilinear", align_corners=False)[0]
-        return _framing.paste(up.cpu().numpy().astype(np.float32), prep.window, prep.height, prep.width)
-
     def _results(self, preps: Sequence[_preparation.Prepared], feats: Sequence[_features.Features]) -> list[AnomalyResult]:
-        fused, m2d, m3d, scores = self._score_features(feats)
-        results = []
-        for i, prep in enumerate(preps):
-            maps = self._to_input_resolution(torch.stack([fused[i], m2d[i], m3d[i]]), prep)
-            score = float(scores[i])
-            # Fail closed: a result that cannot be trusted is an error, never is_anomalous=False.
-            _integrity.check_result(maps, score, float(self.threshold_), self.state_tensors)
-            if not bool(fused[i].any()):
-                raise _errors.InvalidInputError(
-                    "the fused anomaly map is zero everywhere: no position has both usable image and 3D "
-                    "content, so the part cannot be judged"
-                )
-            flags = list(prep.flags)
-            # No finite threshold, no decision: None, never a "good" nobody judged (fail closed).
-            is_anomalous = score > self.threshold_ if math.isfinite(self.threshold_) else None
-            if is_anomalous is None:
-                flags.append("no_threshold")
-            pixel_threshold, defect_mask = _calibration.defect_mask(maps[0], is_anomalous, self.calibration_, self.config.scoring)
-            results.append(
-                AnomalyResult(
-                    score=score,
-                    is_anomalous=is_anomalous,
-                    threshold=float(self.threshold_),
-                    defect_mask=defect_mask,
-                    pixel_threshold=pixel_threshold,
-                    anomaly_map=np.clip(maps[0], 0, None),
-                    map_2d=np.clip(maps[1], 0, None) if self.config.modalities != "xyz" else np.zeros_like(maps[1]),
-                    map_3d=np.clip(maps[2], 0, None) if self.config.modalities != "rgb" else np.zeros_like(maps[2]),
-                    valid_mask=prep.valid_input,
-                    rgb=prep.rgb,
-                    depth=prep.depth,
-                    flags=tuple(flags),
-                )
-            )
-        return results
+        return _judge(preps, *self._score_features(feats), self.threshold_, self.calibration_, self.config,
+                      self.state_tensors)
 
     @_with_threads
     def predict(self, rgb: Any = None, xyz: Any = None) -> AnomalyResult:
@@ -614,18 +572,8 @@ class MAFRDetector(
         A config that names extractors, ``timm`` keywords or weight locations outside mafr's
         allow-list is refused (:class:`mafr.UntrustedConfigError`) unless ``trust_config=True``.
         """
-        ref = pretrained_model_name_or_path
-        if not isinstance(ref, (str, os.PathLike)):
-            raise _errors.InputTypeError(f"from_pretrained expects a directory or Hub repo id, got {type(ref).__name__}")
-        text = os.fspath(ref)
-        path = Path(text).expanduser()
-        if path.exists() and not path.is_dir():
-            raise _errors.InvalidInputError(f"{path} is a file; expected a detector directory (config.json + model.safetensors) or a Hub repo id")
-        # Hub repo ids are "name" or "owner/name": anything else is meant as a local path.
-        if not path.exists() and (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text or isinstance(ref, Path)):
-            raise _errors.ModelNotFoundError(f"detector directory not found: {path}", path=path)
         return cls._from_pretrained(
-            model_id=str(path) if path.is_dir() else text, revision=revision, cache_dir=cache_dir, force_download=force_download,
+            model_id=_persistence.model_id(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir, force_download=force_download,
             local_files_only=local_files_only, token=token, trust_config=trust_config, **model_kwargs,
         )
 

@@ -12,6 +12,7 @@ Configs saved before a field existed load with the value that was in effect then
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -143,6 +144,21 @@ def config_json_of(det) -> dict[str, Any]:
     if det.metrics_:
         data["metrics"] = dict(det.metrics_)
     return data
+
+
+def model_id(ref: Any) -> str:
+    """A detector directory's path, or a Hub repo id (``name`` or ``owner/name``), from what a
+    user gave ``from_pretrained``; a path that does not exist is refused here, not sent to the Hub."""
+    if not isinstance(ref, (str, os.PathLike)):
+        raise _errors.InputTypeError(f"from_pretrained expects a directory or Hub repo id, got {type(ref).__name__}")
+    text = os.fspath(ref)
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise _errors.InvalidInputError(f"{path} is a file; expected a detector directory (config.json + model.safetensors) or a Hub repo id")
+    # Hub repo ids are "name" or "owner/name": anything else is meant as a local path.
+    if not path.exists() and (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text or isinstance(ref, Path)):
+        raise _errors.ModelNotFoundError(f"detector directory not found: {path}", path=path)
+    return str(path) if path.is_dir() else text
 
 
 def load(cls, model_id: str, *, revision: Optional[str] = None, cache_dir=None, force_download: bool = False,
