@@ -263,12 +263,13 @@ def draw_rarity_normals(path: Path) -> Path:
     import mafr
     from mafr.datasets.synthetic import generate_sample
     from mafr.extractors.offline import smoothed_normals
+    from mafr.preparation import prepare
 
     detector = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline"))
     detector.extract_features([generate_sample("shaft", seed=s) for s in range(4)])  # sets the framing
     # Of the generated stains on this shaft, one that colours alone rank low (seeds 100-123).
     part = generate_sample("shaft", "stain", seed=117)
-    prep = detector._prepare(part, detector.framing_)
+    prep = prepare(part, detector.config, detector.device, detector.framing_)
     extractor = detector.rgb_extractor
     images, valid, xyz = prep.image[None], prep.valid[None].bool(), prep.xyz[None].float()
     opponent = torch.einsum("oc,bchw->bohw", extractor.opponent, images * extractor.std)
