@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -29,6 +28,7 @@ from .config import MAFRConfig
 from .detector import MAFRDetector
 from .runtime import progress as _progress
 from .io import resize_nearest
+from .results import decision
 from .types import Sample
 
 COLUMNS = (
@@ -102,8 +102,7 @@ def evaluate_detector(
                 scores.append(score)
                 maps.append(amap)
                 masks.append(None if sample.mask is None else _network_mask(sample.mask, size))
-                decisions.append(None if detector.threshold_ is None or not math.isfinite(detector.threshold_)
-                                 else bool(score > detector.threshold_))
+                decisions.append(decision(score, detector.threshold_))
                 ious.append(None)
             continue
         for sample, res in zip(chunk, detector.predict_batch(chunk, batch_size=batch_size)):

@@ -186,14 +186,10 @@ def as_sample(item: Any, modalities: str = "rgb+xyz") -> Sample:
     that modality alone (an image for ``"rgb"``, a scan for ``"xyz"``)."""
     if isinstance(item, Sample):
         return item
-    if isinstance(item, tuple) and len(item) == 2:
+    if isinstance(item, (tuple, list)) and len(item) == 2:
         return Sample(rgb=item[0], xyz=item[1])
-    if modalities == "rgb" and not isinstance(item, (tuple, list, dict)):
-        return Sample(rgb=item, xyz=None)
-    if modalities == "xyz" and not isinstance(item, (tuple, list, dict)):
-        return Sample(rgb=None, xyz=item)
-    if isinstance(item, list) and len(item) == 2:
-        return Sample(rgb=item[0], xyz=item[1])
+    if modalities in ("rgb", "xyz") and not isinstance(item, (tuple, list, dict)):
+        return Sample(rgb=item, xyz=None) if modalities == "rgb" else Sample(rgb=None, xyz=item)
     raise InputTypeError(f"a sample must be mafr.Sample(rgb=..., xyz=...) or an (rgb, xyz) tuple, got {type(item).__name__}")
 
 

@@ -9,7 +9,7 @@ decision is ``None`` (flag ``no_threshold``), never a "good" nobody judged.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,12 @@ from . import framing as _framing
 from .config import MAFRConfig
 from .preparation import Prepared
 from .types import AnomalyResult
+
+
+def decision(score: float, threshold: Optional[float]) -> Optional[bool]:
+    """``score > threshold``; ``None`` without a finite threshold: no decision, never a "good"
+    nobody judged (fail closed)."""
+    return bool(score > threshold) if threshold is not None and math.isfinite(threshold) else None
 
 
 def to_input_resolution(maps: torch.Tensor, prep: Prepared) -> np.ndarray:
@@ -48,8 +54,7 @@ def judge(preps: Sequence[Prepared], fused: torch.Tensor, m2d: torch.Tensor, m3d
                 "content, so the part cannot be judged"
             )
         flags = list(prep.flags)
-        # No finite threshold, no decision: None, never a "good" nobody judged (fail closed).
-        is_anomalous = score > threshold if math.isfinite(threshold) else None
+        is_anomalous = decision(score, threshold)
         if is_anomalous is None:
             flags.append("no_threshold")
         pixel_threshold, defect_mask = _calibration.defect_mask(maps[0], is_anomalous, dict(calibration), config.scoring)

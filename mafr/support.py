@@ -18,7 +18,7 @@ The detector's preparation and :mod:`mafr.datasets.preprocess` share this one ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -79,7 +79,8 @@ class SupportReport:
         return f"{self.reason}: {numbers}" if self.reason else numbers
 
 
-def _frame(h: int, w: int, border: int) -> np.ndarray:
+def border_frame(h: int, w: int, border: int) -> np.ndarray:
+    """The ``border``-pixel frame of an ``h x w`` image, as a bool mask."""
     frame = np.zeros((h, w), dtype=bool)
     frame[:border], frame[-border:], frame[:, :border], frame[:, -border:] = True, True, True, True
     return frame
@@ -176,7 +177,7 @@ def find_support(xyz: np.ndarray, *, seed: int = 0) -> tuple[SupportReport, Opti
     if 2 * border >= min(h, w):
         return SupportReport("none"), None
     valid = measured_pixels(xyz)
-    frame = _frame(h, w, border)
+    frame = border_frame(h, w, border)
     on_frame = frame & valid
     if on_frame.sum() < max(30, MIN_FRAME_MEASURED * frame.sum()):
         return SupportReport("none"), None
@@ -211,13 +212,12 @@ def find_support(xyz: np.ndarray, *, seed: int = 0) -> tuple[SupportReport, Opti
         a = above[win]
         support[win] |= a & ((_box_count(a, _SPECK_RADIUS) < _SPECK_MIN) | (_joined(height[win], a, step) < _JOINED_MIN))
     kept = valid & ~support
-    n_valid = int(valid.sum())
-    part_height = float(np.percentile(smooth[kept], 99)) if kept.any() else 0.0
-    report = SupportReport("removed", tuple(plane), noise, tolerance, kept.sum() / max(n_valid, 1), part_height)
-    if kept.sum() < 30:
-        return SupportReport("unclear", tuple(plane), noise, tolerance, report.kept_share, part_height,
-                             reason="nothing stands above the measured support (the part is no higher than "
-                                    "the tolerance, or the scan shows only its support)"), None
+    n_kept = int(kept.sum())
+    part_height = float(np.percentile(smooth[kept], 99)) if n_kept else 0.0
+    report = SupportReport("removed", tuple(plane), noise, tolerance, n_kept / max(int(valid.sum()), 1), part_height)
+    if n_kept < 30:
+        return replace(report, status="unclear", reason="nothing stands above the measured support (the part is no "
+                       "higher than the tolerance, or the scan shows only its support)"), None
     return report, support
 
 

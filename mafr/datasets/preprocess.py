@@ -41,7 +41,7 @@ import numpy as np
 from .._graph import connected_components
 from ..errors import PartRemovedWarning
 from ..io import measured_pixels
-from ..support import find_support
+from ..support import border_frame, find_support
 import tifffile
 from PIL import Image
 
@@ -101,8 +101,7 @@ def fit_border_plane(
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     if not inlier_distance > 0:
         raise ValueError(f"inlier_distance must be > 0, got {inlier_distance!r}")
-    frame = np.zeros((h, w), dtype=bool)
-    frame[:border], frame[-border:], frame[:, :border], frame[:, -border:] = True, True, True, True
+    frame = border_frame(h, w, border)
     pts = xyz[frame & measured_pixels(xyz)].astype(np.float64)
     if len(pts) < ransac_n:
         raise ValueError(f"too few valid points in the {border}-pixel border to fit the table plane: "
