@@ -1,7 +1,7 @@
 """The stride-1 filters of the offline predict path against the torch pooling they replace, in
 the same run: ``mafr.scoring.box_smooth`` (5 passes of a 5 x 5 and 3 of a 7 x 7 box mean, as
 shifted sums) against repeated ``F.avg_pool2d``, and the 9 x 9 running maximum of the rises
-and sinks (``mafr.extractors.offline._running_max``) against ``F.max_pool2d`` 1 x 9 then 9 x 1.
+and sinks (``mafr.extractors.surface._running_max``) against ``F.max_pool2d`` 1 x 9 then 9 x 1.
 Both pairs give the same values (the maximum exactly, the mean to float rounding; asserted
 here). Shapes are a predict's: three 224 x 224 maps to smooth, four 224 x 224 channels to
 maximise.

@@ -54,7 +54,7 @@ def _pooling_filters(enabled: bool):
         return
     import torch.nn.functional as F
 
-    import mafr.extractors.offline as offline
+    import mafr.extractors.surface as surface
     import mafr.scoring as scoring
 
     def pooled_max(x, window, dim):
@@ -65,12 +65,12 @@ def _pooling_filters(enabled: bool):
     def pooled_box(maps, box5_passes=5, box7_passes=3, *, count_padding=False):
         return scoring._box_smooth_pooled(maps, box5_passes, box7_passes, count_padding)
 
-    saved = offline._running_max, scoring.box_smooth
-    offline._running_max, scoring.box_smooth = pooled_max, pooled_box
+    saved = surface._running_max, scoring.box_smooth
+    surface._running_max, scoring.box_smooth = pooled_max, pooled_box
     try:
         yield
     finally:
-        offline._running_max, scoring.box_smooth = saved
+        surface._running_max, scoring.box_smooth = saved
 
 
 def main() -> int:

@@ -262,7 +262,7 @@ def draw_rarity_normals(path: Path) -> Path:
 
     import mafr
     from mafr.datasets.synthetic import generate_sample
-    from mafr.extractors.offline import smoothed_normals
+    from mafr.extractors.surface import smoothed_normals
     from mafr.preparation import prepare
 
     detector = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline"))

@@ -9,12 +9,13 @@ the part's edge, per channel, per bin of the restored value), the level each fus
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .config import ScoringConfig
+from .errors import TrainingDivergedError
 from .scoring import (Residuals, binned_edge_scales, box_smooth, edge_normalised, edge_scales, modality_levels,
                       upsampled_maps)
 
@@ -73,3 +74,37 @@ def defect_mask(fused: np.ndarray, is_anomalous: Optional[bool], calibration: di
     if not is_anomalous:
         return level, np.zeros(fused.shape, dtype=bool)
     return level, fused > max(level, sc.mask_relative * float(fused.max()))
+
+
+def calibrate(held_out: Sequence, training: Sequence, sc: ScoringConfig, residuals_of: Callable[[Sequence], Residuals],
+              maps_of: Callable[[Residuals, dict], tuple], context_channels: int = 0,
+              ) -> tuple[dict[str, torch.Tensor], float, list[float]]:
+    """Everything that depends on what good parts look like through a fitted autoencoder, from
+    ``held_out`` good parts' features: calibrated fusion's levels, the pixel threshold of
+    ``defect_mask`` and the image threshold. Returns ``(calibration, threshold, held-out scores)``.
+
+    ``residuals_of(feats)`` restores features (:func:`mafr.scoring.restore`), ``maps_of(res,
+    calibration)`` turns residuals into maps and scores (:func:`mafr.scoring.maps_from_residuals`).
+    With ``sc.threshold_parts="all"`` the ``training`` parts' scores join the threshold's, with
+    ``sc.levels_parts="all"`` their restoration errors join the levels."""
+    held_out, training = list(held_out), list(training)
+    if not held_out:
+        raise ValueError("calibration needs at least one good part; got none")
+    calibration: dict[str, torch.Tensor] = {}
+    res = residuals_of(held_out + training if sc.levels_parts == "all" else held_out)
+    if sc.fusion == "calibrated":
+        calibration.update(levels(res, sc, context_channels))
+    # The held-out parts come first in the residuals: their maps set the thresholds below.
+    fused, _, _, scores = maps_of(res.head(len(held_out)), calibration)
+    if not bool(torch.isfinite(scores).all()) or not bool(torch.isfinite(fused).all()):
+        raise TrainingDivergedError(
+            "the fitted autoencoder gives non-finite scores on good parts: it cannot judge a part, "
+            "so it is not kept. Try precision='fp32' or a lower train.lr"
+        )
+    calibration["pixel_threshold"] = fused.amax().reshape(1).double().cpu()
+    scores = [float(v) for v in scores]
+    pooled = list(scores)
+    if sc.threshold_parts == "all" and training:
+        for start in range(0, len(training), 16):  # bounded memory for a large replay store
+            pooled += [float(v) for v in maps_of(residuals_of(training[start : start + 16]), calibration)[3]]
+    return calibration, threshold_from(pooled, sc), scores

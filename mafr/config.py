@@ -44,7 +44,7 @@ class RGBConfig(_Strict):
     #: for tests). Changing them changes the architecture, so pretrained weights no longer fit.
     timm_kwargs: dict[str, Any] = Field(default_factory=dict)
     #: With ``kind="offline"``: radii (pixels at the network input) of the circles on which the
-    #: colour-rarity channel looks for a matching colour (``extractors.offline.
+    #: colour-rarity channel looks for a matching colour (``extractors.colour.
     #: ColorGradientExtractor``); empty: no such channel. See docs/ablations.md.
     ring_radii: tuple[Annotated[int, Field(ge=1)], ...] = ()
     #: With ``ring_radii``: compare colours only between pixels with a 3D measurement, 0 where
@@ -68,7 +68,7 @@ class PointConfig(_Strict):
     """3D extractor."""
 
     #: ``"pointmae"``: the paper's encoder; ``"deviation"``: weight-free multi-scale deviation from
-    #: the local surface (``extractors.offline.SurfaceDeviationExtractor``), what the offline
+    #: the local surface (``extractors.surface.SurfaceDeviationExtractor``), what the offline
     #: preset uses; ``"fpfh"``: weight-free FPFH histograms.
     kind: Literal["pointmae", "fpfh", "deviation"] = "pointmae"
     #: ``None`` follows ``MAFRConfig.extractor_weights``; else a local directory/file with

@@ -6,11 +6,8 @@ follow huggingface_hub's ``ModelHubMixin``: ``config.json`` + ``model.safetensor
 directory or Hub repo; nothing is ever unpickled.
 """
 
-import contextlib
-import copy
 import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -18,7 +15,6 @@ import numpy as np
 import torch
 from huggingface_hub import ModelCard, ModelHubMixin
 
-from . import __version__
 from .config import MAFRConfig
 from . import errors as _errors
 from . import runtime as _runtime
@@ -34,32 +30,9 @@ from .model import FusionAutoencoder
 from .replay import ReplayStore, pool_moments, stack_parts
 from .types import AnomalyResult
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 # Lives in errors.py with the other typed errors; re-exported here for older imports.
 NotFittedError = _errors.NotFittedError
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise _errors.InputTypeError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
-    if not 0 <= int(seed) < 2**63:
-        raise _errors.InvalidInputError(f"seed must be in [0, 2**63), got {seed}")
-    return int(seed)
-
-
-def _with_threads(method):
-    """Run a public method with the detector's ``threads`` setting, restoring torch's after."""
-    import functools
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with _runtime.num_threads(self.threads):
-            return method(self, *args, **kwargs)
-
-    return wrapper
+_with_threads = _runtime.with_threads
 
 
 class MAFRDetector(
@@ -88,13 +61,7 @@ class MAFRDetector(
         self.device = _runtime.resolve_device(device)
         self.precision = _runtime.check_precision(precision, self.device)
         self.threads = _runtime.check_threads(threads)
-        if config is None:
-            config = MAFRConfig()
-        elif isinstance(config, dict):
-            config = _persistence.decode_config(config)
-        elif not isinstance(config, MAFRConfig):
-            raise TypeError(f"config must be a mafr.MAFRConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = config = _persistence.as_config(config)
         #: The frozen extractors (mafr.features), built on first use.
         self.extractors = _features.Extractors(config, self.device, self.precision)
         self.autoencoder_: Optional[FusionAutoencoder] = None
@@ -152,20 +119,10 @@ class MAFRDetector(
             )
 
     def _normalise(self, feats: _features.Features) -> tuple[torch.Tensor, torch.Tensor]:
-        dev = self.device
-        # Replayed parts live on the CPU (they are saved); extracted ones are already on dev (no copy).
-        feats = _features.Features(feats.rgb.to(dev), feats.xyz.to(dev), feats.valid_grid.to(dev), feats.valid_pixels)
-        if self.config.model.feature_norm == "none":
-            # The reference feeds raw features; its 3D map is already zero where no point lies.
-            return feats.rgb, feats.xyz * feats.valid_grid.unsqueeze(-1)
-        if self.stats_["rgb_mean"].device != dev:
+        if self.config.model.feature_norm != "none" and self.stats_["rgb_mean"].device != self.device:
             # fit and update derive them from moments kept on the CPU: moved once, not per call.
-            self.stats_ = {k: v.to(dev) for k, v in self.stats_.items()}
-        s = self.stats_
-        rgb = (feats.rgb - s["rgb_mean"]) / s["rgb_std"]
-        # Positions without 3D stay exactly zero: "no measurement" must not look like a feature.
-        xyz = (feats.xyz - s["xyz_mean"]) / s["xyz_std"] * feats.valid_grid.unsqueeze(-1)
-        return rgb, xyz
+            self.stats_ = {k: v.to(self.device) for k, v in self.stats_.items()}
+        return _scoring.normalise(feats, self.stats_, self.config.model.feature_norm, self.device)
 
     # ------------------------------------------------------------------ fit
     @_with_threads
@@ -178,14 +135,10 @@ class MAFRDetector(
         out to calibrate the decision threshold; see ``docs/concepts.md`` for the rule.
         """
         # Arguments are checked before any feature is extracted (minutes on a large fit set).
-        seed = _check_seed(seed)
+        seed = _runtime.check_seed(seed)
         if not isinstance(progress, (bool, np.bool_)):
             raise _errors.InputTypeError(f"progress must be True or False, got {progress!r}")
-        if isinstance(samples, (str, bytes)) or not hasattr(samples, "__iter__"):
-            raise TypeError(f"fit expects an iterable of samples (mafr.Sample or (rgb, xyz) tuples), got {type(samples).__name__}")
-        items = [as_sample(s, self.config.modalities) for s in samples]
-        if not items:
-            raise ValueError("fit needs at least one good sample; got an empty fit set")
+        items = _preparation.good_parts(samples, "fit", self.config.modalities)
         t0 = time.perf_counter()
         feats = self._extract_all(items, _preparation.fit_window(items, self.config), progress)
         self._fit_features(feats, seed=seed, progress=progress)
@@ -215,74 +168,27 @@ class MAFRDetector(
         return feats
 
     def _fit_features(self, feats: Sequence[_features.Features], *, seed: int = 0, progress: bool = False) -> "MAFRDetector":
-        """Train and calibrate on already extracted features (the second half of :meth:`fit`)."""
-        with self._rollback_on_divergence():
-            return self._train_and_calibrate(feats, seed=seed, progress=progress)
-
-    @contextlib.contextmanager
-    def _rollback_on_divergence(self):
-        """A fit or update whose training diverges leaves the detector as it was before the call
-        (unfitted, or fitted as before), never half-trained."""
-        keys = ("stats_", "autoencoder_", "threshold_", "calibration_", "replay_", "fit_info_", "framing_")
-        saved = {k: getattr(self, k, None) for k in keys}
-        ae = saved["autoencoder_"]
-        ae_state = None if ae is None else copy.deepcopy(ae.state_dict())  # update trains in place
-        ae_training = ae is not None and ae.training
-        try:
-            yield
-        except _errors.TrainingDivergedError:
-            for k, v in saved.items():
-                setattr(self, k, v)
-            if ae is not None:
-                ae.load_state_dict(ae_state)
-                ae.train(ae_training)  # training left it in train mode (dropout on)
-            raise
-
-    def _train_and_calibrate(self, feats: Sequence[_features.Features], *, seed: int, progress: bool) -> "MAFRDetector":
-        if not feats:
-            raise ValueError("fit needs at least one good sample; got an empty fit set")
-        t0 = time.perf_counter()
-        n = len(feats)
-        framings = {f.framing for f in feats}
-        if len(framings) != 1:
-            raise ValueError(f"the fit features were framed differently ({sorted(map(str, framings))}); extract them in one call")
-        self.framing_ = framings.pop()
-        gen = torch.Generator().manual_seed(seed)
-        cal_idx, train_idx = _training.held_out_split(n, self.config.train.calibration_fraction, gen)
-        train = [feats[i] for i in train_idx]
-        moments = _training.feature_moments(train)
-        self.stats_ = _training.stats_from_moments(moments)
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.autoencoder_ = _training.build_autoencoder(self.config, feats[0], self.device)
-            history = self._train(train, gen, progress)
-        self.autoencoder_.eval()
-
-        cal_scores = self._calibrate_fit_split(feats, cal_idx, train_idx)
-        held_out = torch.zeros(n, dtype=torch.bool)
-        held_out[cal_idx] = True
-        self.replay_ = ReplayStore.build(
-            *stack_parts(feats), held_out, moments, budget_bytes=self._replay_budget(), seed=seed
-        )
-        self.fit_info_ = {
-            "n_samples": n,
-            "n_train": len(train),
-            "n_calibration": len(cal_idx),
-            "calibration_on_training_parts": not cal_idx,
-            "calibration_scores": cal_scores,
-            "seed": seed,
-            "steps": len(history),
-            "final_loss": history[-1] if history else None,
-            "train_seconds": round(time.perf_counter() - t0, 3),
-            "mafr_version": __version__,
-            "n_parts_total": n,
-            "replay_parts": len(self.replay_),
-            "history": [
-                {"event": "fit", "time": _now(), "parts": n, "n_train": len(train), "n_calibration": len(cal_idx),
-                 "steps": len(history), "seconds": round(time.perf_counter() - t0, 3), "threshold": self.threshold_}
-            ],
-        }
+        """Train and calibrate on already extracted features (the second half of :meth:`fit`):
+        split off held-out parts, normalise, train, calibrate, keep a replay store."""
+        with _training.rollback_on_divergence(self):
+            t0 = time.perf_counter()
+            self.framing_ = _training.common_framing(feats)
+            gen = torch.Generator().manual_seed(seed)
+            cal_idx, train_idx = _training.held_out_split(len(feats), self.config.train.calibration_fraction, gen)
+            train = [feats[i] for i in train_idx]
+            moments = _training.feature_moments(train)
+            self.stats_ = _training.stats_from_moments(moments)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.autoencoder_ = _training.build_autoencoder(self.config, feats[0], self.device)
+                losses = self._train(train, gen, progress)
+            self.autoencoder_.eval()
+            scores = self._calibrate_fit_split(feats, cal_idx, train_idx)
+            self.replay_ = ReplayStore.build(*stack_parts(feats), _training.held_out_mask(len(feats), cal_idx), moments,
+                                             budget_bytes=self._replay_budget(), seed=seed)
+            self.fit_info_ = _training.fit_record(
+                n=len(feats), n_train=len(train), n_calibration=len(cal_idx), scores=scores, seed=seed, losses=losses,
+                seconds=round(time.perf_counter() - t0, 3), threshold=self.threshold_, replay_parts=len(self.replay_))
         return self
 
     def _recalibrate_as_fitted(self, feats: Sequence[_features.Features], seed: int) -> list[float]:
@@ -295,12 +201,7 @@ class MAFRDetector(
     def _calibrate_fit_split(self, feats: Sequence[_features.Features], cal_idx: Sequence[int],
                              train_idx: Sequence[int]) -> list[float]:
         """Calibrate as :meth:`fit` does on its split of ``feats``; the held-out parts' scores."""
-        train = [feats[i] for i in train_idx]
-        if not cal_idx:
-            # With fewer than 3 parts nothing can be held out: calibrate on the training parts
-            # themselves (optimistic; the docs say so) rather than refuse to work.
-            return self._calibrate_on(train)
-        return self._calibrate_on([feats[i] for i in cal_idx], train)
+        return self._calibrate_on(*_training.calibration_parts([feats[i] for i in cal_idx], [feats[i] for i in train_idx]))
 
     @_with_threads
     def update(self, samples: Iterable[Any], *, seed: int = 0, progress: bool = False) -> "MAFRDetector":
@@ -315,76 +216,31 @@ class MAFRDetector(
         (within ``config.train.replay_budget_mb``). See docs/concepts.md, "Updating a fitted
         detector".
         """
-        with self._rollback_on_divergence():
-            return self._update(samples, seed=seed, progress=progress)
-
-    def _update(self, samples: Iterable[Any], *, seed: int, progress: bool) -> "MAFRDetector":
         self._check_fitted(require_threshold=False)
-        if self.replay_ is None or bool(self.replay_.held_out.all()):
-            raise _errors.NoReplayStoreError(
-                "this detector has no replay store of its fit features (converted from reference checkpoints, "
-                "saved by mafr before 0.2, or fitted with train.replay_budget_mb=0), so update() would forget what "
-                "it learned; refit on all good parts instead"
-            )
-        if isinstance(samples, (str, bytes)) or not hasattr(samples, "__iter__"):
-            raise _errors.InputTypeError(
-                f"update expects an iterable of good samples (mafr.Sample or (rgb, xyz) tuples), got {type(samples).__name__}"
-            )
-        items = [as_sample(s, self.config.modalities) for s in samples]
-        if not items:
-            raise _errors.InvalidInputError("update needs at least one new good sample; got none")
-        t0 = time.perf_counter()
-        new = self.extract_features(items, progress=progress)
-        store = self.replay_
-        if new[0].rgb.shape[-1] != store.rgb.shape[-1] or new[0].xyz.shape[-1] != store.xyz.shape[-1]:
-            raise _errors.CorruptModelError(
-                f"the replay store holds {store.rgb.shape[-1]} + {store.xyz.shape[-1]} feature channels but the "
-                f"extractors give {new[0].rgb.shape[-1]} + {new[0].xyz.shape[-1]}: the store does not belong to this config"
-            )
-        n = len(new)
-        gen = torch.Generator().manual_seed(seed)
-        cal_idx, train_idx = _training.held_out_split(n, self.config.train.calibration_fraction, gen)
-        new_train, new_cal = [new[i] for i in train_idx], [new[i] for i in cal_idx]
-        stored = [
-            _features.Features(store.rgb[i], store.xyz[i], store.valid_grid[i], store.valid_pixels[i]) for i in range(len(store))
-        ]
-        old_train = [f for f, h in zip(stored, store.held_out.tolist()) if not h]
-        old_cal = [f for f, h in zip(stored, store.held_out.tolist()) if h]
-        moments = pool_moments(store.moments, _training.feature_moments(new_train))
-        self.stats_ = _training.stats_from_moments(moments)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            history = self._train(new_train, gen, progress, replay=old_train)
-        self.autoencoder_.eval()
-
-        cal = old_cal + new_cal
-        on_training_parts = not cal
-        if on_training_parts:
-            cal = old_train + new_train
-        before = self.threshold_
-        scores = self._calibrate_on(cal, () if on_training_parts else old_train + new_train)
-        held_out = torch.tensor([i in cal_idx for i in range(n)], dtype=torch.bool)
-        self.replay_ = store.merged(
-            ReplayStore(*stack_parts(new), held_out, moments), budget_bytes=self._replay_budget(), seed=seed
-        )
-        info = dict(self.fit_info_)
-        history_log = list(info.get("history") or [])
-        seconds = round(time.perf_counter() - t0, 3)
-        history_log.append(
-            {"event": "update", "time": _now(), "parts": n, "n_train": len(new_train), "n_calibration": len(new_cal),
-             "steps": len(history), "seconds": seconds, "threshold_before": before, "threshold": self.threshold_,
-             "seed": seed}
-        )
-        info.update(
-            history=history_log,
-            n_updates=sum(1 for e in history_log if e.get("event") == "update"),
-            n_parts_total=int(info.get("n_parts_total", info.get("n_samples", 0))) + n,
-            replay_parts=len(self.replay_),
-            calibration_scores=scores,
-            calibration_on_training_parts=on_training_parts,
-            update_seconds=seconds,
-        )
-        self.fit_info_ = info
+        _training.check_updatable(self.replay_)
+        items = _preparation.good_parts(samples, "update", self.config.modalities)
+        with _training.rollback_on_divergence(self):
+            t0 = time.perf_counter()
+            new, store = self.extract_features(items, progress=progress), self.replay_
+            _training.check_updatable(store, new[0])
+            gen = torch.Generator().manual_seed(seed)
+            cal_idx, train_idx = _training.held_out_split(len(new), self.config.train.calibration_fraction, gen)
+            new_train, new_cal = [new[i] for i in train_idx], [new[i] for i in cal_idx]
+            old_train, old_cal = _training.replayed(store)
+            moments = pool_moments(store.moments, _training.feature_moments(new_train))
+            self.stats_ = _training.stats_from_moments(moments)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                losses = self._train(new_train, gen, progress, replay=old_train)
+            self.autoencoder_.eval()
+            before, on_training_parts = self.threshold_, not (old_cal or new_cal)
+            scores = self._calibrate_on(*_training.calibration_parts(old_cal + new_cal, old_train + new_train))
+            self.replay_ = store.merged(ReplayStore(*stack_parts(new), _training.held_out_mask(len(new), cal_idx), moments),
+                                        budget_bytes=self._replay_budget(), seed=seed)
+            self.fit_info_ = _training.update_record(
+                self.fit_info_, n=len(new), n_train=len(new_train), n_calibration=len(new_cal), scores=scores,
+                on_training_parts=on_training_parts, seed=seed, losses=losses, seconds=round(time.perf_counter() - t0, 3),
+                threshold_before=before, threshold=self.threshold_, replay_parts=len(self.replay_))
         return self
 
     @_with_threads
@@ -392,9 +248,7 @@ class MAFRDetector(
         """Set the decision threshold from good parts not used in training (same rule as
         :meth:`fit`); useful for converted detectors, or after the line's conditions changed."""
         self._check_fitted(require_threshold=False)
-        items = [as_sample(s, self.config.modalities) for s in samples]
-        if not items:
-            raise ValueError("calibrate needs at least one good sample; got none")
+        items = _preparation.good_parts(samples, "calibrate", self.config.modalities)
         scores = self._calibrate_on(self.extract_features(items, progress=progress))
         self.fit_info_ = {**self.fit_info_, "calibration_scores": scores, "n_calibration": len(scores), "calibrated_separately": True}
         return self
@@ -421,65 +275,24 @@ class MAFRDetector(
     def _replay_budget(self) -> int:
         return int(self.config.train.replay_budget_mb * 1e6)
 
-    @torch.inference_mode()
     def _calibrate_on(self, feats: Sequence[_features.Features], training: Sequence[_features.Features] = ()) -> list[float]:
-        """Calibrate everything that depends on what good parts look like through the fitted
-        autoencoder, from held-out good parts: the fusion's units (calibrated fusion), the image
-        threshold and the pixel threshold of ``defect_mask``. Returns the parts' scores. With
-        ``scoring.threshold_parts="all"`` the ``training`` parts' scores join the threshold's, with
-        ``scoring.levels_parts="all"`` their restoration errors join the fusion's levels."""
-        feats = list(feats)
-        if not feats:
-            raise ValueError("calibration needs at least one good part; got none")
-        sc = self.config.scoring
-        training = list(training)
-        self.calibration_ = {}
-        levels_from = feats + training if sc.levels_parts == "all" else feats
-        res = self._residual_grids(levels_from)
-        if sc.fusion == "calibrated":
-            self.calibration_.update(_calibration.levels(res, sc, self._context_channels()))
-        # The held-out parts come first in levels_from: their maps set the thresholds below.
-        n = len(feats)
-        fused, _, _, scores = self._maps(res.head(n))
-        if not bool(torch.isfinite(scores).all()) or not bool(torch.isfinite(fused).all()):
-            raise _errors.TrainingDivergedError(
-                "the fitted autoencoder gives non-finite scores on good parts: it cannot judge a part, "
-                "so it is not kept. Try precision='fp32' or a lower train.lr"
-            )
-        self.calibration_["pixel_threshold"] = fused.amax().reshape(1).double().cpu()
-        scores = [float(v) for v in scores]
-        pooled = list(scores)
-        if sc.threshold_parts == "all" and training:
-            for start in range(0, len(training), 16):  # bounded memory for a large replay store
-                pooled += [float(v) for v in self._score_features(training[start : start + 16])[3]]
-        self.threshold_ = _calibration.threshold_from(pooled, sc)
+        """Calibrate levels and thresholds on held-out good parts' features (:func:`mafr.calibration.calibrate`)."""
+        self.calibration_, self.threshold_, scores = _calibration.calibrate(
+            feats, training, self.config.scoring, self._residual_grids, self._maps, self._context_channels())
         return scores
 
     # ------------------------------------------------------------------ predict
-    @torch.inference_mode()
     def _residual_grids(self, feats: Sequence[_features.Features]) -> _scoring.Residuals:
-        """Signed restoration errors and restored values ``(B, g, g, C)`` of each modality, pixel
-        and grid validity."""
-        ae = self.autoencoder_
-        pairs = [self._normalise(f) for f in feats]
-        rgb = torch.stack([p[0] for p in pairs])
-        xyz = torch.stack([p[1] for p in pairs])
-        with self._autocast():
-            out_rgb, out_xyz = ae(rgb, xyz)
-        # Replayed parts (update) live on the CPU, new ones on the device: move each, then stack.
-        valid_pixels = torch.stack([f.valid_pixels.to(self.device) for f in feats])
-        valid_grid = torch.stack([f.valid_grid.to(self.device) for f in feats])
-        out_rgb, out_xyz = out_rgb.float(), out_xyz.float()
-        return _scoring.Residuals(out_rgb - rgb, out_xyz - xyz, valid_pixels, valid_grid, out_rgb, out_xyz)
+        return _scoring.restore(self.autoencoder_, [self._normalise(f) for f in feats], feats, self.device, self._autocast())
 
     def _context_channels(self) -> int:
         """Trailing 3D channels that are restored but not scored (the offline extractor's
         curvature); a detector judged on images alone never builds its 3D extractor to ask."""
         return getattr(self.point_extractor, "context_channels", 0) if self.config.modalities != "rgb" else 0
 
-    def _maps(self, res: _scoring.Residuals):
-        return _scoring.maps_from_residuals(res, self.calibration_, self.config.scoring, self.config.modalities,
-                                            self._context_channels())
+    def _maps(self, res: _scoring.Residuals, calibration: Optional[dict] = None):
+        return _scoring.maps_from_residuals(res, self.calibration_ if calibration is None else calibration,
+                                            self.config.scoring, self.config.modalities, self._context_channels())
 
     @torch.inference_mode()
     def _score_features(self, feats: Sequence[_features.Features]):
@@ -499,9 +312,7 @@ class MAFRDetector(
         return self._results([prep], self.extractors.extract([prep]))[0]
 
     @_with_threads
-    def predict_batch(
-        self, samples: Iterable[Any], *, batch_size: int = 8, progress: bool = False
-    ) -> list[AnomalyResult]:
+    def predict_batch(self, samples: Iterable[Any], *, batch_size: int = 8, progress: bool = False) -> list[AnomalyResult]:
         """Score many parts; RGB features are computed ``batch_size`` images at a time."""
         self._check_fitted()
         if batch_size < 1:
@@ -518,27 +329,11 @@ class MAFRDetector(
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything fitted, as named tensors (what ``model.safetensors`` holds)."""
         self._check_fitted()
-        tensors = {f"autoencoder.{k}": v.detach().cpu().contiguous() for k, v in self.autoencoder_.state_dict().items()}
-        tensors.update({f"stats.{k}": v.cpu().contiguous() for k, v in self.stats_.items()})
-        tensors["threshold"] = torch.tensor([self.threshold_], dtype=torch.float64)
-        tensors.update({f"calibration.{k}": v.detach().cpu().contiguous() for k, v in self.calibration_.items()})
-        if self.framing_ is not None:
-            tensors["framing.side"] = torch.tensor([self.framing_], dtype=torch.float64)
-        if self.replay_ is not None:
-            tensors.update(self.replay_.to_tensors())
-        return tensors
+        return _persistence.state_tensors(self)
 
-    def save_pretrained(
-        self,
-        save_directory: Union[str, Path],
-        *,
-        include_extractors: bool = False,
-        config: Any = None,
-        repo_id: Optional[str] = None,
-        push_to_hub: bool = False,
-        model_card_kwargs: Optional[dict] = None,
-        **push_to_hub_kwargs,
-    ) -> Optional[str]:
+    def save_pretrained(self, save_directory: Union[str, Path], *, include_extractors: bool = False, config: Any = None,
+                        repo_id: Optional[str] = None, push_to_hub: bool = False,
+                        model_card_kwargs: Optional[dict] = None, **push_to_hub_kwargs) -> Optional[str]:
         """Write ``config.json``, ``model.safetensors`` and a model card (``README.md``) to a
         directory. Extractor weights are referenced by name, not copied, unless
         ``include_extractors=True`` (then ``rgb_extractor.safetensors`` and ``point_extractor/``
@@ -554,18 +349,9 @@ class MAFRDetector(
         return None
 
     @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: Union[str, Path],
-        *,
-        force_download: bool = False,
-        token=None,
-        cache_dir=None,
-        local_files_only: bool = False,
-        revision: Optional[str] = None,
-        trust_config: bool = False,
-        **model_kwargs,
-    ) -> "MAFRDetector":
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, Path], *, force_download: bool = False, token=None,
+                        cache_dir=None, local_files_only: bool = False, revision: Optional[str] = None,
+                        trust_config: bool = False, **model_kwargs) -> "MAFRDetector":
         """Load a saved detector from a directory or a Hugging Face Hub repo id, verifying it
         (checksum, finite tensors, shapes, statistics, threshold; docs/api.md, "Saved detectors").
 

@@ -60,6 +60,18 @@ def decode_config(data: Any) -> MAFRConfig:
     return MAFRConfig.model_validate(data)
 
 
+def as_config(config: Any) -> MAFRConfig:
+    """A detector's config from what its constructor was given: ``None`` (the defaults), a
+    :class:`~mafr.MAFRConfig`, or its JSON form as a dict."""
+    if config is None:
+        return MAFRConfig()
+    if isinstance(config, dict):
+        return decode_config(config)
+    if not isinstance(config, MAFRConfig):
+        raise TypeError(f"config must be a mafr.MAFRConfig, got {type(config).__name__}")
+    return config
+
+
 def _load_framing(tensors: dict[str, torch.Tensor], config: MAFRConfig, where: str) -> Optional[float]:
     """The saved window side; a detector that frames parts cannot judge one without it."""
     side = tensors.get("framing.side")
@@ -109,6 +121,19 @@ def check_edge_levels(cal: dict[str, torch.Tensor], rgb_dim: int, xyz_dim: int, 
             raise _errors.CorruptModelError(
                 f"{where}: calibration.{name} holds a non-finite or non-positive level", path=where
             )
+
+
+def state_tensors(det) -> dict[str, torch.Tensor]:
+    """Everything ``det`` learned, as named tensors (what ``model.safetensors`` holds)."""
+    tensors = {f"autoencoder.{k}": v.detach().cpu().contiguous() for k, v in det.autoencoder_.state_dict().items()}
+    tensors.update({f"stats.{k}": v.cpu().contiguous() for k, v in det.stats_.items()})
+    tensors["threshold"] = torch.tensor([det.threshold_], dtype=torch.float64)
+    tensors.update({f"calibration.{k}": v.detach().cpu().contiguous() for k, v in det.calibration_.items()})
+    if det.framing_ is not None:
+        tensors["framing.side"] = torch.tensor([det.framing_], dtype=torch.float64)
+    if det.replay_ is not None:
+        tensors.update(det.replay_.to_tensors())
+    return tensors
 
 
 def save(det, save_directory: Path, include_extractors: bool = False) -> None:

@@ -66,6 +66,19 @@ def naming_part(i: int, n: int, item: Any):
         raise type(err)(f"part {i + 1} of {n} ({describe(item)}): {err}", path=err.path) from err
 
 
+def good_parts(samples: Any, what: str, modalities: str) -> list:
+    """``fit``'s, ``update``'s and ``calibrate``'s input: a non-empty iterable of good parts, each
+    checked as a sample of the config's modalities (:func:`mafr.io.as_sample`)."""
+    if isinstance(samples, (str, bytes)) or not hasattr(samples, "__iter__"):
+        raise _errors.InputTypeError(
+            f"{what} expects an iterable of good samples (mafr.Sample or (rgb, xyz) tuples), got {type(samples).__name__}"
+        )
+    items = [as_sample(s, modalities) for s in samples]
+    if not items:
+        raise _errors.InvalidInputError(f"{what} needs at least one good sample; got none (an empty fit set)")
+    return items
+
+
 def depth_image(xyz: np.ndarray) -> np.ndarray:
     """A grey H x W x 3 uint8 rendering of a scan's depth (near is bright, unmeasured black):
     the picture overlays draw on when a part is judged on 3D alone."""

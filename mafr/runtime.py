@@ -7,11 +7,15 @@ None of this is saved with a detector: the same saved files run on a laptop CPU 
 from __future__ import annotations
 
 import contextlib
+import functools
+import numbers
 import os
 import re
 from typing import Iterator, Optional, Union
 
 import torch
+
+from .errors import InputTypeError, InvalidInputError
 
 __all__ = ["PRECISIONS", "resolve_device", "check_precision", "autocast", "check_threads", "num_threads", "default_cli_threads"]
 
@@ -89,6 +93,26 @@ def num_threads(threads: Optional[int]) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def with_threads(method):
+    """Run an estimator's public method with its ``threads`` setting, restoring torch's after."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with num_threads(self.threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def check_seed(seed: object) -> int:
+    """A fit's or update's seed: an integer in ``[0, 2**63)`` (torch's generator range)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise InputTypeError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
+    if not 0 <= int(seed) < 2**63:
+        raise InvalidInputError(f"seed must be in [0, 2**63), got {seed}")
+    return int(seed)
 
 
 def _available_cores() -> int:

@@ -223,7 +223,7 @@ def box_smooth(
 
 def _window_sum(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
     """Sum over a centred ``window`` (odd) along ``dim`` (-1 or -2), zeros beyond the border:
-    ``window - 1`` additions of shifted views (the shape of ``extractors.offline._running_max``)."""
+    ``window - 1`` additions of shifted views (the shape of ``extractors.surface._running_max``)."""
     half = window // 2
     xp = F.pad(x, (half, half) if dim == -1 else (0, 0, half, half))
     n = x.shape[dim]
@@ -384,3 +384,33 @@ def maps_from_residuals(res: Residuals, calibration: dict[str, torch.Tensor], sc
         scales=scales,
         score=sc.score,
     )
+
+
+def normalise(feats, stats: dict[str, torch.Tensor], feature_norm: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The autoencoder's inputs ``(g, g, C)`` of one part's features (:class:`mafr.features.Features`):
+    each channel standardised by the fit parts' ``stats`` (``feature_norm="none"``: as extracted).
+    Replayed parts live on the CPU (they are saved); extracted ones are already on ``device``."""
+    rgb, xyz = feats.rgb.to(device), feats.xyz.to(device)
+    valid = feats.valid_grid.to(device).unsqueeze(-1)
+    if feature_norm == "none":
+        # The reference feeds raw features; its 3D map is already zero where no point lies.
+        return rgb, xyz * valid
+    # Positions without 3D stay exactly zero: "no measurement" must not look like a feature.
+    return (rgb - stats["rgb_mean"]) / stats["rgb_std"], (xyz - stats["xyz_mean"]) / stats["xyz_std"] * valid
+
+
+@torch.inference_mode()
+def restore(autoencoder: torch.nn.Module, inputs: list[tuple[torch.Tensor, torch.Tensor]], feats,
+            device: torch.device, autocast) -> Residuals:
+    """Run the fitted autoencoder on normalised ``inputs`` (:func:`normalise`, one pair per part of
+    ``feats``): signed restoration errors and restored values ``(B, g, g, C)`` of each modality,
+    with pixel and grid validity. ``autocast``: the detector's precision context."""
+    rgb = torch.stack([p[0] for p in inputs])
+    xyz = torch.stack([p[1] for p in inputs])
+    with autocast:
+        out_rgb, out_xyz = autoencoder(rgb, xyz)
+    # Replayed parts (update) live on the CPU, new ones on the device: move each, then stack.
+    valid_pixels = torch.stack([f.valid_pixels.to(device) for f in feats])
+    valid_grid = torch.stack([f.valid_grid.to(device) for f in feats])
+    out_rgb, out_xyz = out_rgb.float(), out_xyz.float()
+    return Residuals(out_rgb - rgb, out_xyz - xyz, valid_pixels, valid_grid, out_rgb, out_xyz)

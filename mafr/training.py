@@ -8,18 +8,22 @@ them exactly), the autoencoder, and its seeded training loop for ``fit`` and ``u
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
-from typing import Sequence
+from datetime import datetime, timezone
+from typing import Any, Optional, Sequence
 
 import torch
 
+from . import __version__
 from . import errors as _errors
 from . import runtime as _runtime
 from .config import MAFRConfig, TrainConfig
 from .features import Features
 from .losses import restoration_loss
 from .model import FusionAutoencoder
-from .replay import moments_of
+from .replay import ReplayStore, moments_of
 
 _STD_FLOOR = 1e-6
 #: Each channel's variance is floored at this share of the mean channel variance.
@@ -162,3 +166,123 @@ def train_autoencoder(ae: FusionAutoencoder, rgb_all: torch.Tensor, xyz_all: tor
         if stop:
             break
     return history
+
+
+# ---------------------------------------------------------------- fit and update bookkeeping
+#: What a fit or an update changes on a detector: restored as a whole if training diverges.
+FITTED_STATE = ("stats_", "autoencoder_", "threshold_", "calibration_", "replay_", "fit_info_", "framing_")
+
+
+@contextlib.contextmanager
+def rollback_on_divergence(det):
+    """A fit or update whose training diverges leaves ``det`` as it was before the call
+    (unfitted, or fitted as before), never half-trained."""
+    saved = {k: getattr(det, k, None) for k in FITTED_STATE}
+    ae = saved["autoencoder_"]
+    ae_state = None if ae is None else copy.deepcopy(ae.state_dict())  # update trains in place
+    ae_training = ae is not None and ae.training
+    try:
+        yield
+    except _errors.TrainingDivergedError:
+        for k, v in saved.items():
+            setattr(det, k, v)
+        if ae is not None:
+            ae.load_state_dict(ae_state)
+            ae.train(ae_training)  # training left it in train mode (dropout on)
+        raise
+
+
+def common_framing(feats: Sequence[Features]) -> Optional[float]:
+    """The one framing window every fit part was extracted with (:mod:`mafr.framing`)."""
+    if not feats:
+        raise ValueError("fit needs at least one good sample; got an empty fit set")
+    framings = {f.framing for f in feats}
+    if len(framings) != 1:
+        raise ValueError(f"the fit features were framed differently ({sorted(map(str, framings))}); extract them in one call")
+    return framings.pop()
+
+
+def held_out_mask(n: int, cal_idx: Sequence[int]) -> torch.Tensor:
+    held_out = torch.zeros(n, dtype=torch.bool)
+    held_out[list(cal_idx)] = True
+    return held_out
+
+
+def calibration_parts(held_out: Sequence[Features], training: Sequence[Features]) -> tuple[list, list]:
+    """What calibrates (:func:`mafr.calibration.calibrate`'s two sets): the held-out parts, with the
+    training parts beside them; with none held out (fewer than 3 parts), the training parts
+    themselves: optimistic, and the docs say so, but better than refusing to work."""
+    return (list(held_out), list(training)) if held_out else (list(training), [])
+
+
+def check_updatable(store: Optional[ReplayStore], example: Optional[Features] = None) -> None:
+    """``update`` needs the fit's replay store, holding features of this detector's extractors
+    (checked on an ``example`` of the new parts' features)."""
+    if store is None or bool(store.held_out.all()):
+        raise _errors.NoReplayStoreError(
+            "this detector has no replay store of its fit features (converted from reference checkpoints, "
+            "saved by mafr before 0.2, or fitted with train.replay_budget_mb=0), so update() would forget what "
+            "it learned; refit on all good parts instead"
+        )
+    if example is not None and (example.rgb.shape[-1], example.xyz.shape[-1]) != (store.rgb.shape[-1], store.xyz.shape[-1]):
+        raise _errors.CorruptModelError(
+            f"the replay store holds {store.rgb.shape[-1]} + {store.xyz.shape[-1]} feature channels but the "
+            f"extractors give {example.rgb.shape[-1]} + {example.xyz.shape[-1]}: the store does not belong to this config"
+        )
+
+
+def replayed(store: ReplayStore) -> tuple[list[Features], list[Features]]:
+    """The store's parts as features: ``(trained on, held out)`` at fit."""
+    parts = [Features(store.rgb[i], store.xyz[i], store.valid_grid[i], store.valid_pixels[i]) for i in range(len(store))]
+    held = store.held_out.tolist()
+    return [f for f, h in zip(parts, held) if not h], [f for f, h in zip(parts, held) if h]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def fit_record(*, n: int, n_train: int, n_calibration: int, scores: list[float], seed: int, losses: list[float],
+               seconds: float, threshold: Optional[float], replay_parts: int) -> dict[str, Any]:
+    """``fit_info_`` after a fit: what it saw and did, with the history's first event."""
+    return {
+        "n_samples": n,
+        "n_train": n_train,
+        "n_calibration": n_calibration,
+        "calibration_on_training_parts": not n_calibration,
+        "calibration_scores": scores,
+        "seed": seed,
+        "steps": len(losses),
+        "final_loss": losses[-1] if losses else None,
+        "train_seconds": seconds,
+        "mafr_version": __version__,
+        "n_parts_total": n,
+        "replay_parts": replay_parts,
+        "history": [
+            {"event": "fit", "time": _now(), "parts": n, "n_train": n_train, "n_calibration": n_calibration,
+             "steps": len(losses), "seconds": seconds, "threshold": threshold}
+        ],
+    }
+
+
+def update_record(info: dict[str, Any], *, n: int, n_train: int, n_calibration: int, scores: list[float],
+                  on_training_parts: bool, seed: int, losses: list[float], seconds: float,
+                  threshold_before: Optional[float], threshold: Optional[float], replay_parts: int) -> dict[str, Any]:
+    """``fit_info_`` after an update: ``info`` (left as it was) with the update appended to its history."""
+    info = dict(info)
+    history = list(info.get("history") or [])
+    history.append(
+        {"event": "update", "time": _now(), "parts": n, "n_train": n_train, "n_calibration": n_calibration,
+         "steps": len(losses), "seconds": seconds, "threshold_before": threshold_before, "threshold": threshold,
+         "seed": seed}
+    )
+    info.update(
+        history=history,
+        n_updates=sum(1 for e in history if e.get("event") == "update"),
+        n_parts_total=int(info.get("n_parts_total", info.get("n_samples", 0))) + n,
+        replay_parts=replay_parts,
+        calibration_scores=scores,
+        calibration_on_training_parts=on_training_parts,
+        update_seconds=seconds,
+    )
+    return info
