@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mafr.extractors import pointops
 from mafr.extractors.pointops import farthest_point_sample, group_points, knn, three_nn_interpolate
@@ -178,6 +180,55 @@ def test_broadcast_distances_equal_cdists_exact_mode(monkeypatch) -> None:
     monkeypatch.undo()
     torch.testing.assert_close(got, want, rtol=2e-7, atol=0)
     assert not torch.equal(got, torch.cdist(a, b))  # the matrix-product shortcut differs: the test can tell
+
+
+def _by_distance_then_index(query: torch.Tensor, points: torch.Tensor, k: int):
+    """Every pair compared, ties to the lower index: the rule the CPU kNN documents."""
+    d = torch.cdist(query, points, compute_mode=pointops._EXACT)
+    order = d.argsort(dim=-1, stable=True)[:, :k]  # a stable sort keeps equal distances by index
+    return d.gather(1, order), order
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    shape=st.sampled_from(["flat grid", "wavy grid", "random", "duplicates"]),
+    k=st.sampled_from([1, 3, 16, 40]),
+)
+def test_knn_skipping_far_blocks_finds_the_same_neighbours(seed: int, shape: str, k: int) -> None:
+    """Both block paths (many points per query; many queries among few points) give exactly the
+    neighbours of comparing every pair, ties included (a flat grid has many equal distances)."""
+    g = torch.Generator().manual_seed(seed)
+    side = 70
+    yy, xx = torch.meshgrid(torch.arange(side * 1.0), torch.arange(side * 1.0), indexing="ij")
+    if shape == "random":
+        cloud = torch.rand(side * side, 3, generator=g)
+    else:
+        z = torch.full_like(xx, 0.5) if shape != "wavy grid" else 0.5 + 0.01 * torch.sin(xx / 7 + seed)
+        cloud = torch.stack([xx * 1e-3, yy * 1e-3, z], -1).reshape(-1, 3)
+        if shape == "duplicates":
+            cloud[::7] = cloud[3]  # one point measured many times
+    few = cloud[torch.randperm(cloud.shape[0], generator=g)[:300]]
+    # the grouping's case: 300 queries among 4900 points
+    d, i = pointops._knn_blocks(few, cloud, k, chunk_size=128)
+    want_d, want_i = _by_distance_then_index(few, cloud, k)
+    assert torch.equal(i, want_i) and torch.equal(d, want_d)
+    # the interpolation's case: 4900 queries among 300 points (only a share checked by brute force)
+    d, i = pointops._knn_query_blocks(cloud, few, min(k, 3))
+    rows = torch.randperm(cloud.shape[0], generator=g)[:200]
+    want_d, want_i = _by_distance_then_index(cloud[rows], few, min(k, 3))
+    assert torch.equal(i[rows], want_i) and torch.equal(d[rows], want_d)
+
+
+def test_knn_on_a_scan_takes_the_block_paths_and_agrees_with_every_pair() -> None:
+    """Through the public function: a scan-sized cloud uses the block paths on the CPU."""
+    g = torch.Generator().manual_seed(3)
+    cloud = torch.rand(1, 5000, 3, generator=g)
+    centres = cloud[:, :200]
+    for query, points, k in ((centres, cloud, 32), (cloud, centres, 3)):
+        d, i = knn(query, points, k)
+        want_d, want_i = _by_distance_then_index(query[0], points[0], k)
+        assert torch.equal(i[0], want_i) and torch.equal(d[0], want_d)
 
 
 def test_knn_rejects_k_larger_than_cloud() -> None:

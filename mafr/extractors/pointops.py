@@ -17,14 +17,15 @@ from torch import Tensor
 
 from . import _fps_kernel
 
+# cdist without the matrix-product shortcut: exact differences, see the module docstring.
+_EXACT = "donot_use_mm_for_euclid_dist"
+
 __all__ = ["farthest_point_sample", "knn", "group_points", "three_nn_interpolate"]
 
 # pointnet2_ops' CUDA kernel never selects points whose squared norm is <= this (see
 # ``farthest_point_sample(skip_near_origin=True)``).
 _CUDA_MIN_SQ_NORM = 1e-3
 
-# cdist without the matrix-product shortcut: exact differences, see the module docstring.
-_EXACT = "donot_use_mm_for_euclid_dist"
 
 
 def _check_cloud(x: object, name: str, *, batch: Optional[int] = None) -> Tensor:
@@ -168,20 +169,163 @@ def _distances(a: Tensor, b: Tensor) -> Tensor:
     return d.sqrt_()
 
 
+def _smallest(d: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` smallest of each row of ``d`` (M, L) by ``(distance, index)``, ascending, with
+    their indices ``idx`` (M, L): ties go to the lower index, so the choice does not depend on
+    how ``torch.topk`` breaks them (it does not say) nor on the order the candidates came in."""
+    v, pos = torch.topk(d, k, dim=-1, largest=False, sorted=True)
+    i = idx.gather(1, pos)
+    # Within the selection: by index, then a stable sort by distance.
+    by_index = i.argsort(dim=-1)
+    v, i = v.gather(1, by_index), i.gather(1, by_index)
+    by_dist = v.argsort(dim=-1, stable=True)
+    v, i = v.gather(1, by_dist), i.gather(1, by_dist)
+    # Rows whose k-th distance is shared by a point left out: decided by index over the whole row.
+    tied = ((d <= v[:, -1:]).sum(dim=-1) > k).nonzero()[:, 0]
+    if len(tied):
+        order = idx[tied].argsort(dim=-1)
+        dd, ii = d[tied].gather(1, order), idx[tied].gather(1, order)
+        first = dd.argsort(dim=-1, stable=True)[:, :k]
+        v[tied], i[tied] = dd.gather(1, first), ii.gather(1, first)
+    return v, i
+
+
+#: Below this many points a CPU kNN compares every pair; above it, blocks of nearby points
+#: whose bounding boxes are too far away are skipped (:func:`_knn_blocks`).
+_BLOCKS_FROM = 4096
+
+
+def _morton_order(points: Tensor) -> Tensor:
+    """A permutation of ``points`` (N, 3) along a Z-order curve of 10 bits per axis, so runs of
+    consecutive points are compact in space."""
+    lo = points.amin(0)
+    q = ((points - lo) / (points.amax(0) - lo).clamp_min(1e-12) * 1023).long().clamp_(0, 1023)
+    code = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
+    for bit in range(10):
+        for axis in range(3):
+            code |= ((q[:, axis] >> bit) & 1) << (3 * bit + axis)
+    return code.argsort()
+
+
+def _block_distances(q: Tensor, c: Tensor, usable: Tensor) -> Tensor:
+    """Distances ``(b, m, w)`` of queries ``q`` (b, m, 3) to their candidates ``c`` (b, w, 3), by
+    :func:`_distances` (so every path gives the same values); ``inf`` where not ``usable``
+    (broadcastable to the result)."""
+    return _distances(q, c).masked_fill_(~usable, float("inf"))
+
+
+def _boxes(points: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``points`` (N, 3) cut into blocks of ``size`` along a Z-order curve: the point index of
+    each slot ``(n_blocks, size)`` (the last block padded by repeating a point), which slots are
+    real, and each block's bounding box corners ``(n_blocks, 3)``."""
+    n = points.shape[0]
+    order = _morton_order(points)
+    n_blocks = -(-n // size)
+    slots = torch.cat([order, order[-1:].expand(n_blocks * size - n)]).view(n_blocks, size)
+    real = (torch.arange(n_blocks * size, device=points.device) < n).view(n_blocks, size)
+    block = points[slots]
+    return slots, real, block.amin(1), block.amax(1)
+
+
+def _box_distances(p: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest and farthest *squared* distance from points ``p`` to boxes ``[lo, hi]`` (broadcast
+    over the leading dimensions), each widened by a relative 1e-5 so that rounding never drops
+    a candidate. Squared, because only their order against each other is used."""
+    above, below = p - lo, hi - p  # per axis; both >= 0 inside the box
+    near = torch.minimum(above, below).neg_().clamp_min_(0).square_().sum(-1)
+    far = torch.maximum(above, below).square_().sum(-1)
+    return near * (1 - 1e-5), far * (1 + 1e-5)
+
+
+#: Rows that share one padded width: few enough that one wide row does not pad many.
+_WIDTH_GROUP = 64
+
+
+def _knn_blocks(query: Tensor, points: Tensor, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Exact kNN of one cloud (``query`` (M, 3), ``points`` (N, 3)) that skips far blocks.
+
+    Points are cut into blocks of 64 (16 for k < 16) along a Z-order curve. For each query, an
+    upper bound of its k-th distance comes from the blocks nearest by farthest corner that hold k
+    points; only blocks whose bounding box is within that bound can hold a neighbour (or a tie),
+    and only their points are compared. The same result as comparing every pair, by
+    :func:`_smallest`'s rule; about 3x faster on a 224 x 224 scan."""
+    size = 64 if k >= 16 else 16
+    slots, real, lo, hi = _boxes(points, size)
+    counts = real.sum(1)
+    v_out = query.new_empty(query.shape[0], k)
+    i_out = torch.empty(query.shape[0], k, dtype=torch.long, device=query.device)
+    for s in range(0, query.shape[0], chunk_size):
+        q = query[s : s + chunk_size]
+        near, far = _box_distances(q[:, None, :], lo, hi)  # (m, n_blocks)
+        # The k points can come from as few blocks as hold k; one more covers the padded block.
+        few = min(far.shape[1], -(-k // size) + 1)
+        far_few, by_far = far.topk(few, dim=-1, largest=False, sorted=True)
+        enough = (counts[by_far].cumsum(-1) < k).sum(-1, keepdim=True)  # blocks until k points
+        bound = far_few.gather(1, enough)
+        inside = near <= bound
+        widths = inside.sum(-1)
+        by_width = widths.argsort()
+        for g in range(0, len(by_width), _WIDTH_GROUP):
+            rows = by_width[g : g + _WIDTH_GROUP]
+            w = int(widths[rows[-1]])
+            near_w, cand = near[rows].topk(w, dim=-1, largest=False)  # block ids, nearest box first
+            usable = ((near_w <= bound[rows])[:, :, None] & real[cand]).flatten(1)
+            cand_idx = slots[cand].flatten(1)
+            d = _block_distances(q[rows, None, :], points[cand_idx], usable[:, None, :])[:, 0]
+            v_out[s + rows], i_out[s + rows] = _smallest(d, cand_idx, k)
+    return v_out, i_out
+
+
+def _knn_query_blocks(query: Tensor, points: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Exact kNN of one cloud for many queries among few points (a scan's pixels and their
+    nearest PointMAE centres). Queries are cut into blocks of 64 along a Z-order curve; a block's
+    candidates are the points within the k-th smallest farthest-corner distance of its bounding
+    box, shared by its queries. The same result as :func:`_smallest` over every pair."""
+    size = 64
+    slots, _, lo, hi = _boxes(query, size)
+    near, far = _box_distances(points[None], lo[:, None, :], hi[:, None, :])  # (n_blocks, N)
+    bound = far.kthvalue(k, dim=-1, keepdim=True).values
+    inside = near <= bound
+    widths = inside.sum(-1)
+    v_out = query.new_empty(query.shape[0], k)
+    i_out = torch.empty(query.shape[0], k, dtype=torch.long, device=query.device)
+    by_width = widths.argsort()
+    for g in range(0, len(by_width), _WIDTH_GROUP):
+        blocks = by_width[g : g + _WIDTH_GROUP]
+        w = int(widths[blocks[-1]])
+        near_w, cand = near[blocks].topk(w, dim=-1, largest=False)  # (b, w) point ids, shared by the block's queries
+        d = _block_distances(query[slots[blocks]], points[cand], (near_w <= bound[blocks])[:, None, :])  # (b, size, w)
+        v, i = _smallest(d.reshape(-1, w), cand[:, None, :].expand(-1, size, -1).reshape(-1, w), k)
+        # Padding repeats the block's last query: its rows write the same values twice.
+        v_out[slots[blocks].flatten()], i_out[slots[blocks].flatten()] = v, i
+    return v_out, i_out
+
+
 def knn(query: Tensor, points: Tensor, k: int, chunk_size: int = 256) -> tuple[Tensor, Tensor]:
     """k nearest ``points`` of every ``query`` point: (distances, indices), each (B, M, k).
 
-    Distances are Euclidean and ascending. Queries are processed ``chunk_size`` at a time so the
-    distance matrix never exceeds B x chunk_size x N.
+    Distances are Euclidean and ascending; on the CPU, equal distances go to the lower index.
+    Queries are processed ``chunk_size`` at a time so the distance matrix never exceeds
+    B x chunk_size x N; from 4096 points on the CPU, blocks of points too far from a query are
+    skipped (:func:`_knn_blocks`: the same neighbours, a fraction of the comparisons).
     """
     _check_cloud(query, "query")
     _check_cloud(points, "points", batch=query.shape[0])
     k = _check_int(k, "k", low=1, high=points.shape[1])
     chunk_size = _check_int(chunk_size, "chunk_size", low=1)
+    if points.device.type == "cpu" and max(points.shape[1], query.shape[1]) >= _BLOCKS_FROM:
+        blocks = _knn_blocks if points.shape[1] >= _BLOCKS_FROM else lambda q, p, k, _: _knn_query_blocks(q, p, k)
+        pairs = [blocks(qb, pb, k, chunk_size) for qb, pb in zip(query, points)]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     dists, idxs = [], []
     for s in range(0, query.shape[1], chunk_size):
         d = _distances(query[:, s : s + chunk_size], points)
-        v, i = torch.topk(d, k, dim=-1, largest=False, sorted=True)
+        if d.device.type == "cpu":
+            every = torch.arange(points.shape[1]).expand(d.shape[1], -1)
+            pairs = [_smallest(row, every, k) for row in d]
+            v, i = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        else:  # ties as torch.topk breaks them: the tie rule costs passes a GPU need not pay for
+            v, i = torch.topk(d, k, dim=-1, largest=False, sorted=True)
         dists.append(v)
         idxs.append(i)
     return torch.cat(dists, dim=1), torch.cat(idxs, dim=1)
