@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from .config import CONFIG_VERSION, MAFRConfig  # noqa: E402
 from .detector import MAFRDetector  # noqa: E402
 from .errors import (  # noqa: E402
+    BlindDetectorWarning,
     CorruptModelError,
     DegenerateInputWarning,
     InputNotFoundError,
@@ -26,6 +27,7 @@ from .errors import (  # noqa: E402
 )
 from .extractors.rgb import WeightsUnavailableError  # noqa: E402
 from .types import AnomalyResult, DepthMap, PointCloud, Sample  # noqa: E402
+from .detectability import DefectDetectability, DetectabilityReport  # noqa: E402
 
 __all__ = [
     "MAFRDetector",
@@ -46,6 +48,9 @@ __all__ = [
     "TrainingDivergedError",
     "DegenerateInputWarning",
     "PartRemovedWarning",
+    "BlindDetectorWarning",
+    "DetectabilityReport",
+    "DefectDetectability",
     "WeightsUnavailableError",
     "CONFIG_VERSION",
     "__version__",

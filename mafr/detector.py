@@ -24,6 +24,7 @@ from . import preparation as _preparation
 from . import training as _training
 from . import calibration as _calibration
 from . import scoring as _scoring
+from . import detectability as _detectability
 from .results import judge as _judge
 from .io import as_sample
 from .model import FusionAutoencoder
@@ -142,6 +143,7 @@ class MAFRDetector(
         t0 = time.perf_counter()
         feats = self._extract_all(items, _preparation.fit_window(items, self.config), progress)
         self._fit_features(feats, seed=seed, progress=progress)
+        _detectability.check_at_fit(self, items, seed)  # on the held-out parts: what can it see?
         self.fit_info_["extract_seconds"] = round(time.perf_counter() - t0 - self.fit_info_["train_seconds"], 3)
         self.fit_info_["fit_seconds"] = round(time.perf_counter() - t0, 3)
         self.fit_info_["history"][-1]["seconds"] = self.fit_info_["fit_seconds"]
@@ -254,13 +256,21 @@ class MAFRDetector(
         return self
 
     @_with_threads
+    def check(self, good_parts: Iterable[Any], *, seed: int = 0, kinds: Optional[Sequence[str]] = None,
+              sizes: Optional[dict] = None, progress: bool = False) -> _detectability.DetectabilityReport:
+        """What this detector can see: defects implanted (:func:`mafr.datasets.implant_defect`) into
+        good parts it was *not* fitted on, scored against those parts as they are; per kind and
+        size the AUROC and the recall at its own threshold, and ``blind`` (overall AUROC under
+        0.70). See docs/concepts.md, "What a detector can see"."""
+        self._check_fitted(require_threshold=False)
+        return _detectability.check(self, _preparation.good_parts(good_parts, "check", self.config.modalities),
+                                    seed=_runtime.check_seed(seed), kinds=kinds, sizes=sizes, progress=progress)
+
+    @_with_threads
     def score_features(self, feats: Sequence[_features.Features]) -> list[float]:
         """Image scores of already extracted features (same rule as :meth:`predict`)."""
         self._check_fitted(require_threshold=False)
         return [float(s) for s in self._score_features(list(feats))[3]]
-
-    def _feature_stats(self, feats: Sequence[_features.Features]) -> dict[str, torch.Tensor]:
-        return _training.stats_from_moments(_training.feature_moments(feats))
 
     def _train(self, train: Sequence[_features.Features], gen: torch.Generator, progress: bool,
                replay: Sequence[_features.Features] = ()) -> list[float]:
@@ -299,8 +309,8 @@ class MAFRDetector(
         return self._maps(self._residual_grids(feats))
 
     def _results(self, preps: Sequence[_preparation.Prepared], feats: Sequence[_features.Features]) -> list[AnomalyResult]:
-        return _judge(preps, *self._score_features(feats), self.threshold_, self.calibration_, self.config,
-                      self.state_tensors)
+        return _detectability.flag_if_blind(_judge(preps, *self._score_features(feats), self.threshold_,
+                                                   self.calibration_, self.config, self.state_tensors), self.fit_info_)
 
     @_with_threads
     def predict(self, rgb: Any = None, xyz: Any = None) -> AnomalyResult:

@@ -73,6 +73,12 @@ class PartRemovedWarning(DegenerateInputWarning):
     estimated part height, and names the file where there is one."""
 
 
+class BlindDetectorWarning(UserWarning):
+    """The detector cannot tell defects of the default sizes, implanted into good parts it did not
+    fit on, from those good parts (:meth:`MAFRDetector.check`, overall AUROC under 0.70): its
+    "good" means little. Raised by ``fit``; its results carry the flag ``"blind_detector"``."""
+
+
 class TrainingDivergedError(MAFRError, RuntimeError):
     """Training (``fit`` or ``update``) produced a non-finite loss or non-finite calibration
     scores: the detector it would leave cannot judge a part, so none is returned. The message

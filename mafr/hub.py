@@ -29,6 +29,22 @@ def _table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def detectability_text(fit: dict[str, Any]) -> str:
+    """The fit's detectability check (mafr.detectability) as Markdown, or why there is none."""
+    d = fit.get("detectability")
+    if not d:
+        return ("Not measured at fit (fewer than 2 parts held out). Run `det.check(good_parts)` on good parts "
+                "it was not fitted on, or `mafr check DETECTOR GOOD_DIR`.")
+    rows = ["| defect | size | AUROC | recall |", "|---|---|---|---|"]
+    for t in d["per_type"]:
+        recall = "-" if t["recall"] is None else f"{t['recall']:.2f}"
+        rows.append(f"| {t['kind']} | {t['size']:g} {t['unit']} | {t['auroc']:.3f} | {recall} |")
+    verdict = ("**Blind**: it cannot tell defects of these sizes from good parts; its results carry the flag "
+               "`blind_detector`." if d["blind"] else "Not blind (overall AUROC >= 0.70).")
+    return (f"Defects implanted into {d['n_good']} good parts it did not fit on (`mafr.datasets.implant_defect`), "
+            f"scored against those parts: overall AUROC **{d['auroc']:.3f}**. {verdict}\n\n" + "\n".join(rows))
+
+
 def model_card(detector) -> ModelCard:
     cfg = detector.config
     fit = detector.fit_info_ or {}
@@ -103,6 +119,7 @@ def model_card(detector) -> ModelCard:
         parts += ["## Fit history", f"{fit.get('n_parts_total', '?')} good parts in all; "
                   f"{fit.get('replay_parts', 0)} kept in the replay store that `det.update(new_good_parts)` uses.",
                   "\n".join(rows)]
+    parts += ["## What it can see", detectability_text(fit)]
     parts.append("## Decision threshold")
     if math.isfinite(detector.threshold_):
         parts.append(f"threshold = **{detector.threshold_:.4f}**\n\n{THRESHOLD_RULE}")

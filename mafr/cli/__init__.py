@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Optional
 
-from . import data, evaluate, fit, info, predict, weights
+from . import check, data, evaluate, fit, info, predict, weights
 from ._shared import (EXIT_ANOMALOUS, EXIT_ERROR, EXIT_NO_THRESHOLD, EXIT_OK, EXIT_USAGE, PAIRING,  # noqa: F401
                       Part, _common, _error_message, _Out, detector_dir, find_parts, parse_inputs)
 from .info import describe_detector  # noqa: F401
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  mafr generate data --category puck\n"
             "  mafr fit data/puck detector --preset offline\n"
             "  mafr predict detector part.png part.tiff --overlay panels\n"
-            "  mafr info detector\n\n"
+            "  mafr info detector\n"
+            "  mafr check detector data/puck/validation/good\n\n"
             "Run `mafr COMMAND --help` for details. Errors exit with status 2 (MAFR_DEBUG=1 shows the traceback)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_download(subs, common)
     fit.add_update(subs, common)
     info.add_info(subs, common)
+    check.add_check(subs, common)
     return parser
 
 

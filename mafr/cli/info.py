@@ -101,6 +101,14 @@ def _info_text(d: dict[str, Any]) -> str:
                      f"({e.get('n_train', '?')} trained on, {e.get('n_calibration', '?')} held out), "
                      f"{e.get('steps', '?')} steps, {e.get('seconds', '?')} s"
                      + (f", threshold {t:.4f}" if isinstance(t, float) else ""))
+    det_check = fit.get("detectability")
+    if det_check:
+        lines.append(f"detectability  overall AUROC {det_check['auroc']:.3f} on {det_check['n_good']} held-out parts"
+                     + ("  BLIND: cannot tell its default-size defects from good parts" if det_check["blind"] else ""))
+        lines += [f"  {t['kind']:<8} {t['size']:>5g} {t['unit']:<2}  AUROC {t['auroc']:.3f}"
+                  + ("" if t["recall"] is None else f"  recall {t['recall']:.2f}") for t in det_check["per_type"]]
+    elif "n_samples" in fit:
+        lines.append("detectability  not measured at fit (fewer than 2 parts held out): mafr check DETECTOR GOOD_DIR")
     threshold = d["threshold"]
     lines.append(f"  threshold      {threshold:.4f}" if threshold is not None and math.isfinite(threshold) else
                  f"  threshold      {threshold} ({fit.get('threshold_note', 'not set')})")

@@ -1,6 +1,7 @@
 """Datasets: MVTec 3D-AD and Eyecandies readers, a synthetic generator with a tuning and a report set, preprocessing."""
 
 from .eyecandies import EYECANDIES_CATEGORIES, Eyecandies, eyecandies_intrinsics
+from .implant import KINDS as IMPLANT_KINDS, Implanted, implant_defect
 from .mvtec3d import MVTec3D, categories, load_xyz_tiff
 from .preprocess import (
     keep_largest_component,
@@ -24,6 +25,9 @@ from .synthetic import (
 )
 
 __all__ = [
+    "IMPLANT_KINDS",
+    "Implanted",
+    "implant_defect",
     "BENCHMARK_DIFFICULTIES",
     "BENCHMARK_SPLITS",
     "CATEGORIES",
