@@ -9,10 +9,11 @@ docs/performance.md.
 
 Tasks (parts generated once by this checkout, 400 x 400, the table measured as a sensor gives it):
 
-- ``predict-offline``: the offline preset's predict of one part (fitted on 6).
+- ``predict-offline``: the offline preset's predict of one part (fitted on 10).
 - ``predict-paper``: the paper architecture (random weights), one part with its full cloud: every
   pixel measured and kept (``support="keep"`` where the release has the setting).
-- ``fit-offline``: the offline preset's fit on 6 parts (``train.steps=60``).
+- ``fit-offline``: the offline preset's fit on 10 parts (``train.steps=60``), with whatever a
+  fit does in that release (its detectability check on the 2 held-out parts, from 2026-12-06).
 
     python benchmarks/bench_release.py --against 0149cd5 [--tasks predict-offline fit-offline] [--rounds 7]
 """
@@ -115,7 +116,7 @@ def main() -> int:
         tmp = Path(tmp)
         _export(args.against, tmp)
         parts = tmp / "parts.npz"
-        _write_parts(parts, 7)
+        _write_parts(parts, 11)
         for task in args.tasks:
             # One worker at a time is built, and then only one of them runs at any moment.
             now, then = _Worker(ROOT, task, parts, args.threads), _Worker(tmp / "release", task, parts, args.threads)

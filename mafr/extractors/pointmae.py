@@ -43,8 +43,11 @@ CONFIG_NAME = "config.json"
 _METADATA_KEY = "mafr_config"
 # Bookkeeping buffers that do not influence inference; checkpoints may omit them.
 _OPTIONAL_SUFFIX = "num_batches_tracked"
-# Groups per chunk of the mini-PointNet: keeps the (chunk * K) x 512 activations cache-sized.
-_GROUP_CHUNK = 64
+# Groups per chunk of the mini-PointNet: keeps the (chunk * K) x 512 activations cache-sized on a
+# CPU (16: 2 MB per chunk, 0.45 -> 0.42 s for 1024 groups of 128 points on 2 cores against 64;
+# the same values, each group is computed alone). A GPU takes larger chunks: fewer launches.
+_GROUP_CHUNK = 16
+_GROUP_CHUNK_DEVICE = 64
 
 PathLike = Union[str, os.PathLike]
 
@@ -158,8 +161,9 @@ class MiniPointNet(nn.Module):
         p = self._folded()
         flat = groups.reshape(b * g, k, 3)
         tokens = []
-        for s in range(0, b * g, _GROUP_CHUNK):
-            x = flat[s : s + _GROUP_CHUNK]
+        chunk = _GROUP_CHUNK if groups.device.type == "cpu" else _GROUP_CHUNK_DEVICE
+        for s in range(0, b * g, chunk):
+            x = flat[s : s + chunk]
             n = x.shape[0]
             h1 = torch.addmm(p["b1"], x.reshape(n * k, 3), p["w1"]).relu_()
             f = torch.addmm(p["b2"], h1, p["w2"])
