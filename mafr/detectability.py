@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .datasets.implant import DEFAULT_SIZES_MM, DEFAULT_SIZES_PX, implant_defect, kinds_for
+from .datasets.implant import DEFAULT_SIZES_MM, DEFAULT_SIZES_PX, implant_defect, kinds_for, part_pixels
 from .io import as_sample, load_rgb, load_xyz
 from .metrics import _auroc_from_scores
 from .preparation import depth_image, describe
@@ -111,13 +111,15 @@ def check(det, good_parts: Sequence[Any], *, seed: int = 0, kinds: Optional[Sequ
     good_scores = np.array([r.score for r in good])
     decided = [r.is_anomalous for r in good]
     false_alarms = None if any(d is None for d in decided) else float(np.mean(decided))
+    masks = [part_pixels(rgb, xyz) for rgb, xyz in loaded]  # the support is found once per part
     per_type, all_scores = [], []
     for k, kind in enumerate(kinds):
         unit_sizes = DEFAULT_SIZES_PX if loaded[0][1] is None else DEFAULT_SIZES_MM
         for size in (sizes or {}).get(kind, (unit_sizes[kind],)):
             implanted = []
             for i, ((rgb, xyz), p) in enumerate(zip(loaded, parts)):
-                defect = implant_defect(rgb, xyz, kind, size=size, seed=seed * 1_000_003 + 7919 * i + 31 * k)
+                defect = implant_defect(rgb, xyz, kind, size=size, seed=seed * 1_000_003 + 7919 * i + 31 * k,
+                                        part=masks[i])
                 implanted.append(_as_input(defect.rgb, defect.xyz, modalities, f"{describe(p)} + {kind}"))
             results = det.predict_batch(implanted, progress=progress)
             scores = np.array([r.score for r in results])

@@ -11,7 +11,7 @@ import mafr
 from mafr import detectability
 from mafr.cli import main
 from mafr.datasets import write_dataset
-from mafr.datasets.implant import KINDS, implant_defect
+from mafr.datasets.implant import KINDS, implant_defect, part_pixels
 from mafr.datasets.synthetic import generate_sample
 
 from .conftest import tiny_config
@@ -87,7 +87,7 @@ def test_image_only_parts_take_pixel_sizes_and_refuse_shape_kinds():
 def test_implants_are_seeded_and_stay_valid_for_any_size(kind, seed, size):
     s = generate_sample("disc", seed=seed % 5, size=96)
     a = implant_defect(s.rgb, s.xyz, kind, size=size, seed=seed)
-    b = implant_defect(s.rgb, s.xyz, kind, size=size, seed=seed)
+    b = implant_defect(s.rgb, s.xyz, kind, size=size, seed=seed, part=part_pixels(s.rgb, s.xyz))
     np.testing.assert_array_equal(a.rgb, b.rgb)
     np.testing.assert_array_equal(a.xyz, b.xyz)
     assert np.isfinite(a.xyz).all() and a.mask.shape == s.rgb.shape[:2]

@@ -68,12 +68,6 @@ def kinds_for(modalities: str) -> tuple[str, ...]:
     return KINDS
 
 
-def _part_mask(rgb: np.ndarray, xyz: Optional[np.ndarray]) -> np.ndarray:
-    if xyz is None:
-        return np.ones(rgb.shape[:2], dtype=bool)
-    return measured_pixels(set_aside_support(xyz)[0])
-
-
 def _inner(part: np.ndarray, margin: int) -> np.ndarray:
     """Pixels with ``margin`` pixels of part all around (an erosion by a square, counted with
     an integral image)."""
@@ -105,12 +99,20 @@ def _along_ray(xyz: np.ndarray, dz: np.ndarray) -> np.ndarray:
     return (xyz * scale[..., None]).astype(np.float32)
 
 
+def part_pixels(rgb: np.ndarray, xyz: Optional[np.ndarray]) -> np.ndarray:
+    """Where the part is (H x W bool): measured and not the support; every pixel of an image alone."""
+    if xyz is None:
+        return np.ones(np.asarray(rgb).shape[:2], dtype=bool)
+    return measured_pixels(set_aside_support(np.asarray(xyz, dtype=np.float32))[0])
+
+
 def implant_defect(rgb: np.ndarray, xyz: Optional[np.ndarray], kind: str, *, size: Optional[float] = None,
-                   seed: int = 0, margin: int = 12) -> Implanted:
+                   seed: int = 0, margin: int = 12, part: Optional[np.ndarray] = None) -> Implanted:
     """A copy of the good part ``(rgb, xyz)`` with one ``kind`` defect of ``size`` (mm; pixels
     when ``xyz`` is ``None``; default ``DEFAULT_SIZES_MM`` / ``DEFAULT_SIZES_PX``) at a seeded
-    place on the part. Raises ``ValueError`` for an unknown kind, a shape kind on an image alone,
-    or a part with no room for a defect."""
+    place on the part (``part``: its pixels from :func:`part_pixels`, when already known).
+    Raises ``ValueError`` for an unknown kind, a shape kind on an image alone, or a part with no
+    room for a defect."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     rgb = np.asarray(rgb)
@@ -128,7 +130,7 @@ def implant_defect(rgb: np.ndarray, xyz: Optional[np.ndarray], kind: str, *, siz
     if not size > 0:
         raise ValueError(f"size must be > 0, got {size}")
     rng = np.random.default_rng(seed)
-    part = _part_mask(rgb, xyz)
+    part = part_pixels(rgb, xyz) if part is None else np.asarray(part, dtype=bool)
     room = np.argwhere(_inner(part, margin))
     while not len(room) and margin > 1:  # a thin or small part: closer to its outline
         margin //= 2
