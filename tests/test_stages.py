@@ -82,3 +82,90 @@ def test_persistence_gives_old_configs_the_values_they_were_fitted_with():
     old = persistence.decode_config(saved)
     assert (old.support, old.modalities, old.framing) == ("keep", "rgb+xyz", "image")
     assert persistence.decode_config(_offline().to_json_dict()) == _offline()
+
+
+def _feats(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [features.Features(torch.randn(8, 8, 6, generator=g), torch.randn(8, 8, 5, generator=g),
+                              torch.ones(8, 8, dtype=torch.bool), torch.ones(32, 32, dtype=torch.bool)) for _ in range(n)]
+
+
+def test_training_bookkeeping_records_and_rolls_back():
+    rec = training.fit_record(n=10, n_train=8, n_calibration=2, scores=[1.0, 2.0], seed=3, losses=[3.0, 2.0],
+                              seconds=1.5, threshold=2.5, replay_parts=10)
+    assert rec["steps"] == 2 and rec["final_loss"] == 2.0 and rec["history"][0]["event"] == "fit"
+    up = training.update_record(rec, n=4, n_train=3, n_calibration=1, scores=[1.0], on_training_parts=False, seed=1,
+                                losses=[1.0], seconds=0.5, threshold_before=2.5, threshold=2.7, replay_parts=14)
+    assert up["n_updates"] == 1 and up["n_parts_total"] == 14 and len(rec["history"]) == 1  # the input is left alone
+    assert training.calibration_parts([1], [2, 3]) == ([1], [2, 3])
+    assert training.calibration_parts([], [2, 3]) == ([2, 3], [])  # nothing held out: the training parts
+
+    class Holder:
+        stats_, autoencoder_, threshold_, calibration_, replay_, fit_info_, framing_ = {}, None, 1.0, {}, None, {"a": 1}, None
+
+    det = Holder()
+    with pytest.raises(mafr.TrainingDivergedError):
+        with training.rollback_on_divergence(det):
+            det.threshold_, det.fit_info_ = 9.0, {}
+            raise mafr.TrainingDivergedError("diverged")
+    assert det.threshold_ == 1.0 and det.fit_info_ == {"a": 1}
+    with pytest.raises(mafr.InvalidInputError, match="at least one good sample"):
+        preparation.good_parts([], "fit", "rgb+xyz")
+    with pytest.raises(mafr.InputTypeError, match="iterable"):
+        preparation.good_parts("parts/", "update", "rgb+xyz")
+
+
+def test_calibration_is_one_call_over_restored_held_out_parts():
+    sc = _offline(scoring={"fusion": "product"}).scoring
+    feats = _feats(5)
+    calls = []
+
+    def residuals_of(fs):
+        calls.append(len(fs))
+        err = torch.stack([f.rgb for f in fs]) * 0.1
+        return mafr.scoring.Residuals(err, torch.stack([f.xyz for f in fs]) * 0.1,
+                                      torch.stack([f.valid_pixels for f in fs]), torch.stack([f.valid_grid for f in fs]),
+                                      err, err)
+
+    def maps_of(res, cal):
+        return mafr.scoring.maps_from_residuals(res, cal, sc)
+
+    cal, threshold, scores = calibration.calibrate(feats[:2], feats[2:], sc, residuals_of, maps_of)
+    assert len(scores) == 2 and threshold >= max(scores) and float(cal["pixel_threshold"]) > 0
+    with pytest.raises(ValueError, match="at least one good part"):
+        calibration.calibrate([], feats, sc, residuals_of, maps_of)
+
+    def broken(res, cal):
+        fused, m2, m3, s = maps_of(res, cal)
+        return fused, m2, m3, s * float("nan")
+
+    with pytest.raises(mafr.TrainingDivergedError, match="non-finite"):
+        calibration.calibrate(feats[:2], (), sc, residuals_of, broken)
+
+
+def test_scoring_normalises_and_restores_with_the_fitted_statistics():
+    feats = _feats(2, seed=1)
+    stats = training.stats_from_moments(training.feature_moments(feats))
+    rgb, xyz = mafr.scoring.normalise(feats[0], stats, "channel", CPU)
+    torch.testing.assert_close(rgb, (feats[0].rgb - stats["rgb_mean"]) / stats["rgb_std"])
+    raw_rgb, _ = mafr.scoring.normalise(feats[0], stats, "none", CPU)
+    assert torch.equal(raw_rgb, feats[0].rgb)
+    ae = training.build_autoencoder(_offline(), feats[0], CPU).eval()
+    import contextlib
+
+    res = mafr.scoring.restore(ae, [mafr.scoring.normalise(f, stats, "channel", CPU) for f in feats], feats, CPU,
+                               contextlib.nullcontext())
+    assert res.err2.shape == (2, 8, 8, 6) and res.err3.shape == (2, 8, 8, 5)
+    torch.testing.assert_close(res.restored2 - res.err2, torch.stack([mafr.scoring.normalise(f, stats, "channel", CPU)[0]
+                                                                      for f in feats]))
+
+
+def test_persistence_takes_any_config_form_and_names_every_fitted_tensor():
+    assert persistence.as_config(None) == mafr.MAFRConfig()
+    assert persistence.as_config(_offline().to_json_dict()) == _offline()
+    with pytest.raises(TypeError, match="MAFRConfig"):
+        persistence.as_config("offline")
+    det = mafr.MAFRDetector(_offline()).fit([generate_sample("puck", seed=s, size=64) for s in range(3)], progress=False)
+    names = set(persistence.state_tensors(det))
+    assert {"threshold", "stats.rgb_mean"} <= names and any(n.startswith("autoencoder.") for n in names)
+    assert any(n.startswith("replay.") for n in names) and any(n.startswith("calibration.") for n in names)
