@@ -134,10 +134,12 @@ def check(det, good_parts: Sequence[Any], *, seed: int = 0, kinds: Optional[Sequ
                                false_alarm_rate=false_alarms, seed=seed)
 
 
-def check_at_fit(det, items: Sequence[Any], seed: int) -> Optional[DetectabilityReport]:
-    """The check :meth:`~mafr.MAFRDetector.fit` runs on the parts it held out (the split ``seed``
-    drew), when it held out at least :data:`MIN_PARTS`; recorded in the fit history, warned
-    about when blind."""
+def check_at_fit(det, items: Sequence[Any], seed: int, event: str = "fit") -> Optional[DetectabilityReport]:
+    """The check :meth:`~mafr.MAFRDetector.fit` (or ``update``, ``event="update"``) runs on the
+    parts it held out (the split ``seed`` drew), when it held out at least :data:`MIN_PARTS`;
+    recorded in the fit history with the event it followed, warned about when blind. An update
+    with too few held-out parts keeps the earlier report (still the best evidence, and a blind
+    detector stays flagged)."""
     import warnings
 
     import torch
@@ -147,17 +149,18 @@ def check_at_fit(det, items: Sequence[Any], seed: int) -> Optional[Detectability
 
     held, _ = held_out_split(len(items), det.config.train.calibration_fraction, torch.Generator().manual_seed(seed))
     if len(held) < MIN_PARTS:
-        det.fit_info_["detectability"] = None
+        if event == "fit":
+            det.fit_info_["detectability"] = None
         return None
     report = check(det, [items[i] for i in held], seed=seed)
-    det.fit_info_["detectability"] = report.summary()
+    det.fit_info_["detectability"] = {**report.summary(), "after": event}
     if report.blind:
         warnings.warn(
             f"this detector is blind: on {report.n_good} good parts it did not fit on, implanted defects of the "
             f"default sizes score AUROC {report.auroc:.2f} against the good parts (under {BLIND_BELOW}); its 'good' "
             "means little. Its results carry the flag 'blind_detector'. See report.table() via det.check(good_parts) "
             "and docs/concepts.md, 'What a detector can see'",
-            BlindDetectorWarning, stacklevel=4)  # the user's fit call
+            BlindDetectorWarning, stacklevel=4)  # the user's fit or update call
     return report
 
 

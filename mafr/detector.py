@@ -243,6 +243,7 @@ class MAFRDetector(
                 self.fit_info_, n=len(new), n_train=len(new_train), n_calibration=len(new_cal), scores=scores,
                 on_training_parts=on_training_parts, seed=seed, losses=losses, seconds=round(time.perf_counter() - t0, 3),
                 threshold_before=before, threshold=self.threshold_, replay_parts=len(self.replay_))
+        _detectability.check_at_fit(self, items, seed, event="update")  # what it can see now
         return self
 
     @_with_threads

@@ -182,3 +182,14 @@ def test_cli_check_prints_the_table_and_exits_4_when_blind(tmp_path, capsys, mon
     monkeypatch.setattr(detectability, "check",
                         lambda *a, **kw: real_check(*a, **kw).model_copy(update={"auroc": 0.9, "blind": False}))
     assert main(["check", str(tmp_path / "det"), str(good), "--quiet"]) == 0
+
+
+def test_update_checks_its_new_held_out_parts_or_keeps_the_fits_report():
+    det = mafr.MAFRDetector(tiny_config()).fit(_parts(range(10)), seed=0, progress=False)
+    assert det.fit_info_["detectability"]["after"] == "fit"
+    det.update(_parts(range(60, 64)), seed=0)  # 1 new part held out: too few to check
+    assert det.fit_info_["detectability"]["after"] == "fit"
+    det.update(_parts(range(70, 80)), seed=0)  # 2 held out: checked again
+    d = det.fit_info_["detectability"]
+    assert d["after"] == "update" and d["n_good"] == 2
+    assert ("blind_detector" in det.predict(*(lambda s: (s.rgb, s.xyz))(_parts([90])[0])).flags) == d["blind"]
