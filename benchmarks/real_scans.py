@@ -1,6 +1,6 @@
 """The shared real MVTec 3D-AD scans through the documented routes (docs/ablations.md, "Raw scans").
 
-    python benchmarks/real_scans.py --root ../shared/data/mvtec3d
+    python benchmarks/real_scans.py --root ../shared/data/mvtec3d [--set '{"grid_size": 28}']
 
 - ``cable_gland`` (real RGB + 3D scans of good parts, table measured): an offline detector fitted
   on the first ``--shots`` training parts, as the sensor gives them (``raw``), preprocessed first
@@ -10,7 +10,12 @@
   bump, a 35 % darker stain: a probe on real surfaces, see ``_implant``), and what the support
   step set aside.
 - ``tire`` (real RGB with real defects, no 3D): an offline detector judged on images alone
-  (``modalities="rgb"``); I-AUROC, AUPRO@30 %, recall per defect type and false alarms.
+  (``modalities="rgb"``); I-AUROC, AUPRO@30 %, recall per defect type and false alarms, and what
+  ``det.check`` says on its good test parts (the check's honesty: its AUROC against the real one).
+
+``--set`` puts a candidate's config overrides on top of the offline preset: a default changes
+only if it does not lose here first, then on the generated sets (``benchmarks/tune.py``,
+``benchmarks/defect_types.py``).
 
 Prints one JSON line per row. The data stay where they are (never copied; CC BY-NC-SA 4.0).
 """
@@ -78,7 +83,13 @@ def _implant(sample: Sample, kind: str, seed: int) -> Sample:
                   name=f"{sample.name}/{kind}")
 
 
-def cable_gland(root: Path, shots: int, seed: int) -> list[dict]:
+def _config(overrides: dict, **fields) -> mafr.MAFRConfig:
+    """The offline preset with a candidate's ``--set`` overrides (the real sets come first in the
+    tuning loop: docs/ablations.md) and the route's own fields."""
+    return mafr.MAFRConfig(preset="offline", **{**overrides, **fields})
+
+
+def cable_gland(root: Path, shots: int, seed: int, overrides: dict) -> list[dict]:
     train = list(MVTec3D(root, "cable_gland", "train"))[:shots]
     goods = list(MVTec3D(root, "cable_gland", "validation"))
     kept = [set_aside_support(load_xyz(s.xyz, None))[1] for s in goods]
@@ -95,7 +106,7 @@ def cable_gland(root: Path, shots: int, seed: int) -> list[dict]:
         (Path(tmp) / "test").mkdir()
         routes["preprocessed"] = (_preprocessed(train, Path(tmp) / "fit"), _preprocessed(test, Path(tmp) / "test"), "auto")
         for route, (fit, parts, mode) in routes.items():
-            det = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", support=mode)).fit(fit, seed=seed, progress=False)
+            det = mafr.MAFRDetector(_config(overrides, support=mode)).fit(fit, seed=seed, progress=False)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 r = evaluate_detector(det, parts, progress=False)
@@ -116,10 +127,10 @@ def _check(det, goods: list, seed: int) -> dict:
                          for t in report.per_type}}
 
 
-def tire(root: Path, shots: int, seed: int) -> dict:
+def tire(root: Path, shots: int, seed: int, overrides: dict) -> dict:
     train = list(MVTec3D(root, "tire", "train"))[:shots]
     test = list(MVTec3D(root, "tire", "test"))
-    det = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", modalities="rgb")).fit(train, seed=seed, progress=False)
+    det = mafr.MAFRDetector(_config(overrides, modalities="rgb")).fit(train, seed=seed, progress=False)
     r = evaluate_detector(det, test, progress=False)
     # The check on the test set's good parts (not fitted on): does it predict the real AUROC?
     check = _check(det, [s for s in test if s.label == 0], seed)
@@ -136,17 +147,22 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sets", nargs="+", default=["cable_gland", "tire"], choices=("cable_gland", "tire"))
+    p.add_argument("--set", default="{}", metavar="JSON",
+                   help="config overrides on top of the offline preset: a candidate default, measured here first")
     args = p.parse_args(argv)
+    overrides = json.loads(args.set)
+    if not isinstance(overrides, dict):
+        p.error(f"--set must be a JSON object, got {args.set!r}")
     torch.set_num_threads(args.threads)
     root = Path(args.root)
     if not root.is_dir():
         print(json.dumps({"skipped": f"no real data at {root}"}))
         return 0
     if "cable_gland" in args.sets:
-        for row in cable_gland(root, args.shots, args.seed):
+        for row in cable_gland(root, args.shots, args.seed, overrides):
             print(json.dumps(row), flush=True)
     if "tire" in args.sets:
-        print(json.dumps(tire(root, args.shots, args.seed)), flush=True)
+        print(json.dumps(tire(root, args.shots, args.seed, overrides)), flush=True)
     return 0
 
 
