@@ -100,7 +100,7 @@ def test_implants_are_seeded_and_stay_valid_for_any_size(kind, seed, size):
 def test_check_reports_every_kind_its_modalities_show(fitted):
     report = fitted.check(_parts(range(20, 24)), seed=0)
     assert isinstance(report, mafr.DetectabilityReport)
-    assert [t.kind for t in report.per_type] == list(KINDS)
+    assert [t.kind for t in report.per_type] == ["stain", "scratch", "bump", "dent", "hole"]  # patch: when asked
     assert report.n_good == 4 and all(t.n == 4 and t.unit == "mm" for t in report.per_type)
     assert 0.0 <= report.auroc <= 1.0 and report.blind == (report.auroc < 0.70)
     assert all(t.recall is None or 0 <= t.recall <= 1 for t in report.per_type)
@@ -113,7 +113,7 @@ def test_check_reports_every_kind_its_modalities_show(fitted):
 def test_check_of_an_image_detector_uses_image_kinds_in_millimetres_when_it_can():
     det = mafr.MAFRDetector(tiny_config(modalities="rgb")).fit(_parts(range(4)), seed=0, progress=False)
     report = det.check(_parts(range(20, 23)))
-    assert [t.kind for t in report.per_type] == ["stain", "patch", "scratch", "hole"]
+    assert [t.kind for t in report.per_type] == ["stain", "scratch", "hole"]
     assert {t.unit for t in report.per_type} == {"mm"}  # the parts had xyz: sizes in millimetres
     report = det.check([s.rgb for s in _parts(range(20, 23))])
     assert {t.unit for t in report.per_type} == {"px"}
@@ -142,7 +142,7 @@ def test_fit_checks_its_held_out_parts_and_a_blind_fit_warns_and_flags(monkeypat
     parts = _parts(range(10))  # 2 held out: enough for the check
     det = mafr.MAFRDetector(tiny_config()).fit(parts, seed=0, progress=False)
     d = det.fit_info_["detectability"]
-    assert d["n_good"] == 2 and len(d["per_type"]) == len(KINDS)
+    assert d["n_good"] == 2 and len(d["per_type"]) == len(KINDS) - 1
     assert det.fit_info_["fit_seconds"] >= det.fit_info_["train_seconds"]
     card = str(det.generate_model_card())
     assert "## What it can see" in card and f"{d['auroc']:.3f}" in card
@@ -171,10 +171,10 @@ def test_cli_check_prints_the_table_and_exits_4_when_blind(tmp_path, capsys, mon
     code = main(["check", str(tmp_path / "det"), str(good), "--quiet", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == (4 if data["blind"] else 0) and data["n_good"] == 3
-    assert [t["kind"] for t in data["per_type"]] == list(KINDS)
-    main(["check", str(tmp_path / "det"), str(good), "--quiet", "--kinds", "hole", "stain"])
+    assert [t["kind"] for t in data["per_type"]] == ["stain", "scratch", "bump", "dent", "hole"]
+    main(["check", str(tmp_path / "det"), str(good), "--quiet", "--kinds", "hole", "patch"])
     out = capsys.readouterr().out
-    assert "hole" in out and "stain" in out and "patch" not in out and "overall AUROC" in out
+    assert "hole" in out and "patch" in out and "stain" not in out and "overall AUROC" in out
     real_check = detectability.check
     monkeypatch.setattr(detectability, "check",
                         lambda *a, **kw: real_check(*a, **kw).model_copy(update={"auroc": 0.5, "blind": True}))

@@ -40,7 +40,7 @@ def add_check(subs, common) -> None:
     p.add_argument("good_dir", metavar="GOOD_DIR", help="folder of good parts the detector was not fitted on")
     p.add_argument("--seed", type=int, default=0, help="where the defects go (default: 0)")
     p.add_argument("--kinds", nargs="+", choices=KINDS, metavar="KIND",
-                   help=f"defect kinds to implant (default: every kind the detector's modalities show; {', '.join(KINDS)})")
+                   help=f"defect kinds to implant (default: every kind the detector's modalities show but patch, which a uniform part cannot show; {', '.join(KINDS)})")
     p.add_argument("--trust-config", action="store_true",
                    help="accept a detector whose config names extractors outside mafr's allow-list")
     _compute_options(p)

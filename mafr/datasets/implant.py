@@ -35,8 +35,11 @@ from ..support import set_aside_support
 
 #: Every kind :func:`implant_defect` makes.
 KINDS = ("stain", "patch", "scratch", "bump", "dent", "hole")
+#: Kinds a detector is checked on by default (:func:`kinds_for`): not ``"patch"``, which on a
+#: part of one uniform colour moves nothing and so is no defect at all; ask for it on textured
+#: parts (``det.check(parts, kinds=[..., "patch"])``).
 #: Kinds that change only the colour image, only the geometry, or both.
-IMAGE_KINDS = ("stain", "patch", "scratch", "hole")
+IMAGE_KINDS = ("stain", "scratch", "hole")
 SHAPE_KINDS = ("bump", "dent", "scratch", "hole")
 #: The default size of each kind: millimetres on a part with 3D, pixels on an image alone.
 DEFAULT_SIZES_MM = {"stain": 2.0, "patch": 3.0, "scratch": 8.0, "bump": 3.0, "dent": 3.0, "hole": 1.5}
@@ -60,12 +63,13 @@ class Implanted(NamedTuple):
 
 
 def kinds_for(modalities: str) -> tuple[str, ...]:
-    """The kinds a detector of ``modalities`` could see (``"rgb"``, ``"xyz"``, ``"rgb+xyz"``)."""
+    """The kinds a detector of ``modalities`` is checked on by default (``"rgb"``, ``"xyz"``,
+    ``"rgb+xyz"``); ``"patch"`` only when asked for."""
     if modalities == "rgb":
         return IMAGE_KINDS
     if modalities == "xyz":
-        return tuple(k for k in SHAPE_KINDS)
-    return KINDS
+        return SHAPE_KINDS
+    return tuple(k for k in KINDS if k != "patch")
 
 
 def _inner(part: np.ndarray, margin: int) -> np.ndarray:
