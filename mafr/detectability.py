@@ -11,15 +11,19 @@ good parts, and saying "good" about a part means little.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict
 
 from .datasets.implant import DEFAULT_SIZES_MM, DEFAULT_SIZES_PX, implant_defect, kinds_for, part_pixels
 from .io import as_sample, load_rgb, load_xyz
 from .metrics import _auroc_from_scores
+from .errors import BlindDetectorWarning
 from .preparation import depth_image, describe
+from .training import held_out_split
 from .types import Sample
 
 #: Overall AUROC under this: the detector cannot separate its default-size defects from good parts.
@@ -140,13 +144,6 @@ def check_at_fit(det, items: Sequence[Any], seed: int, event: str = "fit") -> Op
     recorded in the fit history with the event it followed, warned about when blind. An update
     with too few held-out parts keeps the earlier report (still the best evidence, and a blind
     detector stays flagged)."""
-    import warnings
-
-    import torch
-
-    from .errors import BlindDetectorWarning
-    from .training import held_out_split
-
     held, _ = held_out_split(len(items), det.config.train.calibration_fraction, torch.Generator().manual_seed(seed))
     if len(held) < MIN_PARTS:
         if event == "fit":

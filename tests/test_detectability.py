@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import mafr
 from mafr import detectability
 from mafr.cli import main
+from mafr.cli.info import _info_text, describe_detector
 from mafr.datasets import write_dataset
 from mafr.datasets.implant import KINDS, implant_defect, part_pixels
 from mafr.datasets.synthetic import generate_sample
@@ -138,7 +139,7 @@ def test_check_needs_two_good_parts_and_a_fitted_detector(fitted):
         mafr.MAFRDetector(tiny_config()).check(_parts(range(2)))
 
 
-def test_fit_checks_its_held_out_parts_and_a_blind_fit_warns_and_flags(monkeypatch):
+def test_fit_checks_its_held_out_parts_and_a_blind_fit_warns_and_flags(monkeypatch, tmp_path):
     parts = _parts(range(10))  # 2 held out: enough for the check
     det = mafr.MAFRDetector(tiny_config()).fit(parts, seed=0, progress=False)
     d = det.fit_info_["detectability"]
@@ -146,6 +147,8 @@ def test_fit_checks_its_held_out_parts_and_a_blind_fit_warns_and_flags(monkeypat
     assert det.fit_info_["fit_seconds"] >= det.fit_info_["train_seconds"]
     card = str(det.generate_model_card())
     assert "## What it can see" in card and f"{d['auroc']:.3f}" in card
+    det.save_pretrained(tmp_path / "det10")
+    assert f"overall AUROC {d['auroc']:.3f} on 2 held-out parts" in _info_text(describe_detector(tmp_path / "det10"))
     few = mafr.MAFRDetector(tiny_config()).fit(parts[:6], seed=0, progress=False)
     assert few.fit_info_["detectability"] is None and "Not measured at fit" in str(few.generate_model_card())
 
@@ -168,6 +171,8 @@ def test_cli_check_prints_the_table_and_exits_4_when_blind(tmp_path, capsys, mon
     det = mafr.MAFRDetector(tiny_config()).fit(_parts(range(4)), seed=0, progress=False)
     det.save_pretrained(tmp_path / "det")
     good = root / "puck" / "validation" / "good"
+    assert main(["info", str(tmp_path / "det")]) == 0
+    assert "detectability  not measured at fit" in capsys.readouterr().out  # 4 parts: 1 held out
     code = main(["check", str(tmp_path / "det"), str(good), "--quiet", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == (4 if data["blind"] else 0) and data["n_good"] == 3
