@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from .datasets.implant import DEFAULT_SIZES_MM, DEFAULT_SIZES_PX, implant_defect, kinds_for, part_pixels
+from .datasets.implant import DEFAULT_SIZES_MM, DEFAULT_SIZES_PX, KINDS, implant_defect, kinds_for, part_pixels
 from .io import as_sample, load_rgb, load_xyz
 from .metrics import _auroc_from_scores
-from .errors import BlindDetectorWarning
+from .errors import BlindDetectorWarning, InvalidInputError
 from .preparation import depth_image, describe
 from .training import held_out_split
 from .types import Sample
@@ -97,6 +97,24 @@ def _as_input(rgb: np.ndarray, xyz: Optional[np.ndarray], modalities: str, name:
     return Sample(rgb=rgb, xyz=xyz, name=name)
 
 
+def _check_kinds(kinds: Optional[Sequence[str]], sizes: Optional[dict], modalities: str) -> tuple[str, ...]:
+    """The kinds to implant, refusing what the detector cannot see by construction (a bump for a
+    detector of images alone, a stain for one of scans alone) and sizes for kinds not asked for."""
+    chosen = tuple(kinds) if kinds is not None else kinds_for(modalities)
+    unknown = [k for k in chosen if k not in KINDS]
+    if unknown or not chosen:
+        raise InvalidInputError(f"kinds must be a non-empty selection of {KINDS}, got {list(chosen)}")
+    unseen = {"rgb": ("bump", "dent"), "xyz": ("stain", "patch")}.get(modalities, ())
+    if any(k in unseen for k in chosen):
+        raise InvalidInputError(
+            f"a detector of modalities={modalities!r} cannot see {[k for k in chosen if k in unseen]} by construction "
+            f"(they change only the {'geometry' if modalities == 'rgb' else 'colour'}); leave them out")
+    extra = sorted(set(sizes or {}) - set(chosen))
+    if extra:
+        raise InvalidInputError(f"sizes given for kinds not checked: {extra} (kinds: {list(chosen)})")
+    return chosen
+
+
 def check(det, good_parts: Sequence[Any], *, seed: int = 0, kinds: Optional[Sequence[str]] = None,
           sizes: Optional[dict[str, Sequence[float]]] = None, progress: bool = False) -> DetectabilityReport:
     """Implant each ``kind`` (default: every kind the detector's modalities could show) at each
@@ -106,7 +124,7 @@ def check(det, good_parts: Sequence[Any], *, seed: int = 0, kinds: Optional[Sequ
     parts = list(good_parts)
     if len(parts) < MIN_PARTS:
         raise ValueError(f"a detectability check needs at least {MIN_PARTS} good parts, got {len(parts)}")
-    kinds = tuple(kinds) if kinds is not None else kinds_for(modalities)
+    kinds = _check_kinds(kinds, sizes, modalities)
     loaded = [_arrays(p, modalities) for p in parts]
     if modalities != "xyz" and any(xyz is None for _, xyz in loaded):
         kinds = tuple(k for k in kinds if k not in ("bump", "dent"))  # no geometry to change
@@ -122,8 +140,11 @@ def check(det, good_parts: Sequence[Any], *, seed: int = 0, kinds: Optional[Sequ
         for size in (sizes or {}).get(kind, (unit_sizes[kind],)):
             implanted = []
             for i, ((rgb, xyz), p) in enumerate(zip(loaded, parts)):
-                defect = implant_defect(rgb, xyz, kind, size=size, seed=seed * 1_000_003 + 7919 * i + 31 * k,
-                                        part=masks[i])
+                try:
+                    defect = implant_defect(rgb, xyz, kind, size=size, seed=seed * 1_000_003 + 7919 * i + 31 * k,
+                                            part=masks[i])
+                except ValueError as err:
+                    raise InvalidInputError(f"good part {i + 1} of {len(parts)} ({describe(p)}): {err}") from err
                 implanted.append(_as_input(defect.rgb, defect.xyz, modalities, f"{describe(p)} + {kind}"))
             results = det.predict_batch(implanted, progress=progress)
             scores = np.array([r.score for r in results])

@@ -132,6 +132,27 @@ def test_a_detector_whose_scores_ignore_the_part_is_blind(fitted, monkeypatch):
     assert "BLIND" in report.table()
 
 
+def test_check_refuses_kinds_it_cannot_show_or_was_not_asked_for(fitted):
+    parts = _parts(range(20, 22))
+    with pytest.raises(mafr.InvalidInputError, match="non-empty selection"):
+        fitted.check(parts, kinds=["crack"])
+    with pytest.raises(mafr.InvalidInputError, match="not checked"):
+        fitted.check(parts, kinds=["stain"], sizes={"hole": [1.0]})
+    rgb_only = mafr.MAFRDetector(tiny_config(modalities="rgb")).fit(_parts(range(4)), seed=0, progress=False)
+    with pytest.raises(mafr.InvalidInputError, match="by construction"):
+        rgb_only.check(parts, kinds=["stain", "bump"])
+
+
+
+def test_a_part_with_no_room_for_a_defect_is_named(fitted, monkeypatch):
+    def no_room(*a, **kw):
+        raise ValueError("no pixel has part all around it")
+
+    monkeypatch.setattr(detectability, "implant_defect", no_room)
+    with pytest.raises(mafr.InvalidInputError, match=r"good part 1 of 2 \(puck/good/20\): no pixel"):
+        fitted.check(_parts(range(20, 22)), kinds=["stain"])
+
+
 def test_check_needs_two_good_parts_and_a_fitted_detector(fitted):
     with pytest.raises(ValueError, match="at least 2 good parts"):
         fitted.check(_parts([40]))
