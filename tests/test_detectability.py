@@ -143,7 +143,6 @@ def test_check_refuses_kinds_it_cannot_show_or_was_not_asked_for(fitted):
         rgb_only.check(parts, kinds=["stain", "bump"])
 
 
-
 def test_a_part_with_no_room_for_a_defect_is_named(fitted, monkeypatch):
     def no_room(*a, **kw):
         raise ValueError("no pixel has part all around it")

@@ -35,10 +35,10 @@ from ..support import set_aside_support
 
 #: Every kind :func:`implant_defect` makes.
 KINDS = ("stain", "patch", "scratch", "bump", "dent", "hole")
-#: Kinds a detector is checked on by default (:func:`kinds_for`): not ``"patch"``, which on a
-#: part of one uniform colour moves nothing and so is no defect at all; ask for it on textured
-#: parts (``det.check(parts, kinds=[..., "patch"])``).
-#: Kinds that change only the colour image, only the geometry, or both.
+#: The kinds a detector of images alone, or of scans alone, is checked on by default
+#: (:func:`kinds_for`). Never ``"patch"`` by default: on a part of one uniform colour it moves
+#: nothing and so is no defect at all; ask for it on textured parts
+#: (``det.check(parts, kinds=[..., "patch"])``).
 IMAGE_KINDS = ("stain", "scratch", "hole")
 SHAPE_KINDS = ("bump", "dent", "scratch", "hole")
 #: The default size of each kind: millimetres on a part with 3D, pixels on an image alone.
