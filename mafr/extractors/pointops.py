@@ -240,7 +240,7 @@ def _box_distances(p: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
 #: Queries per block when many queries look among few points (:func:`_knn_query_blocks`).
 _QUERY_BLOCK = 64
 #: Rows that share one padded width: few enough that one wide row does not pad many.
-_WIDTH_GROUP = 256
+_WIDTH_GROUP = 64
 
 
 def _knn_blocks(query: Tensor, points: Tensor, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -297,8 +297,13 @@ def _knn_query_blocks(query: Tensor, points: Tensor, k: int) -> tuple[Tensor, Te
         blocks = by_width[g : g + _WIDTH_GROUP]
         w = int(widths[blocks[-1]])
         near_w, cand = near[blocks].topk(w, dim=-1, largest=False)  # (b, w) point ids, shared by the block's queries
-        d = _block_distances(q_blocks[blocks], points[cand], (near_w <= bound[blocks])[:, None, :])  # (b, size, w)
-        v, i = _smallest(d.reshape(-1, w), cand[:, None, :].expand(-1, size, -1).reshape(-1, w), k)
+        # In index order, so that a candidate's position orders ties as its index would.
+        cand, by_index = cand.sort(dim=-1)
+        usable = (near_w <= bound[blocks]).gather(1, by_index)
+        d = _block_distances(q_blocks[blocks], points[cand], usable[:, None, :])  # (b, size, w)
+        positions = torch.arange(w, device=cand.device).expand(d.shape[0] * size, w)
+        v, pos = _smallest(d.reshape(-1, w), positions, k)
+        i = cand.gather(1, pos.reshape(d.shape[0], size * k)).reshape(-1, k)
         # Padding repeats the block's last query: its rows write the same values twice.
         v_out[slots[blocks].flatten()], i_out[slots[blocks].flatten()] = v, i
     return v_out, i_out
