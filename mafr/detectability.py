@@ -11,6 +11,7 @@ good parts, and saying "good" about a part means little.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any, Optional, Sequence
 
@@ -170,8 +171,10 @@ def check_at_fit(det, items: Sequence[Any], seed: int, event: str = "fit") -> Op
         if event == "fit":
             det.fit_info_["detectability"] = None
         return None
+    t0 = time.perf_counter()
     report = check(det, [items[i] for i in held], seed=seed)
     det.fit_info_["detectability"] = {**report.summary(), "after": event}
+    det.fit_info_["check_seconds"] = round(time.perf_counter() - t0, 3)
     if report.blind:
         warnings.warn(
             f"this detector is blind: on {report.n_good} good parts it did not fit on, implanted defects of the "

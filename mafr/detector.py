@@ -105,9 +105,6 @@ class MAFRDetector(
         self.device = dev
         return self
 
-    def _autocast(self):
-        return _runtime.autocast(self.device, self.precision)
-
     @property
     def is_fitted(self) -> bool:
         return self.autoencoder_ is not None and self.threshold_ is not None
@@ -144,7 +141,8 @@ class MAFRDetector(
         feats = self._extract_all(items, _preparation.fit_window(items, self.config), progress)
         self._fit_features(feats, seed=seed, progress=progress)
         _detectability.check_at_fit(self, items, seed)  # on the held-out parts: what can it see?
-        self.fit_info_["extract_seconds"] = round(time.perf_counter() - t0 - self.fit_info_["train_seconds"], 3)
+        self.fit_info_["extract_seconds"] = round(time.perf_counter() - t0 - self.fit_info_["train_seconds"]
+                                                  - self.fit_info_.get("check_seconds", 0.0), 3)
         self.fit_info_["fit_seconds"] = round(time.perf_counter() - t0, 3)
         self.fit_info_["history"][-1]["seconds"] = self.fit_info_["fit_seconds"]
         return self
@@ -294,7 +292,8 @@ class MAFRDetector(
 
     # ------------------------------------------------------------------ predict
     def _residual_grids(self, feats: Sequence[_features.Features]) -> _scoring.Residuals:
-        return _scoring.restore(self.autoencoder_, [self._normalise(f) for f in feats], feats, self.device, self._autocast())
+        return _scoring.restore(self.autoencoder_, [self._normalise(f) for f in feats], feats, self.device,
+                                _runtime.autocast(self.device, self.precision))
 
     def _context_channels(self) -> int:
         """Trailing 3D channels that are restored but not scored (the offline extractor's
