@@ -98,6 +98,12 @@ def _as_input(rgb: np.ndarray, xyz: Optional[np.ndarray], modalities: str, name:
     return Sample(rgb=rgb, xyz=xyz, name=name)
 
 
+def _flagged_share(results: Sequence[Any]) -> Optional[float]:
+    """Share of ``results`` the detector's decision calls anomalous; ``None`` without a decision."""
+    decided = [r.is_anomalous for r in results]
+    return None if any(d is None for d in decided) else float(np.mean(decided))
+
+
 def _check_kinds(kinds: Optional[Sequence[str]], sizes: Optional[dict], modalities: str) -> tuple[str, ...]:
     """The kinds to implant, refusing what the detector cannot see by construction (a bump for a
     detector of images alone, a stain for one of scans alone) and sizes for kinds not asked for."""
@@ -128,17 +134,18 @@ def check(det, good_parts: Sequence[Any], *, seed: int = 0, kinds: Optional[Sequ
     kinds = _check_kinds(kinds, sizes, modalities)
     loaded = [_arrays(p, modalities) for p in parts]
     if modalities != "xyz" and any(xyz is None for _, xyz in loaded):
+        # One unit for every part (a report row has one size): pixels when any part has no scan.
+        loaded = [(rgb, None) for rgb, _ in loaded]
         kinds = tuple(k for k in kinds if k not in ("bump", "dent"))  # no geometry to change
+    default_sizes = DEFAULT_SIZES_PX if loaded[0][1] is None else DEFAULT_SIZES_MM
     good = det.predict_batch([_as_input(r, x, modalities, describe(p)) for (r, x), p in zip(loaded, parts)],
                              progress=progress)
     good_scores = np.array([r.score for r in good])
-    decided = [r.is_anomalous for r in good]
-    false_alarms = None if any(d is None for d in decided) else float(np.mean(decided))
+    false_alarms = _flagged_share(good)
     masks = [part_pixels(rgb, xyz) for rgb, xyz in loaded]  # the support is found once per part
     per_type, all_scores = [], []
     for k, kind in enumerate(kinds):
-        unit_sizes = DEFAULT_SIZES_PX if loaded[0][1] is None else DEFAULT_SIZES_MM
-        for size in (sizes or {}).get(kind, (unit_sizes[kind],)):
+        for size in (sizes or {}).get(kind, (default_sizes[kind],)):
             implanted = []
             for i, ((rgb, xyz), p) in enumerate(zip(loaded, parts)):
                 try:
@@ -149,10 +156,9 @@ def check(det, good_parts: Sequence[Any], *, seed: int = 0, kinds: Optional[Sequ
                 implanted.append(_as_input(defect.rgb, defect.xyz, modalities, f"{describe(p)} + {kind}"))
             results = det.predict_batch(implanted, progress=progress)
             scores = np.array([r.score for r in results])
-            decisions = [r.is_anomalous for r in results]
-            recall = None if any(d is None for d in decisions) else float(np.mean(decisions))
             per_type.append(DefectDetectability(kind=kind, size=float(size), unit=defect.unit,
-                                                auroc=_auroc_from_scores(scores, good_scores), recall=recall,
+                                                auroc=_auroc_from_scores(scores, good_scores),
+                                                recall=_flagged_share(results),
                                                 n=len(scores)))
             all_scores.append(scores)
     auroc = _auroc_from_scores(np.concatenate(all_scores), good_scores)

@@ -118,6 +118,9 @@ def test_check_of_an_image_detector_uses_image_kinds_in_millimetres_when_it_can(
     assert {t.unit for t in report.per_type} == {"mm"}  # the parts had xyz: sizes in millimetres
     report = det.check([s.rgb for s in _parts(range(20, 23))])
     assert {t.unit for t in report.per_type} == {"px"}
+    mixed = _parts(range(20, 23))
+    report = det.check([mixed[0], mixed[1].rgb, mixed[2]])  # one part without a scan: pixels for all
+    assert {t.unit for t in report.per_type} == {"px"} and [t.size for t in report.per_type] == [10.0, 40.0, 8.0]
 
 
 def test_a_detector_whose_scores_ignore_the_part_is_blind(fitted, monkeypatch):
