@@ -17,7 +17,7 @@ import torch
 from .config import ScoringConfig
 from .errors import TrainingDivergedError
 from .scoring import (Residuals, binned_edge_scales, box_smooth, edge_normalised, edge_scales, modality_levels,
-                      upsampled_maps)
+                      peak_score, position_level, position_normalised, upsampled_maps)
 
 
 def levels(res: Residuals, sc: ScoringConfig, context_channels: int = 0) -> dict[str, torch.Tensor]:
@@ -43,6 +43,12 @@ def levels(res: Residuals, sc: ScoringConfig, context_channels: int = 0) -> dict
         values_3d.append((box_smooth(m3, sc.box5_passes, sc.box7_passes) * valid)[valid])
     out["modality"] = modality_levels(torch.cat(values_2d), torch.cat(values_3d)).cpu()
     return out
+
+
+def uses_position_levels(sc: ScoringConfig, modalities: str) -> bool:
+    """Whether calibration sets a level per position (``sc.position_levels``; ``"auto"``: on
+    images alone, where no 3D part mask says where the part's edges are)."""
+    return sc.position_levels == "on" or (sc.position_levels == "auto" and modalities == "rgb")
 
 
 def threshold_from(scores: Sequence[float], sc: ScoringConfig) -> float:
@@ -77,7 +83,7 @@ def defect_mask(fused: np.ndarray, is_anomalous: Optional[bool], calibration: di
 
 
 def calibrate(held_out: Sequence, training: Sequence, sc: ScoringConfig, residuals_of: Callable[[Sequence], Residuals],
-              maps_of: Callable[[Residuals, dict], tuple], context_channels: int = 0,
+              maps_of: Callable[[Residuals, dict], tuple], context_channels: int = 0, modalities: str = "rgb+xyz",
               ) -> tuple[dict[str, torch.Tensor], float, list[float]]:
     """Everything that depends on what good parts look like through a fitted autoencoder, from
     ``held_out`` good parts' features: calibrated fusion's levels, the pixel threshold of
@@ -94,8 +100,23 @@ def calibrate(held_out: Sequence, training: Sequence, sc: ScoringConfig, residua
     res = residuals_of(held_out + training if sc.levels_parts == "all" else held_out)
     if sc.fusion == "calibrated":
         calibration.update(levels(res, sc, context_channels))
-    # The held-out parts come first in the residuals: their maps set the thresholds below.
-    fused, _, _, scores = maps_of(res.head(len(held_out)), calibration)
+    n_held = len(held_out)
+    if uses_position_levels(sc, modalities):
+        # Each part is judged by the level of the others: its own map in the level would pull
+        # its score down and set the threshold below what an unseen good part reaches.
+        raw = torch.cat([maps_of(Residuals(*(t[start : start + 16] for t in res)), calibration)[0].cpu()
+                         for start in range(0, res.err2.shape[0], 16)])  # 16 at a time, as above
+        total, n = raw.sum(0), raw.shape[0]
+        calibration["position"] = position_level(total, n)
+        own = [position_normalised(raw[i : i + 1], position_level(total - raw[i], n - 1) if n > 1
+                                   else calibration["position"]) for i in range(n)]
+        fused = torch.cat(own[:n_held])
+        scores = peak_score(fused, sc.score)
+        judged_training = [float(v) for v in peak_score(torch.cat(own[n_held:]), sc.score)] if n > n_held else None
+    else:
+        # The held-out parts come first in the residuals: their maps set the thresholds below.
+        fused, _, _, scores = maps_of(res.head(n_held), calibration)
+        judged_training = None
     if not bool(torch.isfinite(scores).all()) or not bool(torch.isfinite(fused).all()):
         raise TrainingDivergedError(
             "the fitted autoencoder gives non-finite scores on good parts: it cannot judge a part, "
@@ -105,6 +126,9 @@ def calibrate(held_out: Sequence, training: Sequence, sc: ScoringConfig, residua
     scores = [float(v) for v in scores]
     pooled = list(scores)
     if sc.threshold_parts == "all" and training:
-        for start in range(0, len(training), 16):  # bounded memory for a large replay store
-            pooled += [float(v) for v in maps_of(residuals_of(training[start : start + 16]), calibration)[3]]
+        if judged_training is not None:  # the training parts are in the level: judged without their own map
+            pooled += judged_training
+        else:
+            for start in range(0, len(training), 16):  # bounded memory for a large replay store
+                pooled += [float(v) for v in maps_of(residuals_of(training[start : start + 16]), calibration)[3]]
     return calibration, threshold_from(pooled, sc), scores

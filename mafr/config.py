@@ -244,6 +244,14 @@ class ScoringConfig(_Strict):
     #: would be set by it. ``()``: one level per band. A config saved before this field existed
     #: loads with ``()``. See docs/ablations.md for the offline preset's choice.
     level_bins: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...] = ()
+    #: Levels per position (docs/concepts.md, "Levels per position"): the fused map divided, pixel
+    #: by pixel, by what the fit parts reach there (their mean map, smoothed), so a place where
+    #: every good part lights up (a specular band, a tread edge at a fixed place in a fixture)
+    #: does not set the score. ``"auto"``: on for images alone (``modalities="rgb"``), where there
+    #: is no 3D part to measure distances from the edge by; ``"on"`` / ``"off"``. Assumes parts
+    #: sit in the same place in the frame. Detectors calibrated before this field existed score
+    #: as they were saved until they are calibrated again. See docs/ablations.md.
+    position_levels: Literal["auto", "on", "off"] = "auto"
     #: ``defect_mask``: pixels whose fused map exceeds ``mask_level`` times the highest value
     #: any held-out good part reached (so no good calibration pixel is marked), and at least
     #: ``mask_relative`` of the part's own peak (keeps the mask on the defect, not its halo).

@@ -125,8 +125,10 @@ def _check_kinds(kinds: Optional[Sequence[str]], sizes: Optional[dict], modaliti
 def check(det, good_parts: Sequence[Any], *, seed: int = 0, kinds: Optional[Sequence[str]] = None,
           sizes: Optional[dict[str, Sequence[float]]] = None, progress: bool = False) -> DetectabilityReport:
     """Implant each ``kind`` (default: every kind the detector's modalities could show) at each
-    size (default: one, ``DEFAULT_SIZES_MM`` / ``_PX``) into every good part, seeded, and score
-    them with ``det`` against the good parts as they are."""
+    size (default: one, ``DEFAULT_SIZES_MM``; on images alone ``DEFAULT_SIZES_PX`` in pixels of the
+    network's input, so in the image's own pixels times its longer side over ``rgb.image_size``,
+    taken from the first part) into every good part, seeded, and score them with ``det`` against
+    the good parts as they are."""
     modalities = det.config.modalities
     parts = list(good_parts)
     if len(parts) < MIN_PARTS:
@@ -137,7 +139,10 @@ def check(det, good_parts: Sequence[Any], *, seed: int = 0, kinds: Optional[Sequ
         # One unit for every part (a report row has one size): pixels when any part has no scan.
         loaded = [(rgb, None) for rgb, _ in loaded]
         kinds = tuple(k for k in kinds if k not in ("bump", "dent"))  # no geometry to change
-    default_sizes = DEFAULT_SIZES_PX if loaded[0][1] is None else DEFAULT_SIZES_MM
+    default_sizes = DEFAULT_SIZES_MM
+    if loaded[0][1] is None:  # pixels of what the network sees, in the image's own pixels
+        scale = max(np.asarray(loaded[0][0]).shape[:2]) / det.config.rgb.image_size
+        default_sizes = {k: round(v * max(scale, 1.0), 1) for k, v in DEFAULT_SIZES_PX.items()}
     good = det.predict_batch([_as_input(r, x, modalities, describe(p)) for (r, x), p in zip(loaded, parts)],
                              progress=progress)
     good_scores = np.array([r.score for r in good])

@@ -287,7 +287,8 @@ class MAFRDetector(
     def _calibrate_on(self, feats: Sequence[_features.Features], training: Sequence[_features.Features] = ()) -> list[float]:
         """Calibrate levels and thresholds on held-out good parts' features (:func:`mafr.calibration.calibrate`)."""
         self.calibration_, self.threshold_, scores = _calibration.calibrate(
-            feats, training, self.config.scoring, self._residual_grids, self._maps, self._context_channels())
+            feats, training, self.config.scoring, self._residual_grids, self._maps, self._context_channels(),
+            self.config.modalities)
         return scores
 
     # ------------------------------------------------------------------ predict

@@ -123,6 +123,17 @@ def check_edge_levels(cal: dict[str, torch.Tensor], rgb_dim: int, xyz_dim: int, 
             )
 
 
+def check_position_level(level: torch.Tensor, side: int, where: str) -> None:
+    """Scores are divided by the level per position: one of the wrong size, or zero, negative or
+    non-finite anywhere, would score every part wrongly (fail closed)."""
+    if tuple(level.shape) != (side, side) or not bool(torch.isfinite(level).all()) or not bool((level > 0).all()):
+        raise _errors.CorruptModelError(
+            f"{where}: calibration.position must be positive finite levels of shape {(side, side)} "
+            f"(the network's input side), got shape {tuple(level.shape)}",
+            path=where,
+        )
+
+
 def state_tensors(det) -> dict[str, torch.Tensor]:
     """Everything ``det`` learned, as named tensors (what ``model.safetensors`` holds)."""
     tensors = {f"autoencoder.{k}": v.detach().cpu().contiguous() for k, v in det.autoencoder_.state_dict().items()}
@@ -266,6 +277,8 @@ def load(cls, model_id: str, *, revision: Optional[str] = None, cache_dir=None, 
                 path=str(weights_path),
             )
         check_edge_levels(det.calibration_, rgb_dim, xyz_dim, str(weights_path))
+    if "position" in det.calibration_:
+        check_position_level(det.calibration_["position"], det.config.rgb.image_size, str(weights_path))
     det.framing_ = _load_framing(tensors, det.config, str(weights_path))
     return det.to(det.device)  # loaded on the CPU; a saved detector names no device
 

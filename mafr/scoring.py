@@ -252,6 +252,34 @@ def image_score(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(mean_nz > 0, peak / mean_nz.clamp(min=1e-12).sqrt(), torch.zeros_like(peak))
 
 
+#: The floor under a position's level, as a share of the mean level: where good parts left the
+#: map near zero (background, padding), a faint value must not become a large ratio.
+POSITION_FLOOR = 0.1
+
+
+def position_level(fused_sum: torch.Tensor, count: int) -> torch.Tensor:
+    """``(S, S)`` level of the fused map at each pixel from the sum of ``count`` good parts' fused
+    maps (docs/concepts.md, "Levels per position"): their mean, box-smoothed over about 1/24 of
+    the side (9 px at 224) so that a few parts give a level per neighbourhood rather than per
+    pixel, plus a floor of ``POSITION_FLOOR`` times its mean over the pixels good parts reach."""
+    mean = (fused_sum / max(count, 1)).float()
+    k = 2 * (mean.shape[-1] // 48) + 1
+    level = F.avg_pool2d(mean[None, None], k, stride=1, padding=k // 2, count_include_pad=False)[0, 0]
+    reached = level[level > 0]
+    floor = POSITION_FLOOR * (float(reached.mean()) if reached.numel() else 1.0)
+    return level + floor
+
+
+def position_normalised(fused: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """A fused map ``(B, S, S)`` in units of what good parts reach at the same pixel."""
+    return fused / position
+
+
+def peak_score(fused: torch.Tensor, score: str) -> torch.Tensor:
+    """Image scores ``(B,)`` of fused maps ``(B, S, S)`` by ``ScoringConfig.score``."""
+    return image_score(fused) if score == "ratio" else fused.flatten(1).amax(1)
+
+
 def upsampled_maps(
     res_2d: torch.Tensor,
     res_3d: torch.Tensor,
@@ -287,6 +315,7 @@ def score_maps(
     valid_grid: Optional[torch.Tensor] = None,
     scales: Optional[torch.Tensor] = None,
     score: str = "ratio",
+    position: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Grid residuals ``(B, g, g)`` + pixel validity ``(B, S, S)`` -> fused map, 2D map, 3D map
     (each ``(B, S, S)``, smoothed) and image scores ``(B,)``.
@@ -298,6 +327,8 @@ def score_maps(
     reference's maps and scores, docs/method.md). ``scales``: see :func:`fuse`. ``score``:
     ``"ratio"`` (the paper's ``max / sqrt(mean of non-zero)``, :func:`image_score`) or ``"max"``
     (the peak of the fused map; with calibrated fusion it is already in units of "normal").
+    ``position``: the level good parts reach at each pixel (:func:`position_level`); the fused map
+    is divided by it before the score (:func:`position_normalised`).
     """
     m2d, m3d, valid = upsampled_maps(res_2d, res_3d, valid_pixels, reference=reference, valid_grid=valid_grid)
     fused = fuse(m2d, m3d, mode, scales) * valid
@@ -305,7 +336,9 @@ def score_maps(
     if not reference:
         # Smoothing bleeds into invalid pixels; keep the "no 3D -> 0" rule of docs/method.md.
         fused = fused * valid
-    scores = image_score(fused) if score == "ratio" else fused.flatten(1).amax(1)
+    if position is not None:
+        fused = position_normalised(fused, position.to(fused.device))
+    scores = peak_score(fused, score)
     m2d = box_smooth(m2d, box5_passes, box7_passes, count_padding=reference)
     m3d = box_smooth(m3d, box5_passes, box7_passes, count_padding=reference) * valid
     return fused, m2d, m3d, scores
@@ -383,6 +416,7 @@ def maps_from_residuals(res: Residuals, calibration: dict[str, torch.Tensor], sc
         valid_grid=res.valid_grid,
         scales=scales,
         score=sc.score,
+        position=calibration.get("position"),
     )
 
 

@@ -41,7 +41,8 @@ KINDS = ("stain", "patch", "scratch", "bump", "dent", "hole")
 #: (``det.check(parts, kinds=[..., "patch"])``).
 IMAGE_KINDS = ("stain", "scratch", "hole")
 SHAPE_KINDS = ("bump", "dent", "scratch", "hole")
-#: The default size of each kind: millimetres on a part with 3D, pixels on an image alone.
+#: The default size of each kind: millimetres on a part with 3D, pixels on an image alone
+#: (``det.check`` takes these as pixels of the network's input and scales them to the image).
 DEFAULT_SIZES_MM = {"stain": 2.0, "patch": 3.0, "scratch": 8.0, "bump": 3.0, "dent": 3.0, "hole": 1.5}
 DEFAULT_SIZES_PX = {"stain": 10.0, "patch": 16.0, "scratch": 40.0, "hole": 8.0}
 #: How far the surface moves for a bump or a dent, and how deep a scratch is (metres).
@@ -72,16 +73,46 @@ def kinds_for(modalities: str) -> tuple[str, ...]:
     return tuple(k for k in KINDS if k != "patch")
 
 
-def _inner(part: np.ndarray, margin: int) -> np.ndarray:
-    """Pixels with ``margin`` pixels of part all around (an erosion by a square, counted with
-    an integral image)."""
-    side = 2 * margin + 1
-    padded = np.pad(part.astype(np.int32), margin)
+def _box_sum(x: np.ndarray, radius: int) -> np.ndarray:
+    """Sum of ``x`` (H x W) over the ``2 * radius + 1`` square around each pixel, zeros outside
+    (an integral image: the cost does not grow with the square)."""
+    side = 2 * radius + 1
+    padded = np.pad(x, radius)
     integral = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    h, w = part.shape
-    count = (integral[side:side + h, side:side + w] - integral[:h, side:side + w]
-             - integral[side:side + h, :w] + integral[:h, :w])
-    return count == side * side
+    h, w = x.shape
+    return (integral[side:side + h, side:side + w] - integral[:h, side:side + w]
+            - integral[side:side + h, :w] + integral[:h, :w])
+
+
+def _inner(part: np.ndarray, margin: int) -> np.ndarray:
+    """Pixels with ``margin`` pixels of part all around (an erosion by a square)."""
+    return _box_sum(part.astype(np.int64), margin) == (2 * margin + 1) ** 2
+
+
+#: On an image alone, a pixel's neighbourhood belongs to the part when its colour lies this many
+#: robust standard deviations from the colour of the image's border (what a camera sees around a
+#: part: table, conveyor, backdrop).
+STANDS_OUT = 3.0
+
+
+def _image_part(rgb: np.ndarray) -> np.ndarray:
+    """Where the part is in an image alone: pixels whose neighbourhood's mean colour stands out
+    (``STANDS_OUT``) from the border's median colour, closed over gaps of about 1/20 of the
+    image (a tread's grooves, a part's holes). Every pixel when that finds under 2 % of the
+    image or over 95 % (no border to tell a background by: the part fills the frame)."""
+    h, w = rgb.shape[:2]
+    b = max(2, min(h, w) // 64)
+    border = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3),
+                             rgb[:, :b].reshape(-1, 3), rgb[:, -b:].reshape(-1, 3)]).astype(np.float64)
+    median = np.median(border, axis=0)
+    spread = np.maximum(1.4826 * np.median(np.abs(border - median), axis=0), 2.0)  # 2 levels: 8-bit noise
+    r = max(1, min(h, w) // 128)
+    count = _box_sum(np.ones((h, w)), r)
+    local = np.stack([_box_sum(rgb[..., c].astype(np.float64), r) / count for c in range(3)], axis=-1)
+    stands_out = np.sqrt((((local - median) / spread) ** 2).sum(-1)) > STANDS_OUT
+    close = max(2, min(h, w) // 40)
+    part = _inner(~_inner(~stands_out, close), close)  # closing: dilate, then erode
+    return part if 0.02 <= part.mean() <= 0.95 else np.ones((h, w), dtype=bool)
 
 
 def _pitch_mm(xyz: Optional[np.ndarray], r: int, c: int) -> float:
@@ -104,9 +135,10 @@ def _along_ray(xyz: np.ndarray, dz: np.ndarray) -> np.ndarray:
 
 
 def part_pixels(rgb: np.ndarray, xyz: Optional[np.ndarray]) -> np.ndarray:
-    """Where the part is (H x W bool): measured and not the support; every pixel of an image alone."""
+    """Where the part is (H x W bool): measured and not the support; on an image alone, where its
+    colour stands out from the image border's (``STANDS_OUT``), or every pixel when nothing does."""
     if xyz is None:
-        return np.ones(np.asarray(rgb).shape[:2], dtype=bool)
+        return _image_part(np.asarray(rgb))
     return measured_pixels(set_aside_support(np.asarray(xyz, dtype=np.float32))[0])
 
 
