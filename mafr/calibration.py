@@ -108,11 +108,12 @@ def calibrate(held_out: Sequence, training: Sequence, sc: ScoringConfig, residua
                          for start in range(0, res.err2.shape[0], 16)])  # 16 at a time, as above
         total, n = raw.sum(0), raw.shape[0]
         calibration["position"] = position_level(total, n)
+        judged = n if sc.threshold_parts == "all" else n_held  # whose scores the threshold reads
         own = [position_normalised(raw[i : i + 1], position_level(total - raw[i], n - 1) if n > 1
-                                   else calibration["position"]) for i in range(n)]
+                                   else calibration["position"]) for i in range(judged)]
         fused = torch.cat(own[:n_held])
         scores = peak_score(fused, sc.score)
-        judged_training = [float(v) for v in peak_score(torch.cat(own[n_held:]), sc.score)] if n > n_held else None
+        judged_training = [float(v) for v in peak_score(torch.cat(own[n_held:]), sc.score)] if judged > n_held else None
     else:
         # The held-out parts come first in the residuals: their maps set the thresholds below.
         fused, _, _, scores = maps_of(res.head(n_held), calibration)

@@ -127,7 +127,7 @@ def check(det, good_parts: Sequence[Any], *, seed: int = 0, kinds: Optional[Sequ
     """Implant each ``kind`` (default: every kind the detector's modalities could show) at each
     size (default: one, ``DEFAULT_SIZES_MM``; on images alone ``DEFAULT_SIZES_PX`` in pixels of the
     network's input, so in the image's own pixels times its longer side over ``rgb.image_size``,
-    taken from the first part) into every good part, seeded, and score them with ``det`` against
+    taken from the first part, never below the defaults) into every good part, seeded, and score them with ``det`` against
     the good parts as they are."""
     modalities = det.config.modalities
     parts = list(good_parts)
