@@ -5,8 +5,9 @@ Each grid position's distance to its nearest neighbour among all positions of th
 (features standardised per channel over the fit parts; 3D only where measured), the image score
 its maximum: no autoencoder. With ``--radius R`` the neighbours are sought only within ``R`` grid
 cells of the same position (a fixtured line: the parts lie in the same place). ``tire`` is
-scored on its real defects (images alone; also AUPRO@30 % of the distance map, bilinear to
-224 x 224 like ``mafr.evaluation``); ``cable_gland`` on its validation parts, each also with one
+scored on its real defects (images alone; also AUPRO@30 % of the distance map, brought back
+onto the image and bilinear to 224 x 224 as ``mafr.evaluation`` does, and that of the photo's
+own brightness, a map that knows nothing of defects); ``cable_gland`` on its validation parts, each also with one
 implanted defect of each kind (``mafr.datasets.implant_defect``). Prints one JSON line per set
 and feature kind.
 
@@ -79,6 +80,24 @@ def _nearest(test: torch.Tensor, bank: torch.Tensor, valid: torch.Tensor, radius
     return torch.where(out < _FAR / 2, out, anywhere)
 
 
+def _on_image(grid_map: torch.Tensor, height: int, width: int, size: int = 224) -> np.ndarray:
+    """A ``(g, g)`` map of the network's square input back on the image, as the detector's maps
+    come back (the square is the image padded at the bottom and right, ``framing="image"``),
+    then bilinear to ``size x size`` as ``mafr.evaluation`` compares maps with masks."""
+    side = max(height, width)
+    up = F.interpolate(grid_map[None, None], size=(size, size), mode="bilinear", align_corners=False)
+    up = F.interpolate(up, size=(side, side), mode="bilinear", align_corners=False)[..., :height, :width]
+    return F.interpolate(up, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _brightness(rgb: np.ndarray, size: int = 224) -> np.ndarray:
+    """The image's grey level, bilinear to ``size x size`` and box-smoothed over 15 px: a map
+    that knows nothing of defects, the floor an AUPRO has to be read against."""
+    grey = torch.from_numpy(rgb.astype(np.float32).mean(-1))[None, None]
+    grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False)
+    return F.avg_pool2d(grey, 15, stride=1, padding=7, count_include_pad=False)[0, 0].numpy()
+
+
 def probe(root: Path, category: str, shots: int, radius: int | None = None) -> list[dict]:
     modalities = "rgb" if category == "tire" else "rgb+xyz"
     train = list(MVTec3D(root, category, "train"))[:shots]
@@ -105,10 +124,14 @@ def probe(root: Path, category: str, shots: int, radius: int | None = None) -> l
         row = {"set": category, "features": which, "fit_parts": len(train), "radius": radius,
                "image_auroc": round(image_auroc(labels, scores), 4), "per_type": per_type}
         if category == "tire":
-            maps = F.interpolate(dist[:, None], size=(224, 224), mode="bilinear", align_corners=False)[:, 0].numpy()
-            masks = [resize_nearest(np.asarray(s.mask) > 0, 224, 224) if s.mask is not None else np.zeros((224, 224), bool)
-                     for s in test]
-            row["aupro@0.3"] = round(aupro(masks, list(maps), limit=0.3), 4)
+            maps, masks = [], []
+            for d, s in zip(dist, test):
+                maps.append(_on_image(d, *load_rgb(s.rgb).shape[:2]))
+                masks.append(resize_nearest(np.asarray(s.mask) > 0, 224, 224) if s.mask is not None
+                             else np.zeros((224, 224), bool))
+            row["aupro@0.3"] = round(aupro(masks, maps, limit=0.3), 4)
+            # What a map that knows nothing of defects reaches: the photo's own brightness.
+            row["brightness_aupro@0.3"] = round(aupro(masks, [_brightness(load_rgb(s.rgb)) for s in test], limit=0.3), 4)
         out.append(row)
     return out
 
