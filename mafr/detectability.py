@@ -83,11 +83,12 @@ def _arrays(item: Any, modalities: str) -> tuple[np.ndarray, Optional[np.ndarray
     """A good part's image and scan as far as it has them: the scan gives sizes in millimetres
     even to a detector that judges the image alone."""
     sample = as_sample(item, modalities)
-    xyz = None if sample.xyz is None else load_xyz(sample.xyz, None)
-    rgb = depth_image(xyz) if sample.rgb is None else load_rgb(sample.rgb)
-    if xyz is not None and xyz.shape[:2] != rgb.shape[:2]:
-        xyz = load_xyz(sample.xyz, rgb.shape[:2])
-    return rgb, xyz
+    if sample.rgb is None:  # a scan alone: its grey rendering is the picture
+        xyz = load_xyz(sample.xyz, None)
+        return depth_image(xyz), xyz
+    # Read once, on the image's grid: a PointCloud can only be projected onto one.
+    rgb = load_rgb(sample.rgb)
+    return rgb, None if sample.xyz is None else load_xyz(sample.xyz, rgb.shape[:2])
 
 
 def _as_input(rgb: np.ndarray, xyz: Optional[np.ndarray], modalities: str, name: str) -> Sample:

@@ -111,6 +111,19 @@ def test_check_reports_every_kind_its_modalities_show(fitted):
     assert again == report  # seeded
 
 
+def test_check_takes_parts_whose_scan_is_a_point_cloud(fitted):
+    """As predict does: the cloud is projected onto the part's own image (once, not read twice)."""
+    from mafr.datasets.synthetic import camera_intrinsics
+
+    parts = _parts(range(20, 23))
+    clouds = [mafr.Sample(rgb=s.rgb, xyz=mafr.PointCloud(points=s.xyz[(s.xyz != 0).any(-1)],
+                                                         intrinsics=camera_intrinsics(s.rgb.shape[0])))
+              for s in parts]
+    report = fitted.check(clouds, seed=0)
+    assert report.n_good == 3 and {t.unit for t in report.per_type} == {"mm"}
+    assert [t.kind for t in report.per_type] == ["stain", "scratch", "bump", "dent", "hole"]
+
+
 def test_check_of_an_image_detector_uses_image_kinds_in_millimetres_when_it_can():
     det = mafr.MAFRDetector(tiny_config(modalities="rgb")).fit(_parts(range(4)), seed=0, progress=False)
     report = det.check(_parts(range(20, 23)))
