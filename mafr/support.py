@@ -123,9 +123,10 @@ def _dot(points: np.ndarray, normal: np.ndarray) -> np.ndarray:
     return points[..., 0] * normal[..., 0] + points[..., 1] * normal[..., 1] + points[..., 2] * normal[..., 2]
 
 
-def _box_count(mask: np.ndarray, radius: int) -> np.ndarray:
-    """How many pixels of ``mask`` lie in the (2 radius + 1)-wide square around each pixel."""
-    c = np.pad(mask.astype(np.int32), radius + 1)[:-1, :-1].cumsum(0).cumsum(1)
+def box_sum(x: np.ndarray, radius: int) -> np.ndarray:
+    """Sum of ``x`` (H x W) over the (2 radius + 1)-wide square around each pixel, zeros outside
+    (an integral image: the cost does not grow with the square). A mask's sum is its count."""
+    c = np.pad(x, radius + 1)[:-1, :-1].cumsum(0).cumsum(1)
     k = 2 * radius + 1
     return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
 
@@ -210,7 +211,7 @@ def find_support(xyz: np.ndarray, *, seed: int = 0) -> tuple[SupportReport, Opti
         m = _SPECK_RADIUS + 1
         win = (slice(max(box[0] - m, 0), box[1] + m), slice(max(box[2] - m, 0), box[3] + m))
         a = above[win]
-        support[win] |= a & ((_box_count(a, _SPECK_RADIUS) < _SPECK_MIN) | (_joined(height[win], a, step) < _JOINED_MIN))
+        support[win] |= a & ((box_sum(a.astype(np.int32), _SPECK_RADIUS) < _SPECK_MIN) | (_joined(height[win], a, step) < _JOINED_MIN))
     kept = valid & ~support
     n_kept = int(kept.sum())
     part_height = float(np.percentile(smooth[kept], 99)) if n_kept else 0.0

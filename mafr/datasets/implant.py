@@ -31,7 +31,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ..io import measured_pixels
-from ..support import set_aside_support
+from ..support import box_sum, set_aside_support
 
 #: Every kind :func:`implant_defect` makes.
 KINDS = ("stain", "patch", "scratch", "bump", "dent", "hole")
@@ -73,20 +73,9 @@ def kinds_for(modalities: str) -> tuple[str, ...]:
     return tuple(k for k in KINDS if k != "patch")
 
 
-def _box_sum(x: np.ndarray, radius: int) -> np.ndarray:
-    """Sum of ``x`` (H x W) over the ``2 * radius + 1`` square around each pixel, zeros outside
-    (an integral image: the cost does not grow with the square)."""
-    side = 2 * radius + 1
-    padded = np.pad(x, radius)
-    integral = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    h, w = x.shape
-    return (integral[side:side + h, side:side + w] - integral[:h, side:side + w]
-            - integral[side:side + h, :w] + integral[:h, :w])
-
-
 def _inner(part: np.ndarray, margin: int) -> np.ndarray:
     """Pixels with ``margin`` pixels of part all around (an erosion by a square)."""
-    return _box_sum(part.astype(np.int64), margin) == (2 * margin + 1) ** 2
+    return box_sum(part.astype(np.int64), margin) == (2 * margin + 1) ** 2
 
 
 #: On an image alone, a pixel's neighbourhood belongs to the part when its colour lies this many
@@ -107,8 +96,8 @@ def _image_part(rgb: np.ndarray) -> np.ndarray:
     median = np.median(border, axis=0)
     spread = np.maximum(1.4826 * np.median(np.abs(border - median), axis=0), 2.0)  # 2 levels: 8-bit noise
     r = max(1, min(h, w) // 128)
-    count = _box_sum(np.ones((h, w)), r)
-    local = np.stack([_box_sum(rgb[..., c].astype(np.float64), r) / count for c in range(3)], axis=-1)
+    count = box_sum(np.ones((h, w)), r)
+    local = np.stack([box_sum(rgb[..., c].astype(np.float64), r) / count for c in range(3)], axis=-1)
     stands_out = np.sqrt((((local - median) / spread) ** 2).sum(-1)) > STANDS_OUT
     close = max(2, min(h, w) // 40)
     part = _inner(~_inner(~stands_out, close), close)  # closing: dilate, then erode
