@@ -124,14 +124,15 @@ def probe(root: Path, category: str, shots: int, radius: int | None = None) -> l
         row = {"set": category, "features": which, "fit_parts": len(train), "radius": radius,
                "image_auroc": round(image_auroc(labels, scores), 4), "per_type": per_type}
         if category == "tire":
-            maps, masks = [], []
+            maps, bright, masks = [], [], []
             for d, s in zip(dist, test):
-                maps.append(_on_image(d, *load_rgb(s.rgb).shape[:2]))
+                rgb = load_rgb(s.rgb)
+                maps.append(_on_image(d, *rgb.shape[:2]))
+                bright.append(_brightness(rgb))  # what a map that knows nothing of defects reaches
                 masks.append(resize_nearest(np.asarray(s.mask) > 0, 224, 224) if s.mask is not None
                              else np.zeros((224, 224), bool))
             row["aupro@0.3"] = round(aupro(masks, maps, limit=0.3), 4)
-            # What a map that knows nothing of defects reaches: the photo's own brightness.
-            row["brightness_aupro@0.3"] = round(aupro(masks, [_brightness(load_rgb(s.rgb)) for s in test], limit=0.3), 4)
+            row["brightness_aupro@0.3"] = round(aupro(masks, bright, limit=0.3), 4)
         out.append(row)
     return out
 
