@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from .datasets.implant import DEFAULT_SIZES_MM, DEFAULT_SIZES_PX, KINDS, implant_defect, kinds_for, part_pixels
+from .datasets.implant import (COLOUR_ONLY, DEFAULT_SIZES_MM, DEFAULT_SIZES_PX, GEOMETRY_ONLY, KINDS, implant_defect,
+                               kinds_for, part_pixels)
 from .io import as_sample, load_rgb, load_xyz
 from .metrics import _auroc_from_scores
 from .errors import BlindDetectorWarning, InvalidInputError
@@ -112,7 +113,7 @@ def _check_kinds(kinds: Optional[Sequence[str]], sizes: Optional[dict], modaliti
     unknown = [k for k in chosen if k not in KINDS]
     if unknown or not chosen:
         raise InvalidInputError(f"kinds must be a non-empty selection of {KINDS}, got {list(chosen)}")
-    unseen = {"rgb": ("bump", "dent"), "xyz": ("stain", "patch")}.get(modalities, ())
+    unseen = {"rgb": GEOMETRY_ONLY, "xyz": COLOUR_ONLY}.get(modalities, ())
     if any(k in unseen for k in chosen):
         raise InvalidInputError(
             f"a detector of modalities={modalities!r} cannot see {[k for k in chosen if k in unseen]} by construction "
@@ -139,7 +140,7 @@ def check(det, good_parts: Sequence[Any], *, seed: int = 0, kinds: Optional[Sequ
     if modalities != "xyz" and any(xyz is None for _, xyz in loaded):
         # One unit for every part (a report row has one size): pixels when any part has no scan.
         loaded = [(rgb, None) for rgb, _ in loaded]
-        kinds = tuple(k for k in kinds if k not in ("bump", "dent"))  # no geometry to change
+        kinds = tuple(k for k in kinds if k not in GEOMETRY_ONLY)  # no geometry to change
     default_sizes = DEFAULT_SIZES_MM
     if loaded[0][1] is None:  # pixels of what the network sees, in the image's own pixels
         scale = max(np.asarray(loaded[0][0]).shape[:2]) / det.config.rgb.image_size

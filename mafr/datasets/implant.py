@@ -41,6 +41,10 @@ KINDS = ("stain", "patch", "scratch", "bump", "dent", "hole")
 #: (``det.check(parts, kinds=[..., "patch"])``).
 IMAGE_KINDS = ("stain", "scratch", "hole")
 SHAPE_KINDS = ("bump", "dent", "scratch", "hole")
+#: Kinds that change only the geometry (an image alone cannot show them) or only the colour (a
+#: scan alone cannot).
+GEOMETRY_ONLY = ("bump", "dent")
+COLOUR_ONLY = ("stain", "patch")
 #: The default size of each kind: millimetres on a part with 3D, pixels on an image alone
 #: (``det.check`` takes these as pixels of the network's input and scales them to the image).
 DEFAULT_SIZES_MM = {"stain": 2.0, "patch": 3.0, "scratch": 8.0, "bump": 3.0, "dent": 3.0, "hole": 1.5}
@@ -143,7 +147,7 @@ def implant_defect(rgb: np.ndarray, xyz: Optional[np.ndarray], kind: str, *, siz
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"rgb must be an H x W x 3 uint8 array, got {rgb.dtype} {rgb.shape}")
-    if xyz is None and kind in ("bump", "dent"):
+    if xyz is None and kind in GEOMETRY_ONLY:
         raise ValueError(f"a {kind} changes the geometry: this part has no xyz")
     if xyz is not None:
         xyz = np.asarray(xyz, dtype=np.float32)
