@@ -65,7 +65,7 @@ def accuracy(categories: list[str], log) -> dict:
         fit_feats, test_feats = base.extract_features(fit), base.extract_features(test)
         for attention in OPTIONS:
             det = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", model={"attention": attention}))
-            det._fit_features(fit_feats, seed=0)
+            det._fit_extracted(fit, fit_feats, seed=0)
             fused, _, _, scores = det._score_features(test_feats)
             rows[attention]["train_seconds"].append(det.fit_info_["train_seconds"])
             rows[attention]["steps"].append(det.fit_info_["steps"])

@@ -77,7 +77,7 @@ def run(extractors: str, data: Path, categories: list[str], shots: int, log) -> 
         for name, weights in LOSSES.items():
             det = mafr.MAFRDetector(_config(extractors, train=weights))
             det.extractors.rgb_module, det.extractors.point_module = base.extractors.rgb_module, base.extractors.point_module
-            det._fit_features(train_feats, seed=0)
+            det._fit_extracted(train, train_feats, seed=0)
             row["loss"][name] = _metrics(det, test_feats[0], test)
             if name != "all three":
                 continue

@@ -107,7 +107,7 @@ def run_category(root: Path, category: str, emit, studies=STUDIES) -> dict:
         det = mafr.MAFRDetector(mafr.MAFRConfig(preset="offline", **overrides))
         t0 = time.perf_counter()
         feats = det.extract_features(train)
-        det._fit_features(feats, seed=0)
+        det._fit_extracted(train, feats, seed=0)
         return det, feats, time.perf_counter() - t0
 
     def scored(study: str, variant: str, summary: dict, fit_seconds: Optional[float] = None) -> None:
@@ -120,7 +120,7 @@ def run_category(root: Path, category: str, emit, studies=STUDIES) -> dict:
     for fusion in FUSIONS if "fusion" in studies else ("calibrated",):
         det.config.scoring.fusion = fusion
         # The held-out parts exactly as fit chose them, calibrated again for this fusion.
-        det._recalibrate_as_fitted(feats, seed=0)
+        mafr.training.recalibrate_as_fitted(det, feats, seed=0)
         if "fusion" in studies and fusion != "calibrated":
             scored("fusion", fusion, _summary(evaluate_detector(det, test, progress=False)))
     default = _summary(evaluate_detector(det, test, progress=False))

@@ -4,6 +4,7 @@ preprocessing (docs/ablations.md, "Raw scans").
 
     python benchmarks/raw_scans.py --root data/bench_raw                      # defaults
     python benchmarks/raw_scans.py --root data/bench_raw --routes raw keep   # the support kept in
+    python benchmarks/raw_scans.py --routes raw --set JSON   # config overrides on the offline preset
     python benchmarks/raw_scans.py --retention     # what preprocessing keeps of 1, 2, 5 mm parts
 
 Each *part set* is a report category written with its table measured (``background="plane"``),
@@ -58,10 +59,10 @@ def write_data(root: Path, sets: dict[str, tuple[str, float | None]]) -> None:
                 preprocess_dataset(root / "raw", root / "preprocessed", categories=[name], progress=False)
 
 
-def fit_and_score(root: Path, name: str, route: str, seed: int) -> dict:
+def fit_and_score(root: Path, name: str, route: str, seed: int, overrides: dict | None = None) -> dict:
     folder = root / ("preprocessed" if route == "preprocessed" else "raw")
     train, test = list(MVTec3D(folder, name, "train")), list(MVTec3D(folder, name, "test"))
-    config = mafr.MAFRConfig(preset="offline", support="keep" if route == "keep" else "auto")
+    config = mafr.MAFRConfig(preset="offline", **{"support": "keep" if route == "keep" else "auto", **(overrides or {})})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         det = mafr.MAFRDetector(config).fit(train, seed=seed, progress=False)
@@ -125,6 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--sets", nargs="+", default=None, help="only these part sets")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", default="{}", metavar="JSON", help="config overrides on top of the offline preset")
     p.add_argument("--retention", action="store_true",
                    help="only: how much of 1, 2 and 5 mm parts preprocessing keeps (measured vs fixed tolerance)")
     args = p.parse_args(argv)
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
     if args.retention:
         print(json.dumps({"retention": retention()}), flush=True)
         return 0
-    root = Path(args.root)
+    root, overrides = Path(args.root), json.loads(args.set)
     sets = part_sets(args.thin)
     if args.sets:
         sets = {k: v for k, v in sets.items() if k in args.sets}
@@ -141,9 +143,9 @@ def main(argv=None) -> int:
         rows = []
         for seed in args.seeds:
             for name in sets:
-                rows.append(fit_and_score(root, name, route, seed))
+                rows.append(fit_and_score(root, name, route, seed, overrides))
                 print(json.dumps(rows[-1]), flush=True)
-        print(json.dumps({"summary": True, "seeds": args.seeds, **summarise(rows)}), flush=True)
+        print(json.dumps({"summary": True, "seeds": args.seeds, "set": overrides, **summarise(rows)}), flush=True)
     return 0
 
 

@@ -7,7 +7,7 @@ Scoring settings (``config.scoring``: levels, bins, smoothing, threshold rule) a
 autoencoder is trained, so there is no need to train once per setting. Per category the fit
 and test parts' features are extracted once; per fit seed the offline preset's autoencoder is
 trained once; then every variant re-calibrates on the same held-out split, as ``fit`` does
-(``_recalibrate_as_fitted``), and scores the test parts. The first row of each fit, ``default``, is exactly
+(``mafr.training.recalibrate_as_fitted``), and scores the test parts. The first row of each fit, ``default``, is exactly
 what ``benchmarks/tune.py`` reports; a variant row equals ``tune.py --set VARIANT``. A variant
 that changes anything but ``scoring`` is refused: it would need its own training.
 
@@ -68,12 +68,12 @@ def main(argv=None) -> int:
         fit_feats, test_feats = base.extract_features(train), base.extract_features(test)
         types = [s.defect_type if s.label else "good" for s in test]
         for seed in args.seeds:
-            trained = copy.deepcopy(base)._fit_features(fit_feats, seed=seed)
+            trained = copy.deepcopy(base)._fit_extracted(train, fit_feats, seed=seed)
             for name, overrides in variants.items():
                 det = copy.deepcopy(trained)
                 det.config = mafr.MAFRConfig(preset="offline", **overrides)
                 # The split fit drew with this seed: the same parts calibrate every variant.
-                det._recalibrate_as_fitted(fit_feats, seed)
+                mafr.training.recalibrate_as_fitted(det, fit_feats, seed)
                 row = {"variant": name, "category": c, "seed": seed, **score_rows(det, test_feats, types)}
                 rows[name].append(row)
                 print(json.dumps(row), flush=True)

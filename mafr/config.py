@@ -180,6 +180,12 @@ class TrainConfig(_Strict):
     update_steps: int = Field(50, ge=1)
     #: Learning rate of ``update()`` as a share of ``lr``.
     update_lr_scale: float = Field(0.5, gt=0)
+    #: In-plane turns (degrees) of each training part that ``fit`` and ``update`` train on beside
+    #: the part itself (:mod:`mafr.augment`): poses a handful of fit parts do not show. Levels and
+    #: the threshold stay measured on real parts. ``()``: none; a detector with levels per position
+    #: (``scoring.position_levels``) makes none either. A config saved before this field existed
+    #: loads with ``()``. Opt-in: docs/ablations.md says why no preset sets it.
+    rotations: tuple[Annotated[float, Field(gt=-180.0, lt=180.0)], ...] = ()
 
 
 class ScoringConfig(_Strict):

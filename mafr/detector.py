@@ -25,6 +25,7 @@ from . import training as _training
 from . import calibration as _calibration
 from . import scoring as _scoring
 from . import detectability as _detectability
+from . import augment as _augment
 from .results import judge as _judge
 from .io import as_sample
 from .model import FusionAutoencoder
@@ -138,8 +139,8 @@ class MAFRDetector(
             raise _errors.InputTypeError(f"progress must be True or False, got {progress!r}")
         items = _preparation.good_parts(samples, "fit", self.config.modalities)
         t0 = time.perf_counter()
-        feats = self._extract_all(items, _preparation.fit_window(items, self.config), progress)
-        self._fit_features(feats, seed=seed, progress=progress)
+        self._fit_extracted(items, self._extract_all(items, _preparation.fit_window(items, self.config), progress),
+                            seed=seed, progress=progress)
         _detectability.check_at_fit(self, items, seed)  # on the held-out parts: what can it see?
         self.fit_info_["extract_seconds"] = round(time.perf_counter() - t0 - self.fit_info_["train_seconds"]
                                                   - self.fit_info_.get("check_seconds", 0.0), 3)
@@ -167,36 +168,34 @@ class MAFRDetector(
             feats.extend(self.extractors.extract([prep]))
         return feats
 
-    def _fit_features(self, feats: Sequence[_features.Features], *, seed: int = 0, progress: bool = False) -> "MAFRDetector":
-        """Train and calibrate on already extracted features (the second half of :meth:`fit`):
-        split off held-out parts, normalise, train, calibrate, keep a replay store."""
+    def _fit_extracted(self, items: Sequence[Any], feats: Sequence[_features.Features], *, seed: int = 0, progress: bool = False):
+        """:meth:`_fit_features` with rotated copies of the training parts its split picks."""
+        return self._fit_features(feats, seed=seed, progress=progress, copies=_augment.fit_copies(self, items, feats, seed, progress))
+
+    def _fit_features(self, feats: Sequence[_features.Features], *, seed: int = 0, progress: bool = False,
+                      copies: Sequence[_features.Features] = ()) -> "MAFRDetector":
+        """:meth:`fit`'s second half on extracted features: hold parts out, normalise, train (on ``copies``
+        of the training parts too, :mod:`mafr.augment`), calibrate on the parts alone, keep a replay store."""
         with _training.rollback_on_divergence(self):
             t0 = time.perf_counter()
             self.framing_ = _training.common_framing(feats)
             gen = torch.Generator().manual_seed(seed)
             cal_idx, train_idx = _training.held_out_split(len(feats), self.config.train.calibration_fraction, gen)
-            train = [feats[i] for i in train_idx]
-            moments = _training.feature_moments(train)
+            taught = [*(feats[i] for i in train_idx), *copies]
+            moments = _training.feature_moments(taught)
             self.stats_ = _training.stats_from_moments(moments)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.autoencoder_ = _training.build_autoencoder(self.config, feats[0], self.device)
-                losses = self._train(train, gen, progress)
+                losses = self._train(taught, gen, progress)
             self.autoencoder_.eval()
             scores = self._calibrate_fit_split(feats, cal_idx, train_idx)
             self.replay_ = ReplayStore.build(*stack_parts(feats), _training.held_out_mask(len(feats), cal_idx), moments,
                                              budget_bytes=self._replay_budget(), seed=seed)
             self.fit_info_ = _training.fit_record(
-                n=len(feats), n_train=len(train), n_calibration=len(cal_idx), scores=scores, seed=seed, losses=losses,
-                seconds=round(time.perf_counter() - t0, 3), threshold=self.threshold_, replay_parts=len(self.replay_))
+                n=len(feats), n_train=len(train_idx), n_calibration=len(cal_idx), scores=scores, seed=seed, losses=losses,
+                seconds=round(time.perf_counter() - t0, 3), threshold=self.threshold_, replay_parts=len(self.replay_), rotated_copies=len(copies))
         return self
-
-    def _recalibrate_as_fitted(self, feats: Sequence[_features.Features], seed: int) -> list[float]:
-        """Calibrate again, for the current scoring settings, on the split :meth:`fit` with
-        ``seed`` drew from ``feats`` (its generator's first draw). For studies that change only
-        scoring on one trained autoencoder (``benchmarks/tune_scoring.py``, ``defect_types.py``)."""
-        split = _training.held_out_split(len(feats), self.config.train.calibration_fraction, torch.Generator().manual_seed(seed))
-        return self._calibrate_fit_split(feats, *split)
 
     def _calibrate_fit_split(self, feats: Sequence[_features.Features], cal_idx: Sequence[int],
                              train_idx: Sequence[int]) -> list[float]:
@@ -227,11 +226,12 @@ class MAFRDetector(
             cal_idx, train_idx = _training.held_out_split(len(new), self.config.train.calibration_fraction, gen)
             new_train, new_cal = [new[i] for i in train_idx], [new[i] for i in cal_idx]
             old_train, old_cal = _training.replayed(store)
-            moments = pool_moments(store.moments, _training.feature_moments(new_train))
+            taught = new_train + _augment.rotated_features(self, [items[i] for i in train_idx], self.framing_, progress)
+            moments = pool_moments(store.moments, _training.feature_moments(taught))
             self.stats_ = _training.stats_from_moments(moments)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                losses = self._train(new_train, gen, progress, replay=old_train)
+                losses = self._train(taught, gen, progress, replay=old_train)
             self.autoencoder_.eval()
             before, on_training_parts = self.threshold_, not (old_cal or new_cal)
             scores = self._calibrate_on(*_training.calibration_parts(old_cal + new_cal, old_train + new_train))

@@ -53,7 +53,8 @@ def decode_config(data: Any) -> MAFRConfig:
                                    ("points", "deviation_peaks", False), ("scoring", "edge_cap", 3),
                                    ("scoring", "levels_parts", "held_out"), ("scoring", "level_quantile", 0.9),
                                    ("points", "deviation_peak_sigma", (3.0,)), ("points", "deviation_order", (2,)),
-                                   ("scoring", "level_bins", ()), ("rgb", "ring_normal_weight", 0.0)):
+                                   ("scoring", "level_bins", ()), ("rgb", "ring_normal_weight", 0.0),
+                                   ("train", "rotations", ())):
         part = data.get(section)
         if isinstance(part, dict) and field not in part:
             data[section] = {**part, field: before}

@@ -243,11 +243,12 @@ def _now() -> str:
 
 
 def fit_record(*, n: int, n_train: int, n_calibration: int, scores: list[float], seed: int, losses: list[float],
-               seconds: float, threshold: Optional[float], replay_parts: int) -> dict[str, Any]:
+               seconds: float, threshold: Optional[float], replay_parts: int, rotated_copies: int = 0) -> dict[str, Any]:
     """``fit_info_`` after a fit: what it saw and did, with the history's first event."""
     return {
         "n_samples": n,
         "n_train": n_train,
+        "rotated_copies": rotated_copies,
         "n_calibration": n_calibration,
         "calibration_on_training_parts": not n_calibration,
         "calibration_scores": scores,
@@ -286,3 +287,12 @@ def update_record(info: dict[str, Any], *, n: int, n_train: int, n_calibration: 
         update_seconds=seconds,
     )
     return info
+
+
+def recalibrate_as_fitted(det, feats: Sequence[Features], seed: int) -> list[float]:
+    """Calibrate ``det`` again, for its current scoring settings, on the split its ``fit`` with
+    ``seed`` drew from ``feats`` (the generator's first draw); the held-out scores. For studies
+    that change only scoring on one trained autoencoder (``benchmarks/tune_scoring.py``,
+    ``benchmarks/defect_types.py``)."""
+    split = held_out_split(len(feats), det.config.train.calibration_fraction, torch.Generator().manual_seed(seed))
+    return det._calibrate_fit_split(feats, *split)
