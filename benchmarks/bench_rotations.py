@@ -1,8 +1,8 @@
 """What turned copies of the training parts (``train.rotations``) cost a fit, in one run.
 
 The offline preset fitted on 10 generated raw scans (the table measured) with turned copies at
-``--rotations`` (opt-in; docs/ablations.md) and without them (the preset's ``()``), in turn, ``--repeats`` times each; the medians of fit,
-extraction and training seconds, and their ratios. Prints one JSON line; no target, no exit code
+``--rotations`` (opt-in; docs/ablations.md) and without them (the preset's ``()``), in turn,
+``--repeats`` times each; the medians of fit, extraction and training seconds, and their ratios. Prints one JSON line; no target, no exit code
 from timings (docs/performance.md).
 
     python benchmarks/bench_rotations.py [--rotations -8 8] [--category cylinder] [--size 400] [--repeats 3]

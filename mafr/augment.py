@@ -73,6 +73,6 @@ def rotated_features(det, items: Sequence[Any], framing: Optional[float], progre
 
 def fit_copies(det, items: Sequence[Any], feats: Sequence, seed: int, progress: bool = False) -> list:
     """The copies a fit with ``seed`` trains on: those of the training parts its held-out split
-    (the seed's first draw, :func:`mafr.training.held_out_split`) leaves, framed as ``feats`` are."""
-    split = _training.held_out_split(len(feats), det.config.train.calibration_fraction, torch.Generator().manual_seed(seed))
-    return rotated_features(det, [items[i] for i in split[1]], _training.common_framing(feats), progress)
+    (:func:`mafr.training.fit_split`) leaves, framed as ``feats`` are."""
+    _, train_idx, _ = _training.fit_split(len(feats), det.config.train.calibration_fraction, seed)
+    return rotated_features(det, [items[i] for i in train_idx], _training.common_framing(feats), progress)

@@ -179,8 +179,7 @@ class MAFRDetector(
         with _training.rollback_on_divergence(self):
             t0 = time.perf_counter()
             self.framing_ = _training.common_framing(feats)
-            gen = torch.Generator().manual_seed(seed)
-            cal_idx, train_idx = _training.held_out_split(len(feats), self.config.train.calibration_fraction, gen)
+            cal_idx, train_idx, gen = _training.fit_split(len(feats), self.config.train.calibration_fraction, seed)
             taught = [*(feats[i] for i in train_idx), *copies]
             moments = _training.feature_moments(taught)
             self.stats_ = _training.stats_from_moments(moments)
@@ -222,8 +221,7 @@ class MAFRDetector(
             t0 = time.perf_counter()
             new, store = self.extract_features(items, progress=progress), self.replay_
             _training.check_updatable(store, new[0])
-            gen = torch.Generator().manual_seed(seed)
-            cal_idx, train_idx = _training.held_out_split(len(new), self.config.train.calibration_fraction, gen)
+            cal_idx, train_idx, gen = _training.fit_split(len(new), self.config.train.calibration_fraction, seed)
             new_train, new_cal = [new[i] for i in train_idx], [new[i] for i in cal_idx]
             old_train, old_cal = _training.replayed(store)
             taught = new_train + _augment.rotated_features(self, [items[i] for i in train_idx], self.framing_, progress)

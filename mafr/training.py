@@ -50,6 +50,16 @@ def held_out_split(n: int, fraction: float, gen: torch.Generator) -> tuple[list[
     return sorted(order[:n_cal]), sorted(order[n_cal:])
 
 
+def fit_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int], torch.Generator]:
+    """``(calibration, training, generator)`` of a fit on ``n`` parts with ``seed``: the split is the
+    generator's first draw, and the generator goes on to shuffle the batches. The fit, the turned
+    copies of its training parts (:mod:`mafr.augment`) and studies that calibrate again all read
+    this one function, so they agree on which parts were held out (``update`` splits its new parts
+    the same way)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (*held_out_split(n, fraction, gen), gen)
+
+
 def batches(n: int, batch: int, gen: torch.Generator):
     """Endless shuffled batches of ``range(n)``, reshuffled when fewer than ``batch`` remain."""
     perm, cursor = torch.randperm(n, generator=gen), 0
@@ -294,5 +304,5 @@ def recalibrate_as_fitted(det, feats: Sequence[Features], seed: int) -> list[flo
     ``seed`` drew from ``feats`` (the generator's first draw); the held-out scores. For studies
     that change only scoring on one trained autoencoder (``benchmarks/tune_scoring.py``,
     ``benchmarks/defect_types.py``)."""
-    split = held_out_split(len(feats), det.config.train.calibration_fraction, torch.Generator().manual_seed(seed))
-    return det._calibrate_fit_split(feats, *split)
+    cal_idx, train_idx, _ = fit_split(len(feats), det.config.train.calibration_fraction, seed)
+    return det._calibrate_fit_split(feats, cal_idx, train_idx)
