@@ -3,6 +3,8 @@
 - ``docs/pipeline.png``: the MAFR pipeline as boxes and arrows, about 1400 px wide.
 - ``docs/framing.png``: what the network sees with ``framing="image"`` and ``framing="part"``
   (a generated lying cylinder; no fitting).
+- ``docs/alignment.png``: three generated lying cylinders as they lie and turned to the fit parts'
+  axis (``align="axis"``; no fitting).
 - ``docs/rarity_normals.png``: colour rarity on a generated lying shaft with a stain, on colours
   alone and facing the same way, and the normals behind the difference (no fitting).
 - ``docs/example_panel.png``: a real result panel. A detector with the weight-free ``"offline"``
@@ -237,6 +239,39 @@ def draw_framing(path: Path) -> Path:
     return path
 
 
+def draw_alignment(path: Path) -> Path:
+    """Three generated lying cylinders at different angles as the network sees them, as they lie
+    (``align="none"``) and turned to the fit parts' axis (``align="axis"``, the offline preset)."""
+    import numpy as np
+    import torch
+
+    import mafr
+    from mafr.extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
+    from mafr.preparation import fit_window, prepare
+
+    from mafr.datasets.synthetic import generate_sample
+
+    fit = [generate_sample("cylinder", seed=s) for s in range(6)]
+    parts = [generate_sample("cylinder", seed=s) for s in (203, 204, 200)]
+    size, pad, head = 200, 20, 34
+    img = Image.new("RGB", (pad + 3 * (size + pad), 2 * (head + size) + pad), "white")
+    draw = ImageDraw.Draw(img)
+    for row, align in enumerate(("none", "axis")):
+        config = mafr.MAFRConfig(preset="offline", align=align)
+        framing = fit_window(fit, config)
+        y = row * (head + size)
+        title = ('align="none": each part as it lies' if align == "none"
+                 else f'align="axis": each turned to the fit parts\' axis ({framing.axis:.1f} degrees)')
+        draw.text((pad, y + 10), title, fill=(30, 30, 30), font=_font(15))
+        for col, part in enumerate(parts):
+            prep = prepare(part, config, torch.device("cpu"), framing)
+            picture = prep.image.permute(1, 2, 0).numpy() * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)
+            tile = Image.fromarray((picture.clip(0, 1) * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+            img.paste(tile, (pad + col * (size + pad), y + head))
+    img.save(path)
+    return path
+
+
 def draw_example_panel(path: Path) -> Path:
     import mafr
     from mafr.datasets.synthetic import generate_sample
@@ -316,6 +351,7 @@ def main() -> None:
     args = parser.parse_args()
     print("wrote", draw_pipeline(DOCS / "pipeline.png"))
     print("wrote", draw_framing(DOCS / "framing.png"))
+    print("wrote", draw_alignment(DOCS / "alignment.png"))
     print("wrote", draw_rarity_normals(DOCS / "rarity_normals.png"))
     if not args.skip_panel:
         print("wrote", draw_example_panel(DOCS / "example_panel.png"))

@@ -51,7 +51,7 @@ def rotated(prep: Prepared, degrees: float) -> Prepared:
     # Content moved by the turn above; camera x, y point along the image's columns and rows.
     xyz = torch.stack([c * x + s * y, -s * x + c * y, z], dim=-1) * valid[..., None]
     return Prepared(image, xyz.to(prep.xyz.dtype), valid, prep.height, prep.width, prep.rgb, prep.depth,
-                    prep.valid_input, prep.flags, prep.window, prep.framing)
+                    prep.valid_input, prep.flags, prep.window, prep.framing, prep.turn)
 
 
 def rotated_features(det, items: Sequence[Any], framing: Optional[float], progress: bool = False) -> list:

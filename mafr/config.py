@@ -295,6 +295,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # The part framed, about 1.5x the pixels of the whole image; every width below in
         # network pixels is 1.5x what it was with the whole image (tuning set: docs/ablations.md).
         "framing": "part",
+        # Parts with a long axis turned to where the fit parts' lies: a part lying past every
+        # fit part no longer looks new (docs/ablations.md, "Turning parts to a common axis").
+        "align": "axis",
         # Restored and scored on a 56 x 56 grid (4 px cells): a shallow bump or a faint stain of
         # a few cells is no longer averaged with the surface around it (docs/ablations.md).
         "grid_size": 56,
@@ -348,6 +351,11 @@ class MAFRConfig(_Strict):
     #: so a part that fills a third of the frame gets about 1.5x the pixels. See
     #: docs/concepts.md, "Framing", and docs/ablations.md.
     framing: Literal["image", "part"] = "image"
+    #: ``"axis"``: when every fit part's outline has a clear long axis, each part is turned
+    #: about its centre until its long axis lies where the fit parts' lie, before framing
+    #: (``mafr.framing``; round parts are never turned); ``"none"``: judged as they lie. Needs
+    #: a 3D scan. See docs/concepts.md, "Framing".
+    align: Literal["none", "axis"] = "none"
     #: A raw scan's measured support (table, fixture, conveyor): ``"auto"`` finds it in the
     #: scan's border and sets it aside before framing and 3D features, at fit and at predict, so
     #: raw and preprocessed scans give the same decisions (a scan without one is left as it is);

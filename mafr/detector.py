@@ -27,6 +27,7 @@ from . import scoring as _scoring
 from . import detectability as _detectability
 from . import augment as _augment
 from .results import judge as _judge
+from .framing import Framing
 from .io import as_sample
 from .model import FusionAutoencoder
 from .replay import ReplayStore, pool_moments, stack_parts
@@ -78,10 +79,10 @@ class MAFRDetector(
         #: edge) and ``modality`` (map levels) for calibrated fusion, ``pixel_threshold`` for
         #: ``defect_mask``. Saved as ``calibration.*``.
         self.calibration_: dict[str, torch.Tensor] = {}
-        #: With ``config.framing="part"``: the window side every part is framed with, as a
-        #: fraction of the image's longer side (:mod:`mafr.framing`), set by the fit parts. Saved
-        #: as ``framing.side``.
-        self.framing_: Optional[float] = None
+        #: How every part is put into the network's square (:class:`mafr.framing.Framing`), set by
+        #: the fit parts: the window side (``config.framing="part"``) and the axis parts are turned
+        #: to (``config.align="axis"``). Saved as ``framing.side`` and ``framing.axis``.
+        self.framing_: Optional[Framing] = None
 
     # ------------------------------------------------------------------ extractors
     @property
@@ -152,11 +153,11 @@ class MAFRDetector(
     def extract_features(self, samples: Iterable[Any], *, progress: bool = False) -> list[_features.Features]:
         """Frozen-extractor features of each sample on the autoencoder's grid. They depend only on
         the extractor part of the config, so studies that vary training or scoring can reuse them
-        (see ``benchmarks/ablations.py``). On a detector that frames parts (``framing="part"``)
-        and has no window yet, the first call sets it from its samples as :meth:`fit` would (they
-        are taken to be the fit set); later calls frame with the same window."""
+        (see ``benchmarks/ablations.py``). On a detector not yet framed (:attr:`framing_`), the
+        first call sets the window and axis from its samples as :meth:`fit` would (they are
+        taken to be the fit set); later calls frame and turn parts the same way."""
         items = [as_sample(s, self.config.modalities) for s in samples]
-        if self.framing_ is None and self.config.framing == "part":
+        if self.framing_ is None:
             self.framing_ = _preparation.fit_window(items, self.config)
         return self._extract_all(items, self.framing_, progress)
 

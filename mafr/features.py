@@ -36,7 +36,7 @@ class Features:
 
     def __init__(self, rgb, xyz, valid_grid, valid_pixels, framing=None):
         self.rgb, self.xyz, self.valid_grid, self.valid_pixels = rgb, xyz, valid_grid, valid_pixels
-        #: The window side the part was framed with (``MAFRDetector.framing_``); None: whole image.
+        #: How the part was framed and turned (``MAFRDetector.framing_``); None: whole image, as it lies.
         self.framing = framing
 
 

@@ -73,10 +73,7 @@ def model_card(detector) -> ModelCard:
                 "RGB extractor": rgb_src,
                 "3D extractor": pts_src,
                 "grid": f"{cfg.grid_size} x {cfg.grid_size}",
-                "framing": (
-                    "the whole image" if detector.framing_ is None
-                    else f"a square around the part, side {detector.framing_:.3f} x the image's longer side"
-                ),
+                "framing": _describe_framing(detector.framing_),
                 "CBAM": cfg.model.cbam,
                 "fusion": cfg.scoring.fusion,
             }
@@ -133,3 +130,11 @@ def model_card(detector) -> ModelCard:
     parts += ["## Full config", "```json\n" + json.dumps(cfg.to_json_dict(), indent=2) + "\n```"]
     data = ModelCardData(library_name="mafr", tags=["anomaly-detection", "multimodal", "point-cloud", "mafr"])
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n")
+
+
+def _describe_framing(framing) -> str:
+    """What the network sees of a part, in words, for the model card."""
+    side = None if framing is None else framing.side
+    axis = None if framing is None else framing.axis
+    seen = "the whole image" if side is None else f"a square around the part, side {side:.3f} x the image's longer side"
+    return seen if axis is None else f"{seen}, each part turned so its long axis lies at {axis:.1f} degrees"

@@ -24,6 +24,7 @@ from . import _integrity
 from . import errors as _errors
 from .config import CONFIG_VERSION, MAFRConfig
 from .extractors import feature_dims, PointMAEEncoder, RGBExtractor
+from .framing import Framing
 from .model import FusionAutoencoder
 from .replay import ReplayStore
 
@@ -47,6 +48,7 @@ def decode_config(data: Any) -> MAFRConfig:
     # preset's newer default: the fitted autoencoder must see the features it was trained on.
     if isinstance(data.get("rgb"), dict):  # a saved config (it has every section): before framing
         data.setdefault("framing", "image")
+        data.setdefault("align", "none")  # judged as they lay
         data.setdefault("support", "keep")  # fitted on scans as given
     for section, field, before in (("points", "resize", "nearest"), ("rgb", "ring_radii", ()),
                                    ("rgb", "rarity_on_part", False), ("scoring", "channel_reduce_2d", "rms"),
@@ -73,19 +75,28 @@ def as_config(config: Any) -> MAFRConfig:
     return config
 
 
-def _load_framing(tensors: dict[str, torch.Tensor], config: MAFRConfig, where: str) -> Optional[float]:
-    """The saved window side; a detector that frames parts cannot judge one without it."""
-    side = tensors.get("framing.side")
-    if config.framing == "image":
-        return None
-    if side is None or side.numel() != 1 or not math.isfinite(float(side[0])) or not float(side[0]) > 0:
+def _load_framing(tensors: dict[str, torch.Tensor], config: MAFRConfig, where: str) -> Framing:
+    """The saved window side and axis; a detector that frames or turns parts cannot judge one
+    without them (an empty ``framing.axis``: its fit parts had no clear long axis)."""
+    side, axis = tensors.get("framing.side"), tensors.get("framing.axis")
+    if config.framing == "part" and (side is None or side.numel() != 1 or not math.isfinite(float(side[0]))
+                                     or not float(side[0]) > 0):
         found = "missing" if side is None else f"{side.tolist()}"
         raise _errors.CorruptModelError(
             f"{where}: the config frames parts (framing='part') but framing.side, the fitted window side, is "
             f"{found} (expected one positive number)",
             path=where,
         )
-    return float(side[0])
+    if config.align == "axis" and (axis is None or axis.numel() > 1
+                                   or (axis.numel() == 1 and not -90 <= float(axis[0]) < 90)):
+        found = "missing" if axis is None else f"{axis.tolist()}"
+        raise _errors.CorruptModelError(
+            f"{where}: the config turns parts to a common axis (align='axis') but framing.axis is {found} "
+            "(expected one angle in [-90, 90) degrees, or none when the fit parts had no clear long axis)",
+            path=where,
+        )
+    return Framing(float(side[0]) if config.framing == "part" else None,
+                   float(axis[0]) if config.align == "axis" and axis.numel() == 1 else None)
 
 
 def check_edge_levels(cal: dict[str, torch.Tensor], rgb_dim: int, xyz_dim: int, where: str) -> None:
@@ -141,8 +152,11 @@ def state_tensors(det) -> dict[str, torch.Tensor]:
     tensors.update({f"stats.{k}": v.cpu().contiguous() for k, v in det.stats_.items()})
     tensors["threshold"] = torch.tensor([det.threshold_], dtype=torch.float64)
     tensors.update({f"calibration.{k}": v.detach().cpu().contiguous() for k, v in det.calibration_.items()})
-    if det.framing_ is not None:
-        tensors["framing.side"] = torch.tensor([det.framing_], dtype=torch.float64)
+    framing = det.framing_ if det.framing_ is not None else Framing()
+    if framing.side is not None:
+        tensors["framing.side"] = torch.tensor([framing.side], dtype=torch.float64)
+    if det.config.align == "axis":
+        tensors["framing.axis"] = torch.tensor([] if framing.axis is None else [framing.axis], dtype=torch.float64)
     if det.replay_ is not None:
         tensors.update(det.replay_.to_tensors())
     return tensors

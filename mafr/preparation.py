@@ -5,7 +5,7 @@ config's modalities ask (:func:`load_part`), set a raw scan's measured support a
 (:mod:`mafr.support`), frame it (:mod:`mafr.framing`), resize colour and geometry to the
 network's input, fill sensor dropouts, and refuse what cannot be judged before any feature is
 computed (:func:`mafr._integrity.judge_input`). Nothing here is learned: the only fitted value it
-reads is the framing window's side, which :func:`fit_window` sets from the fit parts.
+reads is how parts are framed (window side, axis), which :func:`fit_window` sets from the fit parts.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ class Prepared:
     """One sample in network coordinates plus what is needed to map results back."""
 
     __slots__ = ("image", "xyz", "valid", "height", "width", "rgb", "depth", "valid_input", "flags", "window",
-                 "framing")
+                 "framing", "turn")
 
-    def __init__(self, image, xyz, valid, height, width, rgb, depth, valid_input, flags=(), window=None, framing=None):
+    def __init__(self, image, xyz, valid, height, width, rgb, depth, valid_input, flags=(), window=None, framing=None,
+                 turn=None):
         self.image, self.xyz, self.valid = image, xyz, valid
         self.height, self.width, self.rgb, self.depth = height, width, rgb, depth
         self.valid_input = valid_input
@@ -42,8 +43,11 @@ class Prepared:
         self.flags = tuple(flags)
         #: The input square the network saw, ``(top, left, side)`` (mafr.framing).
         self.window = window if window is not None else (0, 0, max(height, width))
-        #: The fitted window side it was framed with (``None``: the whole image).
+        #: The fitted :class:`mafr.framing.Framing` it was framed with (``None``: the whole image as it lies).
         self.framing = framing
+        #: How the part was turned before framing (:class:`mafr.framing.Turn`; ``None``: as it lies).
+        #: ``window`` is in the turned image's pixels.
+        self.turn = turn
 
 
 def describe(item: Any) -> str:
@@ -128,35 +132,50 @@ def load_part(item: Any, config: MAFRConfig, warn: bool = True) -> tuple[np.ndar
     return rgb, xyz, ["support_unclear"]
 
 
-def fit_window(items: Sequence[Any], config: MAFRConfig) -> Optional[float]:
-    """The window side a fit on ``items`` frames parts with (None: ``framing="image"``)."""
-    if config.framing == "image":
-        return None
+def fit_window(items: Sequence[Any], config: MAFRConfig) -> _framing.Framing:
+    """How a fit on ``items`` frames parts: the window side (None: ``framing="image"``) and the
+    axis parts are turned to (None: ``align="none"``, images alone, or a fit part with no clear
+    long axis)."""
+    aligns = config.align == "axis" and config.modalities != "rgb"
+    if config.framing == "image" and not aligns:
+        return _framing.Framing()
     masks = []
     for i, item in enumerate(items):
         with naming_part(i, len(items), item):
             rgb, xyz, _ = load_part(item, config, warn=False)  # extraction warns, once per part
         masks.append(measured_pixels(xyz) if xyz is not None else np.ones(rgb.shape[:2], dtype=bool))
+    axis = _framing.fit_axis(masks) if aligns else None
+    if config.framing == "image":
+        return _framing.Framing(None, axis)
     try:
-        return _framing.fit_side(masks)
+        return _framing.Framing(_framing.fit_side(masks), axis)
     except ValueError as err:
         raise _errors.InvalidInputError(f"{err}: every fit part's 3D map is empty") from None
 
 
-def prepare(item: Any, config: MAFRConfig, device: torch.device, framing: Optional[float] = None) -> Prepared:
-    """One sample in network coordinates on ``device``, framed by ``framing`` (a window side from
-    :func:`fit_window`; ``None``: the whole image)."""
+def prepare(item: Any, config: MAFRConfig, device: torch.device, framing: Optional[_framing.Framing] = None) -> Prepared:
+    """One sample in network coordinates on ``device``, turned and framed as ``framing`` says (from
+    :func:`fit_window`; ``None``: the whole image, as it lies)."""
     rgb, xyz, support_flags = load_part(item, config)
     h, w = rgb.shape[:2]
     size = config.rgb.image_size
+    framing = framing if framing is not None else _framing.Framing()
     # Judged on the image alone, every pixel is content (nothing was not measured).
     valid_input = measured_pixels(xyz) if xyz is not None else np.ones((h, w), dtype=bool)
-    win = _framing.window(valid_input, framing)
-    # Zero outside the image (square padding or a window past the border), then resize:
-    # bicubic for colour, nearest or mean for geometry so no point is invented between surfaces.
+    turn = _framing.turn_for(valid_input, framing.axis) if xyz is not None else None
+    # The window's colour and geometry, zero outside the image (square padding or a window past
+    # the border); a turned part's window is in the turned image's pixels, and the result keeps
+    # the input's own (rgb, depth, valid_input).
+    if turn is None:
+        win = _framing.window(valid_input, framing.side)
+        seen_rgb = _framing.crop(rgb, win)
+        seen_xyz = None if xyz is None else _framing.crop(np.asarray(xyz, dtype=np.float32), win)
+    else:
+        win, seen_rgb, seen_xyz = _framing.turned_window(rgb, xyz, valid_input, turn, framing.side)
+    # Resize: bicubic for colour, nearest or mean for geometry so no point is invented between surfaces.
     from PIL import Image
 
-    framed = Image.fromarray(_framing.crop(rgb, win))
+    framed = Image.fromarray(seen_rgb)
     img = np.asarray(framed.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
     mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
     std = np.asarray(IMAGENET_STD, dtype=np.float32)
@@ -164,11 +183,9 @@ def prepare(item: Any, config: MAFRConfig, device: torch.device, framing: Option
     if xyz is None:
         xyz_s, valid = torch.zeros(size, size, 3), torch.ones(size, size, dtype=torch.bool)
     elif config.points.resize == "mean":
-        xyz_pad = _framing.crop(np.asarray(xyz, dtype=np.float32), win)
-        xyz_s, valid = resize_xyz_mean(xyz_pad, size)
+        xyz_s, valid = resize_xyz_mean(seen_xyz, size)
     else:
-        xyz_pad = _framing.crop(np.asarray(xyz, dtype=np.float32), win)
-        xyz_s = torch.from_numpy(np.ascontiguousarray(resize_nearest(xyz_pad, size, size)))
+        xyz_s = torch.from_numpy(np.ascontiguousarray(resize_nearest(seen_xyz, size, size)))
         valid = (xyz_s != 0).any(dim=-1)
     # On the detector's device from here: the hole filling is the costliest step left on a
     # CPU, and a GPU does it in a fraction of that.
@@ -178,4 +195,4 @@ def prepare(item: Any, config: MAFRConfig, device: torch.device, framing: Option
     if config.points.fill_holes and xyz is not None:
         xyz_s, valid = fill_small_holes(xyz_s, valid, config.points.fill_holes)
     depth = None if xyz is None else xyz[..., 2].copy()
-    return Prepared(image.to(device), xyz_s, valid, h, w, rgb, depth, valid_input, flags, win, framing)
+    return Prepared(image.to(device), xyz_s, valid, h, w, rgb, depth, valid_input, flags, win, framing, turn)

@@ -32,6 +32,8 @@ def decision(score: float, threshold: Optional[float]) -> Optional[bool]:
 
 def to_input_resolution(maps: torch.Tensor, prep: Prepared) -> np.ndarray:
     """``(k, S, S)`` network-resolution maps -> ``(k, H, W)`` float32 at the input RGB's size."""
+    if prep.turn is not None:  # a turned part: its window's maps turned back onto the input
+        return _framing.turned_back(maps, prep.window, prep.turn, prep.height, prep.width)
     side = prep.window[2]
     up = F.interpolate(maps.unsqueeze(0), size=(side, side), mode="bilinear", align_corners=False)[0]
     return _framing.paste(up.cpu().numpy().astype(np.float32), prep.window, prep.height, prep.width)

@@ -202,8 +202,8 @@ def rollback_on_divergence(det):
         raise
 
 
-def common_framing(feats: Sequence[Features]) -> Optional[float]:
-    """The one framing window every fit part was extracted with (:mod:`mafr.framing`)."""
+def common_framing(feats: Sequence[Features]):
+    """The one :class:`mafr.framing.Framing` (window side, axis) every fit part was extracted with."""
     if not feats:
         raise ValueError("fit needs at least one good sample; got an empty fit set")
     framings = {f.framing for f in feats}

@@ -103,8 +103,8 @@ def framed():
 def test_framed_detector_sets_the_side_from_its_fit_parts(framed):
     det, good = framed
     expected = framing.fit_side([np.any(s.xyz != 0, axis=-1) for s in good])
-    assert det.framing_ == pytest.approx(expected)
-    assert 0.2 < det.framing_ < 1.0  # the part fills part of the frame: the window zooms in
+    assert det.framing_.side == pytest.approx(expected) and det.framing_.axis is None  # align="none"
+    assert 0.2 < det.framing_.side < 1.0  # the part fills part of the frame: the window zooms in
 
 
 def test_framed_scores_follow_the_part_not_its_place_in_the_image(framed):
@@ -125,7 +125,7 @@ def test_image_framing_keeps_the_whole_image(framed):
     _, good = framed
     config = mafr.MAFRConfig(preset="offline", framing="image", train={"steps": 5, "early_stop_patience": None})
     det = mafr.MAFRDetector(config).fit(good[:3], seed=0, progress=False)
-    assert det.framing_ is None and "framing.side" not in det.state_tensors()
+    assert det.framing_.side is None and "framing.side" not in det.state_tensors()
 
 
 def test_framing_is_saved_and_a_missing_side_is_a_corrupt_detector(framed, tmp_path):
@@ -134,7 +134,7 @@ def test_framing_is_saved_and_a_missing_side_is_a_corrupt_detector(framed, tmp_p
     det.save_pretrained(tmp_path / "d")
     again = mafr.MAFRDetector.from_pretrained(tmp_path / "d")
     assert again.framing_ == det.framing_
-    assert f"side {det.framing_:.3f} x the image's longer side" in (tmp_path / "d" / "README.md").read_text()
+    assert f"side {det.framing_.side:.3f} x the image's longer side" in (tmp_path / "d" / "README.md").read_text()
     assert again.predict(part.rgb, part.xyz).score == pytest.approx(det.predict(part.rgb, part.xyz).score, rel=1e-6)
 
     # A consistent but wrong save (checksum re-recorded): the framing check must catch it.
