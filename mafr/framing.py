@@ -43,10 +43,11 @@ FIT_MARGIN = 0.1
 OWN_MARGIN = 0.02
 
 #: A fit set is turned only if every part's outline is at least this much longer than wide (the
-#: square root of its second moments' ratio). Generated shapes: lying cylinders 3.7-4.8, blocks
-#: 1.57, plates 1.47, round ones 1.00; the real cable glands' support-free outlines 1.21-1.36,
-#: axes anywhere, which is noise to turn by (docs/ablations.md, "Turning parts to a common axis").
-MIN_ELONGATION = 1.4
+#: square root of its second moments' ratio). Generated shapes: lying cylinders 3.65, shafts
+#: 4.75, blocks 1.57, plates 1.47, round ones 1.00; the 43 real cable glands' support-free
+#: outlines 1.19-1.36 (axes anywhere: noise to turn by). On the tuning set turning the shaft
+#: gains and turning the plate loses (docs/ablations.md, "Turning parts to a common axis").
+MIN_ELONGATION = 2.0
 #: Fewer measured pixels than this have no axis worth turning to.
 MIN_AXIS_PIXELS = 16
 
@@ -147,12 +148,21 @@ def long_axis(valid: np.ndarray) -> Optional[tuple[float, float, float, float]]:
     """``(angle, elongation, row, col)`` of the ``valid`` pixels' outline: its long axis in degrees
     counter-clockwise from the rows as shown (in [-90, 90)), how much longer than wide it is,
     and its centre; None with fewer than :data:`MIN_AXIS_PIXELS` pixels."""
-    rows, cols = np.nonzero(valid)
-    if len(rows) < MIN_AXIS_PIXELS:
+    # Second moments from the mask's row and column sums: no list of pixel coordinates (a
+    # per-predict cost), and elementwise sums rather than BLAS (slow beside busy torch threads).
+    box = part_extent(valid)
+    if box is None:
         return None
-    row, col = float(rows.mean()), float(cols.mean())
-    x, y = cols - col, row - rows  # y up, as the image is shown
-    cxx, cyy, cxy = float((x * x).mean()), float((y * y).mean()), float((x * y).mean())
+    m = np.asarray(valid[box[0]:box[1], box[2]:box[3]], dtype=np.float32)  # the part's box: a quarter of a scan
+    n = float(m.sum())
+    if n < MIN_AXIS_PIXELS:
+        return None
+    r, c = np.arange(box[0], box[1], dtype=np.float64), np.arange(box[2], box[3], dtype=np.float64)
+    per_row, per_col = m.sum(axis=1, dtype=np.float64), m.sum(axis=0, dtype=np.float64)
+    row, col = float((per_row * r).sum()) / n, float((per_col * c).sum()) / n
+    cyy = float((per_row * r * r).sum()) / n - row * row
+    cxx = float((per_col * c * c).sum()) / n - col * col
+    cxy = -(float(((m * c.astype(np.float32)).sum(axis=1, dtype=np.float64) * r).sum()) / n - row * col)  # y up
     half, spread = (cxx + cyy) / 2, math.hypot((cxx - cyy) / 2, cxy)
     elongation = math.sqrt((half + spread) / max(half - spread, 1e-12))
     return _wrap(0.5 * math.degrees(math.atan2(2 * cxy, cxx - cyy))), elongation, row, col
@@ -185,10 +195,17 @@ def turned_window(rgb: np.ndarray, xyz: np.ndarray, valid: np.ndarray, turn: Tur
     point's x, y turned about the centre of the part's points in the window (all of them, unless
     the part is wider than the image). Zero outside the image, as :func:`crop`."""
     h, w = valid.shape
-    box = None
-    if side_fraction is not None and valid.any():
-        rows, cols = np.nonzero(valid)
-        moved_rows, moved_cols = _moved(rows - turn.row, cols - turn.col, turn, +1)
+    box, extent = None, part_extent(valid) if side_fraction is not None else None
+    if extent is not None:
+        # A linear function of the pixel position is extreme at a row's first or last pixel, so
+        # those bound the turned part (no list of every pixel).
+        top, bottom, left, right = extent
+        inner = valid[top:bottom, left:right]
+        rows = np.flatnonzero(inner.any(axis=1))
+        first, last = inner[rows].argmax(axis=1) + left, right - 1 - inner[rows, ::-1].argmax(axis=1)
+        ends_r = np.concatenate([rows, rows]).astype(np.float64) + top
+        ends_c = np.concatenate([first, last]).astype(np.float64)
+        moved_rows, moved_cols = _moved(ends_r - turn.row, ends_c - turn.col, turn, +1)
         box = (int(np.rint(moved_rows.min())), int(np.rint(moved_rows.max())) + 1,
                int(np.rint(moved_cols.min())), int(np.rint(moved_cols.max())) + 1)
     win = _window_of_box(box, (h, w), side_fraction)
@@ -201,20 +218,25 @@ def turned_window(rgb: np.ndarray, xyz: np.ndarray, valid: np.ndarray, turn: Tur
     planes = torch.from_numpy(np.ascontiguousarray(rgb[r0:r1, c0:c1], dtype=np.float32)).permute(2, 0, 1)[None]
     colour = F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
     y0, y1, x0, x1 = _overlap(win, h, w)
-    inside = torch.zeros(side, side, dtype=torch.bool)
-    inside[max(y0 - top, 0):max(y1 - top, 0), max(x0 - left, 0):max(x1 - left, 0)] = True
-    out_rgb = torch.where(inside, colour, torch.zeros(())).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    if (y0, y1, x0, x1) != (top, top + side, left, left + side):  # the window leaves the image: black there
+        inside = torch.zeros(side, side, dtype=torch.bool)
+        inside[max(y0 - top, 0):max(y1 - top, 0), max(x0 - left, 0):max(x1 - left, 0)] = True
+        colour = torch.where(inside, colour, torch.zeros(()))
+    out_rgb = colour.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     # Nearest neighbour moves whole measurements: a pixel is measured where its source was.
     planes = torch.from_numpy(np.ascontiguousarray(xyz[r0:r1, c0:c1], dtype=np.float32)).permute(2, 0, 1)[None]
     moved = F.grid_sample(planes, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0].numpy()
     measured = (moved[0] != 0) | (moved[1] != 0) | (moved[2] != 0)
-    centre = moved[:2, measured].mean(axis=1, dtype=np.float64) if measured.any() else np.zeros(2)
-    t = math.radians(turn.degrees)
-    c, s = np.float32(math.cos(t)), np.float32(math.sin(t))
-    dx, dy = moved[0] - np.float32(centre[0]), moved[1] - np.float32(centre[1])
-    # Camera x, y point along the image's columns and rows: they turn as the pixels did.
-    points = np.stack([c * dx + s * dy + np.float32(centre[0]), -s * dx + c * dy + np.float32(centre[1]), moved[2]], axis=-1)
-    return win, np.ascontiguousarray(out_rgb), points * measured[..., None]
+    points = np.zeros((side, side, 3), dtype=np.float32)
+    if measured.any():
+        kept = moved[:, measured]
+        centre = kept[:2].mean(axis=1, dtype=np.float64).astype(np.float32)
+        t = math.radians(turn.degrees)
+        c, s = np.float32(math.cos(t)), np.float32(math.sin(t))
+        dx, dy = kept[0] - centre[0], kept[1] - centre[1]
+        # Camera x, y point along the image's columns and rows: they turn as the pixels did.
+        points[measured] = np.stack([c * dx + s * dy + centre[0], -s * dx + c * dy + centre[1], kept[2]], axis=-1)
+    return win, np.ascontiguousarray(out_rgb), points
 
 
 def turned_back(maps: torch.Tensor, win: Window, turn: Turn, height: int, width: int) -> np.ndarray:
@@ -223,15 +245,15 @@ def turned_back(maps: torch.Tensor, win: Window, turn: Turn, height: int, width:
     part as it lies (zero where the window does not reach)."""
     top, left, side = win
     r0, r1, c0, c1 = _reach((top, left, side, side), turn, -1, height, width)  # the input pixels it covers
-    out = np.zeros((maps.shape[0], height, width), dtype=np.float32)
-    if r1 <= r0 or c1 <= c0:
-        return out
-    grid = _grid((r1 - r0, c1 - c0), (r0, c0), turn, +1, (top, left), (side, side))
-    sampled = F.grid_sample(maps[None].float().cpu(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-    # Outside the window's own pixels nothing was judged: zero, as paste leaves it.
-    in_window = ((grid >= -1) & (grid < 1)).all(dim=-1)[0]
-    out[:, r0:r1, c0:c1] = torch.where(in_window, sampled, torch.zeros(())).numpy()
-    return out
+    out = torch.zeros((maps.shape[0], height, width), dtype=torch.float32)
+    if r1 > r0 and c1 > c0:
+        grid = _grid((r1 - r0, c1 - c0), (r0, c0), turn, +1, (top, left), (side, side))
+        sampled = F.grid_sample(maps[None].float().cpu(), grid, mode="bilinear", padding_mode="border",
+                                align_corners=False)[0]
+        # Outside the window's own pixels nothing was judged: zero, as paste leaves it.
+        sampled.mul_(((grid >= -1) & (grid < 1)).all(dim=-1))
+        out[:, r0:r1, c0:c1] = sampled
+    return out.numpy()
 
 
 def _reach(box: tuple[int, int, int, int], turn: Turn, way: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -250,8 +272,8 @@ def _grid(shape: tuple[int, int], origin: tuple[int, int], turn: Turn, way: int,
     """The ``grid_sample`` grid for a ``shape`` output whose first pixel sits at image pixel
     ``origin``: each output pixel reads the place ``turn`` (``way`` as in :func:`_moved`) takes
     it to, in a source of ``source_shape`` whose first pixel sits at ``source_origin``. The map
-    is affine, so three points fix it and ``affine_grid`` builds it (a per-pixel computation in
-    NumPy cost as much as the rest of the preparation)."""
+    is affine, so three points fix it (a per-pixel computation in NumPy cost as much as the rest
+    of the preparation)."""
     (h, w), (sh, sw) = shape, source_shape
 
     def source_at(x: float, y: float) -> tuple[float, float]:  # normalised output -> normalised source
@@ -260,8 +282,13 @@ def _grid(shape: tuple[int, int], origin: tuple[int, int], turn: Turn, way: int,
         return (2 * (float(c) - source_origin[1]) + 1) / sw - 1, (2 * (float(r) - source_origin[0]) + 1) / sh - 1
 
     o, ex, ey = source_at(0, 0), source_at(1, 0), source_at(0, 1)
-    theta = torch.tensor([[[ex[0] - o[0], ey[0] - o[0], o[0]], [ex[1] - o[1], ey[1] - o[1], o[1]]]], dtype=torch.float32)
-    return F.affine_grid(theta, [1, 1, h, w], align_corners=False)
+    # affine_grid's normalised output coordinates, combined by broadcasting: affine_grid's own
+    # matrix product took 0.7 ms of a 4 ms turn on 2 CPU cores.
+    xs = (2 * torch.arange(w, dtype=torch.float32) + 1) / w - 1
+    ys = (2 * torch.arange(h, dtype=torch.float32) + 1) / h - 1
+    gx = (ex[0] - o[0]) * xs[None, :] + (ey[0] - o[0]) * ys[:, None] + o[0]
+    gy = (ex[1] - o[1]) * xs[None, :] + (ey[1] - o[1]) * ys[:, None] + o[1]
+    return torch.stack([gx, gy], dim=-1)[None]
 
 
 def _moved(rows: np.ndarray, cols: np.ndarray, turn: Turn, way: int) -> tuple[np.ndarray, np.ndarray]:

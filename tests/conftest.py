@@ -41,6 +41,23 @@ def tiny():
     return tiny_config
 
 
+def resave_without(directory, key: str) -> None:
+    """Drop tensor ``key`` from a saved detector and re-record its checksum: a consistent but
+    wrong save, which only the loader's own checks can catch."""
+    import hashlib
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    weights = directory / "model.safetensors"
+    tensors = load_file(str(weights))
+    del tensors[key]
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    cfg = json.loads((directory / "config.json").read_text())
+    cfg["checksums"]["model.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (directory / "config.json").write_text(json.dumps(cfg))
+
+
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", help="also run tests marked `full` (full-size architectures)")
 

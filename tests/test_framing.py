@@ -1,19 +1,18 @@
 """Framing (mafr.framing and MAFRConfig.framing): the window the network sees around a part."""
 
-import hashlib
-import json
 import math
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file, save_file
 
 import mafr
 from mafr import framing
 from mafr.datasets import generate_sample
 from mafr.errors import CorruptModelError
+
+from .conftest import resave_without
 
 
 def _mask(h, w, top, bottom, left, right):
@@ -138,13 +137,7 @@ def test_framing_is_saved_and_a_missing_side_is_a_corrupt_detector(framed, tmp_p
     assert again.predict(part.rgb, part.xyz).score == pytest.approx(det.predict(part.rgb, part.xyz).score, rel=1e-6)
 
     # A consistent but wrong save (checksum re-recorded): the framing check must catch it.
-    weights = tmp_path / "d" / "model.safetensors"
-    tensors = load_file(str(weights))
-    del tensors["framing.side"]
-    save_file(tensors, str(weights), metadata={"format": "pt"})
-    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
-    cfg["checksums"]["model.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    (tmp_path / "d" / "config.json").write_text(json.dumps(cfg))
+    resave_without(tmp_path / "d", "framing.side")
     with pytest.raises(CorruptModelError, match="framing.side"):
         mafr.MAFRDetector.from_pretrained(tmp_path / "d")
 
