@@ -246,10 +246,9 @@ def draw_alignment(path: Path) -> Path:
     import torch
 
     import mafr
+    from mafr.datasets.synthetic import generate_sample
     from mafr.extractors.rgb import IMAGENET_MEAN, IMAGENET_STD
     from mafr.preparation import fit_window, prepare
-
-    from mafr.datasets.synthetic import generate_sample
 
     fit = [generate_sample("cylinder", seed=s) for s in range(6)]
     parts = [generate_sample("cylinder", seed=s) for s in (203, 204, 200)]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import errors as _errors
+from . import framing as _framing
 from . import preparation as _preparation
 from . import runtime as _runtime
 from . import training as _training
@@ -47,9 +48,8 @@ def rotated(prep: Prepared, degrees: float) -> Prepared:
     stacked = torch.cat([prep.xyz.permute(2, 0, 1), prep.valid[None].to(prep.xyz.dtype)])[None].float()
     moved = F.grid_sample(stacked, grid.to(stacked.device), mode="nearest", padding_mode="zeros", align_corners=False)[0]
     valid = moved[3] > 0.5
-    x, y, z = moved[0], moved[1], moved[2]
-    # Content moved by the turn above; camera x, y point along the image's columns and rows.
-    xyz = torch.stack([c * x + s * y, -s * x + c * y, z], dim=-1) * valid[..., None]
+    # Content moved by the turn above: about the camera axis.
+    xyz = torch.stack([*_framing.turned_points(moved[0], moved[1], degrees), moved[2]], dim=-1) * valid[..., None]
     return Prepared(image, xyz.to(prep.xyz.dtype), valid, prep.height, prep.width, prep.rgb, prep.depth,
                     prep.valid_input, prep.flags, prep.window, prep.framing, prep.turn)
 

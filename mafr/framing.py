@@ -226,17 +226,24 @@ def turned_window(rgb: np.ndarray, xyz: np.ndarray, valid: np.ndarray, turn: Tur
     # Nearest neighbour moves whole measurements: a pixel is measured where its source was.
     planes = torch.from_numpy(np.ascontiguousarray(xyz[r0:r1, c0:c1], dtype=np.float32)).permute(2, 0, 1)[None]
     moved = F.grid_sample(planes, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0].numpy()
-    measured = (moved[0] != 0) | (moved[1] != 0) | (moved[2] != 0)
+    measured = measured_pixels(moved.transpose(1, 2, 0))
     points = np.zeros((side, side, 3), dtype=np.float32)
     if measured.any():
         kept = moved[:, measured]
         centre = kept[:2].mean(axis=1, dtype=np.float64).astype(np.float32)
-        t = math.radians(turn.degrees)
-        c, s = np.float32(math.cos(t)), np.float32(math.sin(t))
-        dx, dy = kept[0] - centre[0], kept[1] - centre[1]
-        # Camera x, y point along the image's columns and rows: they turn as the pixels did.
-        points[measured] = np.stack([c * dx + s * dy + centre[0], -s * dx + c * dy + centre[1], kept[2]], axis=-1)
+        points[measured] = np.stack([*turned_points(kept[0], kept[1], turn.degrees, centre), kept[2]], axis=-1)
     return win, np.ascontiguousarray(out_rgb), points
+
+
+def turned_points(x, y, degrees: float, centre=(0.0, 0.0)):
+    """Points' camera ``x, y`` (NumPy or torch) turned as their pixels were turned by ``degrees``
+    (counter-clockwise as shown) about ``centre``: camera x, y point along the image's columns
+    and rows, so both turn the same way. One rule for parts turned to an axis and for the turned
+    copies of :mod:`mafr.augment`."""
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    dx, dy = x - centre[0], y - centre[1]
+    return c * dx + s * dy + centre[0], -s * dx + c * dy + centre[1]
 
 
 def turned_back(maps: torch.Tensor, win: Window, turn: Turn, height: int, width: int) -> np.ndarray:
